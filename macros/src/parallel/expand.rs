@@ -1,0 +1,102 @@
+//! Expansion: the function becomes a `Task` constant whose initializer holds the original
+//! function, the worker-side chunk runner and the link-time registration.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+
+use super::validate::TaskFn;
+
+/// Attributes that describe the item as a whole and belong on the constant users see.
+fn belongs_on_const(attr: &syn::Attribute) -> bool {
+    ["doc", "cfg", "cfg_attr", "deprecated"]
+        .iter()
+        .any(|name| attr.path().is_ident(name))
+}
+
+pub(crate) fn expand(task: &TaskFn) -> TokenStream {
+    let TaskFn {
+        krate,
+        func,
+        args,
+        ret,
+    } = task;
+    let private = quote!(#krate::__private);
+    let name = &func.sig.ident;
+    let vis = &func.vis;
+    let (const_attrs, fn_attrs): (Vec<_>, Vec<_>) =
+        func.attrs.iter().partition(|a| belongs_on_const(a));
+    let mut inner = func.clone();
+    inner.attrs = fn_attrs.into_iter().cloned().collect();
+    inner.vis = syn::Visibility::Inherited;
+
+    let types: Vec<&syn::Type> = args.iter().collect();
+    // The value a pool sends: the argument itself, a tuple of all of them, or ().
+    let (arg_ty, destructure) = match args.as_slice() {
+        [ty] => (quote!(#ty), quote!(let __multiproc_a0 = __multiproc_arg;)),
+        _ => {
+            let bound: Vec<_> = (0..args.len())
+                .map(|i| format_ident!("__multiproc_a{}", i))
+                .collect();
+            (
+                quote!((#(#types,)*)),
+                quote!(let (#(#bound,)*) = __multiproc_arg;),
+            )
+        }
+    };
+    let call_args: Vec<_> = (0..args.len())
+        .map(|i| format_ident!("__multiproc_a{}", i))
+        .collect();
+    let fn_ptr = quote!(fn(#(#types),*) -> #ret);
+
+    // Each check carries the span of the type it checks, so an argument or result type
+    // that cannot be serialized is reported on that type.
+    let arg_checks = types.iter().map(|ty| {
+        quote_spanned!(ty.span()=> #private::assert_argument::<#ty>();)
+    });
+    let ret_check = quote_spanned!(ret.span()=> #private::assert_result::<#ret>(););
+
+    quote! {
+        #(#const_attrs)*
+        #[allow(non_upper_case_globals)]
+        #vis const #name: #private::Task<#arg_ty, #ret, #fn_ptr> = {
+            #inner
+
+            const __MULTIPROC_NAME: &::core::primitive::str = ::core::concat!(
+                ::core::module_path!(), "::", ::core::stringify!(#name)
+            );
+
+            const _: () = {
+                #(#arg_checks)*
+                #ret_check
+            };
+
+            fn __multiproc_invoke(__multiproc_arg: #arg_ty) -> #ret {
+                #destructure
+                #name(#(#call_args),*)
+            }
+
+            fn __multiproc_run(
+                __multiproc_input: &[::core::primitive::u8],
+                __multiproc_count: ::core::primitive::u32,
+                __multiproc_out: &mut #private::Vec<::core::primitive::u8>,
+            ) -> ::core::primitive::u32 {
+                #private::run_chunk::<#arg_ty, #ret>(
+                    __multiproc_invoke,
+                    __multiproc_input,
+                    __multiproc_count,
+                    __multiproc_out,
+                )
+            }
+
+            #[#private::linkme::distributed_slice(#private::TASKS)]
+            #[linkme(crate = #private::linkme)]
+            static __MULTIPROC_ENTRY: #private::TaskEntry = #private::TaskEntry {
+                name: __MULTIPROC_NAME,
+                run: __multiproc_run,
+            };
+
+            #private::Task::__new(__MULTIPROC_NAME, #name as #fn_ptr, __multiproc_invoke)
+        };
+    }
+}

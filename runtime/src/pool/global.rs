@@ -1,0 +1,79 @@
+//! The global pool: started on first use, sized by `MULTIPROC_WORKERS` or the number of
+//! cores, shared by every later call, and shut down when the process exits.
+
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use super::{PoolConfig, PoolCore, lock};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Overrides the global pool's worker count.
+pub(crate) const WORKERS_VAR: &str = "MULTIPROC_WORKERS";
+
+static GLOBAL: Mutex<Option<Arc<PoolCore>>> = Mutex::new(None);
+
+/// The global pool, started now if this is the first use. A start that fails is returned
+/// as the error and retried on the next call.
+pub(crate) fn global() -> Result<Arc<PoolCore>> {
+    let mut slot = lock(&GLOBAL);
+    if let Some(pool) = &*slot {
+        return Ok(Arc::clone(pool));
+    }
+    let workers = workers_from_env(std::env::var(WORKERS_VAR).ok().as_deref())?;
+    let pool = Arc::new(PoolCore::start(PoolConfig {
+        workers,
+        program: crate::spawn::default_program(),
+    })?);
+    static AT_EXIT: Once = Once::new();
+    AT_EXIT.call_once(|| {
+        // SAFETY: registering a plain `extern "C" fn()` with atexit has no preconditions;
+        // a failure (no slot left) only means workers exit on end-of-stream instead.
+        unsafe { libc::atexit(shutdown_global) };
+    });
+    *slot = Some(Arc::clone(&pool));
+    Ok(pool)
+}
+
+/// The worker count for the global pool: `MULTIPROC_WORKERS` if set, else one per core.
+fn workers_from_env(var: Option<&str>) -> Result<usize> {
+    match var {
+        None => Ok(std::thread::available_parallelism().map_or(1, usize::from)),
+        Some(text) => match text.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!("{WORKERS_VAR}={text:?} is not a positive whole number of workers"),
+            )),
+        },
+    }
+}
+
+/// At exit: let queued work finish for a moment, close every worker's socket, reap them.
+extern "C" fn shutdown_global() {
+    // `try_lock`: exit can be called while another thread is starting the pool; then
+    // the workers still exit on their own, on end-of-stream or the parent-death signal.
+    let pool = match GLOBAL.try_lock() {
+        Ok(mut slot) => slot.take(),
+        Err(_) => None,
+    };
+    if let Some(pool) = pool {
+        pool.shutdown_within(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_count_comes_from_the_environment() {
+        assert_eq!(workers_from_env(Some("3")).unwrap(), 3);
+        assert_eq!(workers_from_env(Some(" 4 ")).unwrap(), 4);
+        assert!(workers_from_env(None).unwrap() >= 1);
+        for bad in ["0", "-1", "two", ""] {
+            let e = workers_from_env(Some(bad)).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+            assert!(e.to_string().contains(WORKERS_VAR), "{e}");
+        }
+    }
+}

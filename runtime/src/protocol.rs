@@ -1,0 +1,439 @@
+//! The wire protocol between a parent and its workers: length-prefixed frames.
+//!
+//! Every frame is a little-endian `u32` payload length followed by the payload, whose first
+//! byte is a tag. The hot frames (`Run`, `Done`) have fixed-width headers followed by
+//! concatenated postcard values, so a chunk is encoded and decoded without intermediate
+//! allocations; the rare ones (`Hello`, `Fatal`) are postcard structs.
+
+use std::fmt;
+use std::io::{self, Read};
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped on every incompatible change of the frames below.
+pub(crate) const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest payload either side accepts. A length prefix above it is rejected before
+/// anything is allocated.
+pub(crate) const MAX_FRAME: usize = 1 << 30;
+
+/// Leads every `Hello`, so a process that is not a multiproc peer is recognised at once.
+const MAGIC: [u8; 8] = *b"MPROC\x00\x00\x01";
+
+const TAG_HELLO: u8 = 1;
+const TAG_RUN: u8 = 2;
+const TAG_DONE: u8 = 3;
+const TAG_FATAL: u8 = 4;
+
+/// What each side says first: who it is and what build it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Hello {
+    /// `multiproc-runtime`'s version, for messages.
+    pub version: String,
+    /// [`crate::task::build_identity`] of the sender.
+    pub identity: u64,
+    /// How many tasks the sender's binary registers, for messages.
+    pub tasks: u32,
+    /// The sender's process id.
+    pub pid: u32,
+}
+
+impl Hello {
+    pub(crate) fn of_this_process() -> Self {
+        Hello {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            identity: crate::task::build_identity(),
+            tasks: u32::try_from(crate::task::task_count()).unwrap_or(u32::MAX),
+            pid: std::process::id(),
+        }
+    }
+
+    /// `None` when `peer` runs the same build as `self`, else a sentence saying what differs.
+    pub(crate) fn mismatch(&self, peer: &Hello) -> Option<String> {
+        if self.version != peer.version {
+            return Some(format!(
+                "multiproc version {} here, {} in the other process",
+                self.version, peer.version
+            ));
+        }
+        if self.identity != peer.identity {
+            return Some(format!(
+                "not the same build: this binary registers {} #[parallel] functions \
+                 (identity {:016x}), the other {} (identity {:016x}); workers must run the \
+                 parent's own executable",
+                self.tasks, self.identity, peer.tasks, peer.identity
+            ));
+        }
+        None
+    }
+}
+
+/// One decoded frame. Borrowed frames point into the receive buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Frame<'a> {
+    Hello(Hello),
+    /// Run `count` items of `task`; `items` holds their concatenated postcard encodings.
+    Run {
+        chunk: u64,
+        count: u32,
+        task: &'a str,
+        items: &'a [u8],
+    },
+    /// `count` outcomes of `chunk`, computed in `nanos` nanoseconds.
+    Done {
+        chunk: u64,
+        count: u32,
+        nanos: u64,
+        outcomes: &'a [u8],
+    },
+    /// The sender gives up, and says why.
+    Fatal(&'a str),
+}
+
+/// A frame that does not parse, with what was wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ProtocolError(pub String);
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn bad(msg: impl Into<String>) -> ProtocolError {
+    ProtocolError(msg.into())
+}
+
+/// Appends postcard encodings to a `Vec` without an intermediate buffer.
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// Appends the postcard encoding of `value` to `out`.
+pub(crate) fn encode_into<T: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    value: &T,
+) -> postcard::Result<()> {
+    postcard::serialize_with_flavor(value, Append(out))
+}
+
+/// Starts a frame in `buf` (cleared): room for the length, then the tag.
+fn begin(buf: &mut Vec<u8>, tag: u8) {
+    buf.clear();
+    buf.extend_from_slice(&[0; 4]);
+    buf.push(tag);
+}
+
+/// Writes the length prefix of a frame built with [`begin`].
+pub(crate) fn finish(buf: &mut [u8]) -> Result<(), ProtocolError> {
+    let len = buf.len().saturating_sub(4);
+    if len > MAX_FRAME {
+        return Err(bad(format!(
+            "a frame of {len} bytes exceeds the limit of {MAX_FRAME} bytes"
+        )));
+    }
+    buf[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(())
+}
+
+pub(crate) fn hello_frame(buf: &mut Vec<u8>, hello: &Hello) -> Result<(), ProtocolError> {
+    begin(buf, TAG_HELLO);
+    buf.extend_from_slice(&MAGIC);
+    buf.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    encode_into(buf, hello).map_err(|e| bad(format!("encoding the handshake: {e}")))?;
+    finish(buf)
+}
+
+pub(crate) fn fatal_frame(buf: &mut Vec<u8>, message: &str) -> Result<(), ProtocolError> {
+    begin(buf, TAG_FATAL);
+    buf.extend_from_slice(message.as_bytes());
+    finish(buf)
+}
+
+/// Starts a `Run` frame; the caller appends the items, then calls [`finish`].
+pub(crate) fn begin_run(buf: &mut Vec<u8>, chunk: u64, count: u32, task: &str) {
+    begin(buf, TAG_RUN);
+    buf.extend_from_slice(&chunk.to_le_bytes());
+    buf.extend_from_slice(&count.to_le_bytes());
+    // Task names are module paths; a name longer than u16::MAX cannot be registered
+    // anyway, so saturating only ever produces a lookup miss, never a misparse.
+    let name = &task.as_bytes()[..task.len().min(u16::MAX as usize)];
+    buf.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    buf.extend_from_slice(name);
+}
+
+/// Byte offset, in a `Done` frame started by [`begin_done`], of the fields that are only
+/// known after the chunk ran.
+const DONE_COUNT_AT: usize = 4 + 1 + 8;
+
+/// Starts a `Done` frame; the caller appends outcomes, then calls [`finish_done`].
+pub(crate) fn begin_done(buf: &mut Vec<u8>, chunk: u64) {
+    begin(buf, TAG_DONE);
+    buf.extend_from_slice(&chunk.to_le_bytes());
+    buf.extend_from_slice(&[0; 4 + 8]);
+}
+
+pub(crate) fn finish_done(buf: &mut [u8], count: u32, nanos: u64) -> Result<(), ProtocolError> {
+    buf[DONE_COUNT_AT..DONE_COUNT_AT + 4].copy_from_slice(&count.to_le_bytes());
+    buf[DONE_COUNT_AT + 4..DONE_COUNT_AT + 12].copy_from_slice(&nanos.to_le_bytes());
+    finish(buf)
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], ProtocolError> {
+        if self.0.len() < n {
+            return Err(bad(format!("truncated frame: {what} is missing")));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u16(&mut self, what: &str) -> Result<u16, ProtocolError> {
+        let b = self.take(2, what)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self, what: &str) -> Result<u32, ProtocolError> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self, what: &str) -> Result<u64, ProtocolError> {
+        let b = self.take(8, what)?;
+        let mut a = [0; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+}
+
+/// Parses one frame payload (the bytes after the length prefix).
+pub(crate) fn parse(payload: &[u8]) -> Result<Frame<'_>, ProtocolError> {
+    let (&tag, rest) = payload
+        .split_first()
+        .ok_or_else(|| bad("empty frame"))?;
+    let mut c = Cursor(rest);
+    match tag {
+        TAG_HELLO => {
+            if c.take(MAGIC.len(), "the handshake magic")? != MAGIC {
+                return Err(bad("the handshake does not start with the multiproc magic"));
+            }
+            let protocol = c.u32("the protocol version")?;
+            if protocol != PROTOCOL_VERSION {
+                return Err(bad(format!(
+                    "protocol version {protocol} received, {PROTOCOL_VERSION} expected \
+                     (the processes run different multiproc versions)"
+                )));
+            }
+            let (hello, left) = postcard::take_from_bytes::<Hello>(c.0)
+                .map_err(|e| bad(format!("malformed handshake: {e}")))?;
+            if !left.is_empty() {
+                return Err(bad("trailing bytes after the handshake"));
+            }
+            Ok(Frame::Hello(hello))
+        }
+        TAG_RUN => {
+            let chunk = c.u64("the chunk id")?;
+            let count = c.u32("the item count")?;
+            let len = c.u16("the task name length")?;
+            let task = std::str::from_utf8(c.take(usize::from(len), "the task name")?)
+                .map_err(|_| bad("the task name is not UTF-8"))?;
+            Ok(Frame::Run {
+                chunk,
+                count,
+                task,
+                items: c.0,
+            })
+        }
+        TAG_DONE => {
+            let chunk = c.u64("the chunk id")?;
+            let count = c.u32("the outcome count")?;
+            let nanos = c.u64("the run time")?;
+            Ok(Frame::Done {
+                chunk,
+                count,
+                nanos,
+                outcomes: c.0,
+            })
+        }
+        TAG_FATAL => Ok(Frame::Fatal(
+            std::str::from_utf8(c.0).map_err(|_| bad("the fatal message is not UTF-8"))?,
+        )),
+        other => Err(bad(format!("unknown frame tag {other}"))),
+    }
+}
+
+/// Reads one frame payload into `buf`. `Ok(false)` is a clean end of stream (between
+/// frames); a stream that ends inside a frame, or a length above [`MAX_FRAME`], is an
+/// error. Memory grows with the bytes that actually arrive, not with the length claimed.
+pub(crate) fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<bool> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Ok(false),
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the stream ended inside a frame's length prefix",
+                ));
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a frame claims {len} bytes, more than the limit of {MAX_FRAME}"),
+        ));
+    }
+    buf.clear();
+    buf.reserve(len.min(1 << 20));
+    let read = r.take(len as u64).read_to_end(buf)?;
+    if read != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("truncated frame: {read} of {len} bytes arrived"),
+        ));
+    }
+    Ok(true)
+}
+
+/// One item's outcome, as the worker encodes it (borrowing the result).
+#[derive(Serialize)]
+pub(crate) enum OutcomeRef<'a, R> {
+    Ok(&'a R),
+    Panicked(&'a str),
+    Serialization(&'a str),
+}
+
+/// One item's outcome, as the parent decodes it. Same encoding as [`OutcomeRef`].
+#[derive(Deserialize)]
+pub(crate) enum Outcome<R> {
+    Ok(R),
+    Panicked(String),
+    Serialization(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(frame: &[u8]) -> &[u8] {
+        let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+        assert_eq!(len, frame.len() - 4);
+        &frame[4..]
+    }
+
+    #[test]
+    fn run_frame_round_trips() {
+        let mut buf = Vec::new();
+        begin_run(&mut buf, 9, 2, "app::t1");
+        encode_into(&mut buf, &5u64).unwrap();
+        encode_into(&mut buf, &300u64).unwrap();
+        finish(&mut buf).unwrap();
+        let Frame::Run {
+            chunk,
+            count,
+            task,
+            items,
+        } = parse(payload(&buf)).unwrap()
+        else {
+            panic!("not a run frame")
+        };
+        assert_eq!((chunk, count, task), (9, 2, "app::t1"));
+        let (a, rest) = postcard::take_from_bytes::<u64>(items).unwrap();
+        let (b, rest) = postcard::take_from_bytes::<u64>(rest).unwrap();
+        assert_eq!((a, b, rest.len()), (5, 300, 0));
+    }
+
+    #[test]
+    fn done_frame_round_trips() {
+        let mut buf = Vec::new();
+        begin_done(&mut buf, 3);
+        encode_into(&mut buf, &OutcomeRef::Ok(&7u32)).unwrap();
+        encode_into(&mut buf, &OutcomeRef::<u32>::Panicked("boom")).unwrap();
+        finish_done(&mut buf, 2, 1234).unwrap();
+        let Frame::Done {
+            chunk,
+            count,
+            nanos,
+            outcomes,
+        } = parse(payload(&buf)).unwrap()
+        else {
+            panic!("not a done frame")
+        };
+        assert_eq!((chunk, count, nanos), (3, 2, 1234));
+        let (a, rest) = postcard::take_from_bytes::<Outcome<u32>>(outcomes).unwrap();
+        let (b, _) = postcard::take_from_bytes::<Outcome<u32>>(rest).unwrap();
+        assert!(matches!(a, Outcome::Ok(7)));
+        assert!(matches!(b, Outcome::Panicked(m) if m == "boom"));
+    }
+
+    #[test]
+    fn hello_round_trips_and_mismatch_is_explained() {
+        let me = Hello::of_this_process();
+        let mut buf = Vec::new();
+        hello_frame(&mut buf, &me).unwrap();
+        assert_eq!(parse(payload(&buf)).unwrap(), Frame::Hello(me.clone()));
+        assert_eq!(me.mismatch(&me), None);
+        let other = Hello {
+            identity: me.identity ^ 1,
+            ..me.clone()
+        };
+        assert!(me.mismatch(&other).unwrap().contains("not the same build"));
+    }
+
+    #[test]
+    fn garbage_is_rejected_with_a_reason() {
+        assert!(parse(&[]).unwrap_err().0.contains("empty"));
+        assert!(parse(&[99, 1, 2]).unwrap_err().0.contains("unknown frame tag 99"));
+        assert!(parse(&[TAG_RUN, 1, 2]).unwrap_err().0.contains("truncated"));
+        let mut wrong_magic = vec![TAG_HELLO];
+        wrong_magic.extend_from_slice(b"NOTMAGIC");
+        assert!(parse(&wrong_magic).unwrap_err().0.contains("magic"));
+        let mut old = vec![TAG_HELLO];
+        old.extend_from_slice(&MAGIC);
+        old.extend_from_slice(&(PROTOCOL_VERSION + 1).to_le_bytes());
+        assert!(parse(&old).unwrap_err().0.contains("protocol version"));
+    }
+
+    #[test]
+    fn oversized_length_is_rejected_without_allocating() {
+        let mut stream: &[u8] = &[0xff, 0xff, 0xff, 0xff, 1, 2, 3];
+        let mut buf = Vec::new();
+        let err = read_frame(&mut stream, &mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(buf.capacity(), 0);
+    }
+
+    #[test]
+    fn truncated_streams_are_errors_and_clean_eof_is_not() {
+        let mut buf = Vec::new();
+        let mut empty: &[u8] = &[];
+        assert!(!read_frame(&mut empty, &mut buf).unwrap());
+        let mut half_len: &[u8] = &[5, 0];
+        assert!(read_frame(&mut half_len, &mut buf).is_err());
+        let mut short: &[u8] = &[5, 0, 0, 0, 1, 2];
+        let err = read_frame(&mut short, &mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+}

@@ -1,0 +1,198 @@
+//! Starting a worker: re-execute this binary with the marker and one end of a socketpair,
+//! then shake hands.
+
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::protocol::{self, Frame, Hello};
+use crate::worker::MARKER;
+
+/// How long a new worker has to answer the handshake. Generous: a large test binary on a
+/// loaded machine can take a while to be mapped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The program a worker runs. `/proc/self/exe` names the running binary's inode, so it
+/// still works when the file was rebuilt or removed since the parent started.
+pub(crate) fn default_program() -> PathBuf {
+    PathBuf::from("/proc/self/exe")
+}
+
+/// A started worker that passed the handshake.
+pub(crate) struct WorkerProcess {
+    pub child: Child,
+    pub stream: UnixStream,
+    pub pid: u32,
+}
+
+/// Starts one worker. Must be called from a thread that lives as long as the worker:
+/// the worker's parent-death signal fires when that thread exits.
+pub(crate) fn spawn_worker(program: &Path) -> Result<WorkerProcess> {
+    let (parent_end, child_end) = UnixStream::pair()
+        .map_err(|e| Error::io(ErrorKind::Spawn, "cannot create a socketpair", e))?;
+    let child_fd = child_end.as_raw_fd();
+    let parent_pid = std::process::id();
+    let mut cmd = Command::new(program);
+    if let Some(arg0) = std::env::args_os().next() {
+        cmd.arg0(arg0);
+    }
+    cmd.env(MARKER, format!("fd={child_fd}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe calls (fcntl, prctl, getppid, _exit); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Both ends are close-on-exec in the parent; only the child's copy of its own
+            // end survives exec, so no other child ever holds it.
+            if libc::fcntl(child_fd, libc::F_SETFD, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl.
+            if libc::getppid() as u32 != parent_pid {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|e| {
+        Error::io(
+            ErrorKind::Spawn,
+            format_args!("cannot start a worker from {}", program.display()),
+            e,
+        )
+    })?;
+    drop(child_end);
+    let pid = child.id();
+    let mut worker = WorkerProcess {
+        child,
+        stream: parent_end,
+        pid,
+    };
+    match handshake(&mut worker.stream) {
+        Ok(()) => Ok(worker),
+        Err(e) => {
+            let status = reap(&mut worker.child, Duration::from_millis(500));
+            let e = match status {
+                Some(status) if e.kind() == ErrorKind::Io => Error::new(
+                    ErrorKind::Spawn,
+                    format!("{}; the worker {}", e.message(), describe_exit(status)),
+                ),
+                _ => e,
+            };
+            Err(e.with_pid(pid))
+        }
+    }
+}
+
+fn handshake(stream: &mut UnixStream) -> Result<()> {
+    let me = Hello::of_this_process();
+    let mut buf = Vec::new();
+    protocol::hello_frame(&mut buf, &me)
+        .map_err(|e| Error::new(ErrorKind::Spawn, e.to_string()))?;
+    let io_err = |what: &str, e: io::Error| Error::io(ErrorKind::Io, what, e);
+    stream
+        .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+        .map_err(|e| io_err("cannot set the handshake timeout", e))?;
+    // A worker that dies before reading our hello makes this write fail with EPIPE;
+    // reading its answer below then says more, so the write error itself is not final.
+    let write_result = stream.write_all(&buf);
+    match protocol::read_frame(stream, &mut buf) {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(match write_result {
+                Err(e) => io_err("the worker exited before the handshake", e),
+                Ok(()) => Error::new(ErrorKind::Io, "the worker exited before the handshake"),
+            });
+        }
+        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            return Err(Error::new(
+                ErrorKind::Spawn,
+                format!(
+                    "the worker did not answer the handshake within {}s; is it a multiproc binary?",
+                    HANDSHAKE_TIMEOUT.as_secs()
+                ),
+            ));
+        }
+        Err(e) => return Err(io_err("reading the worker's handshake", e)),
+    }
+    stream
+        .set_read_timeout(None)
+        .map_err(|e| io_err("cannot clear the handshake timeout", e))?;
+    match protocol::parse(&buf) {
+        Ok(Frame::Hello(worker)) => match me.mismatch(&worker) {
+            None => Ok(()),
+            Some(why) => Err(Error::new(ErrorKind::Spawn, why)),
+        },
+        Ok(Frame::Fatal(why)) => Err(Error::new(
+            ErrorKind::Spawn,
+            format!("the worker refused the handshake: {why}"),
+        )),
+        Ok(other) => Err(Error::new(
+            ErrorKind::Protocol,
+            format!("expected the worker's handshake, got {other:?}"),
+        )),
+        Err(e) => Err(Error::new(
+            ErrorKind::Spawn,
+            format!("the worker's handshake is invalid: {e}"),
+        )),
+    }
+}
+
+/// Waits up to `grace` for `child` to exit, then kills it and waits for good. Returns its
+/// status, or `None` if even that failed (it is then reaped by nobody we know of).
+pub(crate) fn reap(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + grace;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+            Ok(None) => {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+/// "was killed by signal 9 (SIGKILL)", "exited with code 3", …
+pub(crate) fn describe_exit(status: ExitStatus) -> String {
+    if let Some(sig) = status.signal() {
+        format!("was killed by signal {sig} ({})", signal_name(sig))
+    } else if let Some(code) = status.code() {
+        format!("exited with code {code}")
+    } else {
+        format!("ended ({status})")
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        _ => "signal",
+    }
+}

@@ -1,0 +1,273 @@
+//! The worker side: a constructor that turns a re-executed binary into a worker before
+//! `main` (and before any test harness) runs, and the loop that serves chunks.
+
+use std::cell::{Cell, RefCell};
+use std::io::Write;
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Once, mpsc};
+use std::time::Instant;
+
+use crate::protocol::{self, Frame, Hello};
+
+/// The environment variable that marks a process as a worker. Its value names the
+/// inherited socket: `fd=<n>`. It is removed before any user code runs.
+pub(crate) const MARKER: &str = "MULTIPROC_WORKER";
+
+/// The exit code of a worker that gives up (bad start, protocol error).
+const EXIT_FAILURE: i32 = 2;
+
+static IN_WORKER: AtomicBool = AtomicBool::new(false);
+
+/// True in a worker process. `par_map` uses it to run inline instead of starting a pool
+/// inside a worker.
+pub fn in_worker() -> bool {
+    IN_WORKER.load(Ordering::Relaxed)
+}
+
+// SAFETY (for `unsafe` in the attribute): the constructor runs before `main`, single
+// threaded. It only reads and removes one environment variable and, in a worker, serves
+// and exits; in any other process it returns at once.
+#[ctor::ctor(unsafe)]
+fn worker_entry() {
+    let Some(value) = std::env::var_os(MARKER) else {
+        return;
+    };
+    // SAFETY: constructors run before `main`, while the process has a single thread, so
+    // nothing can read the environment concurrently.
+    unsafe { std::env::remove_var(MARKER) };
+    IN_WORKER.store(true, Ordering::Relaxed);
+    let code = match serve(&value.to_string_lossy()) {
+        Ok(()) => 0,
+        Err(message) => {
+            eprintln!("multiproc worker {}: {message}", std::process::id());
+            EXIT_FAILURE
+        }
+    };
+    let _ = std::io::stdout().flush();
+    std::process::exit(code);
+}
+
+/// Parses `fd=<n>` and checks that the descriptor is an inherited socket.
+fn inherited_socket(value: &str) -> Result<RawFd, String> {
+    let not_started_by_parent = "a worker is started by a multiproc parent process, with the \
+                                 socket it inherits; it cannot be started by hand";
+    let fd: RawFd = value
+        .strip_prefix("fd=")
+        .and_then(|n| n.parse().ok())
+        .filter(|&fd| fd > 2)
+        .ok_or_else(|| format!("{MARKER}={value:?} is malformed; {not_started_by_parent}"))?;
+    // SAFETY: fstat only writes into the zeroed struct we pass; an fd that is not open
+    // makes it fail with EBADF, which is handled.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: see above; `st` is a valid, writable `stat`.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(format!(
+            "{MARKER} names fd {fd}, which is not open ({}); {not_started_by_parent}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(format!(
+            "{MARKER} names fd {fd}, which is not a socket; {not_started_by_parent}"
+        ));
+    }
+    // Tasks may start processes of their own: they must not inherit the socket, or the
+    // parent would not see this worker's end of stream when it dies.
+    // SAFETY: fcntl on an fd we just checked is open; F_SETFD takes an int flag.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+        return Err(format!(
+            "cannot set close-on-exec on fd {fd}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(fd)
+}
+
+fn serve(marker: &str) -> Result<(), String> {
+    let fd = inherited_socket(marker)?;
+    // SAFETY: `fd` is an open socket (checked above) that this process inherited for
+    // exactly this purpose; nothing else in the process owns or closes it.
+    let mut reader = unsafe { UnixStream::from_raw_fd(fd) };
+    // Rust's runtime has not started yet, so SIGPIPE is still at its default (terminate).
+    // A parent that goes away must give us EPIPE, not kill us mid-write.
+    // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+
+    let mut buf = Vec::new();
+    handshake(&mut reader, &mut buf)?;
+    let writer = reader
+        .try_clone()
+        .map_err(|e| format!("cannot duplicate the socket: {e}"))?;
+
+    // Frames are read on this thread and run on another, so a parent's end of stream
+    // is noticed even while a task runs, and the parent's writes never wait on our
+    // compute (which could otherwise deadlock two processes writing big frames).
+    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(4);
+    let executor = std::thread::Builder::new()
+        .name("multiproc-worker".into())
+        .stack_size(main_stack_size())
+        .spawn(move || execute(rx, writer))
+        .map_err(|e| format!("cannot start the executor thread: {e}"))?;
+    loop {
+        let mut frame = Vec::new();
+        match protocol::read_frame(&mut reader, &mut frame) {
+            Ok(true) => {}
+            Ok(false) => exit_on_parent_gone(),
+            Err(e) => return Err(format!("protocol error: {e}")),
+        }
+        if let Err(e) = protocol::parse(&frame) {
+            return Err(format!("protocol error: {e}"));
+        }
+        if tx.send(frame).is_err() {
+            // The executor stopped; it says why when it joins.
+            drop(tx);
+            return match executor.join() {
+                Ok(result) => result,
+                Err(_) => Err("the executor thread panicked".into()),
+            };
+        }
+    }
+}
+
+/// Set while the executor runs a chunk.
+static BUSY: AtomicBool = AtomicBool::new(false);
+
+/// The parent closed the socket: it is done with us or gone. Leave at once; finish
+/// writing buffered output only if no task is in the middle of printing.
+fn exit_on_parent_gone() -> ! {
+    if !BUSY.load(Ordering::SeqCst) {
+        let _ = std::io::stdout().flush();
+    }
+    // SAFETY: `_exit` ends the process without running destructors or atexit handlers,
+    // which is what we want while another thread may be inside user code.
+    unsafe { libc::_exit(0) }
+}
+
+fn handshake(stream: &mut UnixStream, buf: &mut Vec<u8>) -> Result<(), String> {
+    let me = Hello::of_this_process();
+    match protocol::read_frame(stream, buf) {
+        Ok(true) => {}
+        Ok(false) => return Err("the parent closed the socket before the handshake".into()),
+        Err(e) => return Err(format!("protocol error in the handshake: {e}")),
+    }
+    let reply = match protocol::parse(buf) {
+        Ok(Frame::Hello(parent)) => me.mismatch(&parent),
+        Ok(other) => Some(format!("expected a handshake, got {other:?}")),
+        Err(e) => Some(format!("protocol error in the handshake: {e}")),
+    };
+    let mut out = Vec::new();
+    let encoded = match &reply {
+        None => protocol::hello_frame(&mut out, &me),
+        Some(why) => protocol::fatal_frame(&mut out, why),
+    };
+    encoded.map_err(|e| e.to_string())?;
+    stream
+        .write_all(&out)
+        .map_err(|e| format!("cannot answer the handshake: {e}"))?;
+    match reply {
+        None => Ok(()),
+        Some(why) => Err(why),
+    }
+}
+
+fn execute(rx: mpsc::Receiver<Vec<u8>>, mut writer: UnixStream) -> Result<(), String> {
+    let mut out = Vec::new();
+    for frame in rx {
+        let Ok(Frame::Run {
+            chunk,
+            count,
+            task,
+            items,
+        }) = protocol::parse(&frame)
+        else {
+            return Err("protocol error: a worker only accepts Run frames".into());
+        };
+        let Some(run) = crate::task::lookup(task) else {
+            let why = format!("no #[parallel] function named `{task}` in this binary");
+            let _ = protocol::fatal_frame(&mut out, &why).map(|()| writer.write_all(&out));
+            return Err(why);
+        };
+        protocol::begin_done(&mut out, chunk);
+        BUSY.store(true, Ordering::SeqCst);
+        let start = Instant::now();
+        let done = run(items, count, &mut out);
+        let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        BUSY.store(false, Ordering::SeqCst);
+        protocol::finish_done(&mut out, done, nanos).map_err(|e| e.to_string())?;
+        if writer.write_all(&out).is_err() {
+            exit_on_parent_gone();
+        }
+        // Don't hold on to a buffer grown by one huge chunk.
+        if out.capacity() > 64 << 20 {
+            out = Vec::new();
+        }
+    }
+    Ok(())
+}
+
+/// The stack `main` would get: `RLIMIT_STACK`, or 8 MiB when it is unlimited or tiny.
+fn main_stack_size() -> usize {
+    const DEFAULT: usize = 8 << 20;
+    // SAFETY: getrlimit only writes into the struct we pass.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut lim) } != 0 {
+        return DEFAULT;
+    }
+    match usize::try_from(lim.rlim_cur) {
+        Ok(n) if lim.rlim_cur != libc::RLIM_INFINITY && n >= (1 << 20) => n,
+        _ => DEFAULT,
+    }
+}
+
+thread_local! {
+    /// Set while a task runs under [`guarded`]: its panics are reported to the parent,
+    /// not printed here.
+    static IN_TASK: Cell<bool> = const { Cell::new(false) };
+    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+fn install_panic_hook() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if IN_TASK.with(Cell::get) {
+                let message = payload_message(info.payload());
+                let text = match info.location() {
+                    Some(loc) => format!("{message} (at {}:{})", loc.file(), loc.line()),
+                    None => message,
+                };
+                LAST_PANIC.with(|p| *p.borrow_mut() = Some(text));
+            } else {
+                default(info);
+            }
+        }));
+    });
+}
+
+fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_owned()
+    }
+}
+
+/// Runs `f`, turning a panic into its message (with the panic's location).
+pub(crate) fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    install_panic_hook();
+    let was = IN_TASK.with(|t| t.replace(true));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    IN_TASK.with(|t| t.set(was));
+    result.map_err(|payload| {
+        LAST_PANIC
+            .with(|p| p.borrow_mut().take())
+            .unwrap_or_else(|| payload_message(&*payload))
+    })
+}

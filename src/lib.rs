@@ -1,0 +1,73 @@
+//! # multiproc
+//!
+//! Python's `multiprocessing` for Rust. Mark a pure function `#[parallel]`, then
+//! `data.par_map(f)` runs it in worker processes, which are re-executions of the current
+//! binary: a task that crashes, leaks or is not thread-safe hurts one worker, not your
+//! program.
+//!
+//! ```no_run
+//! use multiproc::prelude::*;
+//!
+//! #[parallel]
+//! fn t1(x: u64) -> u64 {
+//!     x * 10
+//! }
+//!
+//! fn main() -> multiproc::Result<()> {
+//!     assert_eq!(t1(5), 50); // still an ordinary function
+//!     let data: Vec<u64> = (0..10).collect();
+//!     let out = data.par_map(t1)?; // runs in worker processes, results in input order
+//!     assert_eq!(out, [0, 10, 20, 30, 40, 50, 60, 70, 80, 90]);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ## How it works
+//!
+//! - `#[parallel]` keeps the function and turns its name into a [`Task`] constant that
+//!   derefs to the function, so `t1(5)` still works, `iter.map(*t1)` too, and handing a
+//!   function that is not `#[parallel]` to `par_map` is a compile error. It also registers
+//!   the function, at link time, under `module::path::name`.
+//! - A worker is this same executable, started again with a marker in its environment
+//!   and a socket it inherits. A constructor sees the marker before `main` (and before the
+//!   test harness, so `cargo test` needs no setup), serves tasks, and exits. Workers
+//!   write to the parent's stdout and stderr, so `println!` in a task shows up.
+//! - Arguments and results travel as postcard frames over a Unix socketpair; the first
+//!   frames are a handshake that checks both sides are the same build.
+//! - The global pool starts on first use with one worker per core
+//!   ([`std::thread::available_parallelism`]); the `MULTIPROC_WORKERS` environment
+//!   variable overrides the count. It is reused by every later call and shut down when
+//!   the program exits. A `par_map` called inside a worker runs inline in that worker.
+//! - A worker dies with its parent (`PR_SET_PDEATHSIG`, and it exits when its socket
+//!   closes).
+//!
+//! ## Rules for `#[parallel]` functions
+//!
+//! Put the work in one free function whose arguments and result are owned and implement
+//! serde's `Serialize` and `DeserializeOwned`. A function of several arguments takes a
+//! tuple from `par_map` (`pairs.par_map(add)` with `pairs: Vec<(u64, u64)>`); one of no
+//! arguments takes `()`. `async`, generic, `unsafe` and `extern` functions, `self`,
+//! borrowed and `impl Trait` arguments, and destructuring patterns are rejected at compile
+//! time with a message saying what to write instead.
+//!
+//! ## Errors
+//!
+//! Every fallible call returns [`Result`], whose [`Error`] has a [`kind`](Error::kind)
+//! ([`ErrorKind::Panicked`], [`ErrorKind::WorkerDied`], …), the failed item's
+//! [`task_index`](Error::task_index) and the [`worker_pid`](Error::worker_pid). A function
+//! that returns its own `Result<T, E>` gives `Vec<Result<T, E>>`: its errors are values.
+//!
+//! ## Platform
+//!
+//! Linux. Workers are re-executed through `/proc/self/exe`.
+
+pub use multiproc_macros::parallel;
+pub use multiproc_runtime::{Error, ErrorKind, ParMap, Result, Task, in_worker};
+
+/// The everyday names: `use multiproc::prelude::*;`.
+pub mod prelude {
+    pub use crate::{ParMap, Task, parallel};
+}
+
+#[doc(hidden)]
+pub use multiproc_runtime::__private;
