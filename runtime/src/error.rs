@@ -203,7 +203,10 @@ mod tests {
         let e = Error::io(ErrorKind::Spawn, "spawning a worker", io);
         assert_eq!(e.kind(), ErrorKind::Spawn);
         assert!(std::error::Error::source(&e).is_some());
-        assert!(e.to_string().starts_with("could not start a worker: spawning a worker: "));
+        assert!(
+            e.to_string()
+                .starts_with("could not start a worker: spawning a worker: ")
+        );
     }
 
     #[test]

@@ -26,10 +26,29 @@ pub mod __private {
     pub use serde;
     pub use std::vec::Vec;
 
+    /// Starts one worker from `program`, checks its handshake and stops it again;
+    /// returns its pid. Lets tests show what happens when a worker is not the same build.
+    pub fn probe_worker(program: &std::path::Path) -> crate::Result<u32> {
+        let mut worker = crate::spawn::spawn_worker(program)?;
+        drop(worker.stream);
+        let _ = crate::spawn::reap(&mut worker.child, std::time::Duration::from_secs(5));
+        Ok(worker.pid)
+    }
+
+    /// A type that can travel between processes. Only used to give the compile error
+    /// for an argument or result type that cannot a clear message.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot travel between processes: it does not implement serde's `Serialize` and `DeserializeOwned`",
+        label = "the arguments and the result of a #[parallel] function must be serializable",
+        note = "derive them on your type: `#[derive(serde::Serialize, serde::Deserialize)]`"
+    )]
+    pub trait Portable {}
+    impl<T: serde::Serialize + serde::de::DeserializeOwned> Portable for T {}
+
     /// Compile-time check that an argument type can travel to a worker. Generated code
     /// names it with the argument type's span, so the error points at that type.
-    pub const fn assert_argument<T: serde::Serialize + serde::de::DeserializeOwned>() {}
+    pub const fn assert_argument<T: Portable>() {}
 
     /// Compile-time check that a return type can travel back from a worker.
-    pub const fn assert_result<T: serde::Serialize + serde::de::DeserializeOwned>() {}
+    pub const fn assert_result<T: Portable>() {}
 }

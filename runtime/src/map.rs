@@ -22,7 +22,7 @@ use crate::task::Task;
 /// global pool (started on first use with one worker per core, or `MULTIPROC_WORKERS`).
 /// Called inside a worker, it runs inline in that worker.
 ///
-/// ```no_run
+/// ```ignore
 /// use multiproc::prelude::*;
 ///
 /// #[parallel]
@@ -150,12 +150,23 @@ where
             protocol::finish(&mut frame).map_err(|e| {
                 Error::new(
                     ErrorKind::Serialization,
-                    format!("the arguments of items {next}..{} are too large: {e}", next + n),
+                    format!(
+                        "the arguments of items {next}..{} are too large: {e}",
+                        next + n
+                    ),
                 )
                 .with_task(name)
                 .with_index(next)
             })?;
-            let job = Job::new(chunk, name, next, n as u32, frame, Arc::clone(&cancel), tx.clone());
+            let job = Job::new(
+                chunk,
+                name,
+                next,
+                n as u32,
+                frame,
+                Arc::clone(&cancel),
+                tx.clone(),
+            );
             pool.submit(job)?;
             inflight += 1;
             next += n;

@@ -224,9 +224,7 @@ impl<'a> Cursor<'a> {
 
 /// Parses one frame payload (the bytes after the length prefix).
 pub(crate) fn parse(payload: &[u8]) -> Result<Frame<'_>, ProtocolError> {
-    let (&tag, rest) = payload
-        .split_first()
-        .ok_or_else(|| bad("empty frame"))?;
+    let (&tag, rest) = payload.split_first().ok_or_else(|| bad("empty frame"))?;
     let mut c = Cursor(rest);
     match tag {
         TAG_HELLO => {
@@ -405,7 +403,12 @@ mod tests {
     #[test]
     fn garbage_is_rejected_with_a_reason() {
         assert!(parse(&[]).unwrap_err().0.contains("empty"));
-        assert!(parse(&[99, 1, 2]).unwrap_err().0.contains("unknown frame tag 99"));
+        assert!(
+            parse(&[99, 1, 2])
+                .unwrap_err()
+                .0
+                .contains("unknown frame tag 99")
+        );
         assert!(parse(&[TAG_RUN, 1, 2]).unwrap_err().0.contains("truncated"));
         let mut wrong_magic = vec![TAG_HELLO];
         wrong_magic.extend_from_slice(b"NOTMAGIC");

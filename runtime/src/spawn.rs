@@ -54,7 +54,14 @@ pub(crate) fn spawn_worker(program: &Path) -> Result<WorkerProcess> {
             if libc::fcntl(child_fd, libc::F_SETFD, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(io::Error::last_os_error());
             }
             // The parent may have died between fork and prctl.
@@ -114,7 +121,12 @@ fn handshake(stream: &mut UnixStream) -> Result<()> {
                 Ok(()) => Error::new(ErrorKind::Io, "the worker exited before the handshake"),
             });
         }
-        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
             return Err(Error::new(
                 ErrorKind::Spawn,
                 format!(

@@ -51,9 +51,9 @@ pub(crate) fn expand(task: &TaskFn) -> TokenStream {
 
     // Each check carries the span of the type it checks, so an argument or result type
     // that cannot be serialized is reported on that type.
-    let arg_checks = types.iter().map(|ty| {
-        quote_spanned!(ty.span()=> #private::assert_argument::<#ty>();)
-    });
+    let arg_checks = types
+        .iter()
+        .map(|ty| quote_spanned!(ty.span()=> #private::assert_argument::<#ty>();));
     let ret_check = quote_spanned!(ret.span()=> #private::assert_result::<#ret>(););
 
     quote! {

@@ -202,7 +202,9 @@ impl Driver<'_> {
             ),
             Loss::Protocol(why) => Error::new(
                 ErrorKind::Protocol,
-                format!("the worker sent an invalid frame while running {range} ({why}); it was killed"),
+                format!(
+                    "the worker sent an invalid frame while running {range} ({why}); it was killed"
+                ),
             ),
             Loss::GaveUp(why) => Error::new(
                 ErrorKind::Protocol,

@@ -50,7 +50,9 @@ pub(crate) enum Reply {
         payload: Vec<u8>,
         outcomes_at: usize,
     },
-    Failed { error: Error },
+    Failed {
+        error: Error,
+    },
 }
 
 impl Job {

@@ -1,0 +1,62 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// Runs one test of the current test binary in a fresh process, with `envs` set and
+/// `MULTIPROC_TEST_CHILD=1` so the child test knows it is the child. Used for behaviour
+/// that depends on process-wide state (environment variables, process exit).
+pub fn run_child_test(test: &str, envs: &[(&str, &str)]) -> Output {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        test,
+        "--exact",
+        "--include-ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("MULTIPROC_TEST_CHILD", "1")
+    .env_remove("MULTIPROC_WORKERS");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("running the child test")
+}
+
+/// True inside a process started by [`run_child_test`].
+pub fn is_child() -> bool {
+    std::env::var_os("MULTIPROC_TEST_CHILD").is_some()
+}
+
+/// A built example binary of this package (`cargo test` builds examples first).
+pub fn example_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/<test> -> target/<profile>/examples/<name>
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test binary lives in target/<profile>/deps");
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the examples first (`cargo test` does)",
+        path.display()
+    );
+    path
+}
+
+/// True while a process with this pid exists (zombies included).
+pub fn process_exists(pid: u32) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence and permission.
+    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+}
+
+/// The number of workers the global pool of a test process gets.
+pub fn global_workers() -> usize {
+    match std::env::var("MULTIPROC_WORKERS") {
+        Ok(n) => n.parse().expect("MULTIPROC_WORKERS is a number"),
+        Err(_) => std::thread::available_parallelism().map_or(1, usize::from),
+    }
+}

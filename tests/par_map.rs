@@ -1,0 +1,260 @@
+//! `par_map` on the global pool, with real worker processes.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use multiproc::ErrorKind;
+use multiproc::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[parallel]
+fn times_ten(x: u64) -> u64 {
+    x * 10
+}
+
+#[parallel]
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+#[parallel]
+fn seven() -> u32 {
+    7
+}
+
+#[parallel]
+fn whoami(_x: u32) -> u32 {
+    std::process::id()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Point {
+    x: i32,
+    y: i32,
+    label: String,
+}
+
+#[parallel]
+fn describe(p: Point, suffix: String) -> String {
+    format!("{}({},{}){suffix}", p.label, p.x, p.y)
+}
+
+#[parallel]
+fn checked_div(a: i64, b: i64) -> Result<i64, String> {
+    if b == 0 {
+        Err(format!("{a} / 0"))
+    } else {
+        Ok(a / b)
+    }
+}
+
+#[parallel]
+fn fails_on_13(x: u64) -> u64 {
+    if x == 13 {
+        panic!("thirteen is unlucky");
+    }
+    x
+}
+
+/// A task that maps again: the inner map runs inline in the worker.
+#[parallel]
+fn nested(_x: u64) -> (u32, Vec<u32>) {
+    let inner: Vec<u32> = (0..4).collect();
+    let pids = inner.par_map(whoami).expect("the inline map");
+    (std::process::id(), pids)
+}
+
+#[test]
+fn results_are_in_input_order_for_100k_items() {
+    let data: Vec<u64> = (0..100_000).collect();
+    let out = data.par_map(times_ten).unwrap();
+    assert_eq!(out.len(), data.len());
+    assert!(out.iter().zip(&data).all(|(o, d)| *o == d * 10));
+}
+
+#[test]
+fn arrays_and_vecs_are_borrowed_not_consumed() {
+    let data = vec![1u64, 2, 3];
+    assert_eq!(data.par_map(times_ten).unwrap(), [10, 20, 30]);
+    assert_eq!(data, [1, 2, 3]);
+    assert_eq!([4u64, 5].par_map(times_ten).unwrap(), [40, 50]);
+}
+
+#[test]
+fn the_function_still_runs_in_process() {
+    assert_eq!(times_ten(5), 50);
+    assert_eq!(add(2, 3), 5);
+    assert_eq!(seven(), 7);
+    let mapped: Vec<u64> = (1..4).map(*times_ten).collect();
+    assert_eq!(mapped, [10, 20, 30]);
+    assert!(
+        times_ten.name().ends_with("par_map::times_ten"),
+        "{}",
+        times_ten.name()
+    );
+}
+
+#[test]
+fn tuples_feed_a_two_argument_function() {
+    let pairs: Vec<(u64, u64)> = (0..1000).map(|i| (i, 2 * i)).collect();
+    let out = pairs.par_map(add).unwrap();
+    assert_eq!(out, (0..1000).map(|i| 3 * i).collect::<Vec<_>>());
+}
+
+#[test]
+fn structs_and_strings_travel() {
+    let items: Vec<(Point, String)> = (0..50)
+        .map(|i| {
+            let p = Point {
+                x: i,
+                y: -i,
+                label: format!("p{i}"),
+            };
+            (p, "!".repeat(i as usize % 3))
+        })
+        .collect();
+    let out = items.par_map(describe).unwrap();
+    assert_eq!(out[0], "p0(0,0)");
+    assert_eq!(out[7], "p7(7,-7)!");
+    assert_eq!(out[49], "p49(49,-49)!");
+}
+
+#[test]
+fn user_errors_come_back_as_values() {
+    let pairs = [(10i64, 2i64), (1, 0), (9, 3)];
+    let out = pairs.par_map(checked_div).unwrap();
+    assert_eq!(out, vec![Ok(5), Err("1 / 0".to_string()), Ok(3)]);
+}
+
+#[test]
+fn zero_argument_functions_take_unit() {
+    let units = [(); 10];
+    assert_eq!(units.par_map(seven).unwrap(), vec![7; 10]);
+}
+
+#[test]
+fn empty_input_returns_empty_output() {
+    let empty: Vec<u64> = Vec::new();
+    assert!(empty.par_map(times_ten).unwrap().is_empty());
+}
+
+#[test]
+fn work_runs_in_worker_processes_and_the_global_pool_is_reused() {
+    let me = std::process::id();
+    let mut seen = BTreeSet::new();
+    for _ in 0..3 {
+        let data: Vec<u32> = (0..2000).collect();
+        let pids: BTreeSet<u32> = data.par_map(whoami).unwrap().into_iter().collect();
+        assert!(!pids.contains(&me), "a result was computed in the parent");
+        seen.extend(pids);
+    }
+    // Three calls, the same workers: never more distinct pids than the pool has workers.
+    assert!(
+        seen.len() <= common::global_workers(),
+        "{} distinct worker pids for a pool of {}",
+        seen.len(),
+        common::global_workers()
+    );
+}
+
+#[test]
+fn a_panic_is_reported_with_message_and_index_and_the_pool_keeps_working() {
+    let data: Vec<u64> = (0..100).collect();
+    let err = data.par_map(fails_on_13).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Panicked);
+    assert_eq!(err.task_index(), Some(13));
+    let pid = err.worker_pid().expect("the worker's pid");
+    assert_ne!(pid, std::process::id());
+    let text = err.to_string();
+    assert!(text.contains("thirteen is unlucky"), "{text}");
+    assert!(text.contains("fails_on_13"), "{text}");
+    assert!(text.contains("item 13"), "{text}");
+    assert!(!text.contains('\n'), "{text}");
+    // The worker caught the panic and keeps serving; the next call works.
+    let ok: Vec<u64> = (14..200).collect();
+    assert_eq!(ok.par_map(fails_on_13).unwrap(), ok);
+}
+
+#[test]
+fn par_map_inside_a_worker_runs_inline() {
+    let data: Vec<u64> = (0..6).collect();
+    for (outer, inner) in data.par_map(nested).unwrap() {
+        assert_ne!(outer, std::process::id());
+        assert_eq!(inner, vec![outer; 4], "the inner map left its worker");
+    }
+}
+
+/// Child half of `multiproc_workers_sets_the_global_pool_size`.
+#[test]
+#[ignore = "run by its parent test in a fresh process"]
+fn child_reports_worker_pids() {
+    if !common::is_child() {
+        return;
+    }
+    // The harness prints "test name ... " without a newline first.
+    println!();
+    let data: Vec<u32> = (0..5000).collect();
+    match data.par_map(whoami) {
+        Ok(pids) => {
+            let distinct: BTreeSet<u32> = pids.into_iter().collect();
+            println!("DISTINCT={}", distinct.len());
+            for pid in distinct {
+                println!("PID={pid}");
+            }
+        }
+        Err(e) => println!("ERROR={:?}: {e}", e.kind()),
+    }
+}
+
+fn child_output(envs: &[(&str, &str)]) -> String {
+    let out = common::run_child_test("child_reports_worker_pids", envs);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "child failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn multiproc_workers_sets_the_global_pool_size() {
+    let out = child_output(&[("MULTIPROC_WORKERS", "3")]);
+    let distinct: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("DISTINCT="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no DISTINCT line in {out}"));
+    assert!((1..=3).contains(&distinct), "{out}");
+}
+
+#[test]
+fn an_invalid_multiproc_workers_is_a_clear_error() {
+    for bad in ["0", "many"] {
+        let out = child_output(&[("MULTIPROC_WORKERS", bad)]);
+        assert!(out.contains("ERROR=InvalidConfig"), "{out}");
+        assert!(out.contains("MULTIPROC_WORKERS"), "{out}");
+    }
+}
+
+#[test]
+fn workers_are_gone_after_the_program_exits() {
+    let out = child_output(&[("MULTIPROC_WORKERS", "2")]);
+    let pids: Vec<u32> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("PID="))
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert!(!pids.is_empty(), "{out}");
+    // The child has exited; its workers were shut down at exit and reaped by it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while pids.iter().any(|&p| common::process_exists(p)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "workers {pids:?} outlived their parent"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
