@@ -21,7 +21,7 @@ pub use worker::in_worker;
 /// signatures here change without notice.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::task::{RunChunk, TASKS, Task, TaskEntry, run_chunk};
+    pub use crate::task::{Failure, RunChunk, TASKS, Task, TaskEntry, run_chunk};
     pub use linkme;
     pub use serde;
     pub use std::vec::Vec;

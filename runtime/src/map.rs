@@ -11,7 +11,8 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::pool::{Job, PoolCore, Reply};
-use crate::protocol::{self, Outcome};
+
+use crate::protocol::{self, FailureKind};
 use crate::task::Task;
 
 /// `data.par_map(task)`: run a `#[parallel]` function over every element of a slice in
@@ -188,26 +189,27 @@ where
                 expected,
                 count,
                 payload,
-                outcomes_at,
+                values,
             } => {
                 sizer.observe(nanos, count);
-                let values = decode_outcomes::<R>(
-                    &payload[outcomes_at..],
-                    Decoded {
-                        task: name,
-                        first_index,
-                        pid,
-                        expected,
-                        count,
-                    },
-                )?;
+                let chunk = ChunkOrigin {
+                    task: name,
+                    first_index,
+                    pid,
+                };
+                let failures = &payload[values.end..];
+                if !failures.is_empty() || count != expected {
+                    return Err(chunk.first_failure(failures, count, expected));
+                }
                 if first_index == out.len() {
-                    out.extend(values);
+                    chunk.decode_values(&payload[values], count, &mut out)?;
                     while let Some(values) = pending.remove(&out.len()) {
                         out.extend(values);
                     }
                 } else {
-                    pending.insert(first_index, values);
+                    let mut decoded = Vec::with_capacity(count as usize);
+                    chunk.decode_values(&payload[values], count, &mut decoded)?;
+                    pending.insert(first_index, decoded);
                 }
             }
             Reply::Failed { error } => return Err(error),
@@ -216,53 +218,70 @@ where
     Ok(out)
 }
 
-/// Where a chunk's outcomes came from, for error messages.
-struct Decoded {
+/// Where a chunk's results came from, for error messages.
+struct ChunkOrigin {
     task: &'static str,
     first_index: usize,
     pid: u32,
-    expected: u32,
-    count: u32,
 }
 
-fn decode_outcomes<R: DeserializeOwned>(mut bytes: &[u8], d: Decoded) -> Result<Vec<R>> {
-    let mut values = Vec::with_capacity(d.count as usize);
-    let err = |kind, index: usize, message: String| {
+impl ChunkOrigin {
+    fn error(&self, kind: ErrorKind, offset: usize, message: String) -> Error {
         Error::new(kind, message)
-            .with_task(d.task)
-            .with_index(d.first_index + index)
-            .with_pid(d.pid)
-    };
-    for k in 0..d.count as usize {
-        let (outcome, rest) = postcard::take_from_bytes::<Outcome<R>>(bytes).map_err(|e| {
-            err(
-                ErrorKind::Serialization,
-                k,
-                format!("the result could not be deserialized: {e}"),
-            )
-        })?;
-        bytes = rest;
-        match outcome {
-            Outcome::Ok(v) => values.push(v),
-            Outcome::Panicked(message) => return Err(err(ErrorKind::Panicked, k, message)),
-            Outcome::Serialization(message) => {
-                return Err(err(ErrorKind::Serialization, k, message));
-            }
+            .with_task(self.task)
+            .with_index(self.first_index + offset)
+            .with_pid(self.pid)
+    }
+
+    /// Appends the chunk's `count` values to `out`.
+    fn decode_values<R: DeserializeOwned>(
+        &self,
+        bytes: &[u8],
+        count: u32,
+        out: &mut Vec<R>,
+    ) -> Result<()> {
+        let mut de = postcard::Deserializer::from_bytes(bytes);
+        for k in 0..count as usize {
+            let value = R::deserialize(&mut de).map_err(|e| {
+                self.error(
+                    ErrorKind::Serialization,
+                    k,
+                    format!("the result could not be deserialized: {e}"),
+                )
+            })?;
+            out.push(value);
+        }
+        match de.finalize() {
+            Ok(rest) if rest.is_empty() => Ok(()),
+            _ => Err(self.error(
+                ErrorKind::Protocol,
+                0,
+                "the worker sent more result bytes than results".to_owned(),
+            )),
         }
     }
-    if d.count < d.expected || !bytes.is_empty() {
-        return Err(err(
-            ErrorKind::Protocol,
-            d.count as usize,
-            format!(
-                "the worker answered {} of {} items with {} bytes left over",
-                d.count,
-                d.expected,
-                bytes.len()
+
+    /// The error for a chunk in which some item failed: the first failed item.
+    fn first_failure(&self, failures: &[u8], count: u32, expected: u32) -> Error {
+        let failures = match protocol::decode_failures(failures) {
+            Ok(f) => f,
+            Err(e) => return self.error(ErrorKind::Protocol, 0, e.to_string()),
+        };
+        match failures.into_iter().min_by_key(|f| f.index) {
+            Some(f) => {
+                let kind = match f.kind {
+                    FailureKind::Panicked => ErrorKind::Panicked,
+                    FailureKind::Serialization => ErrorKind::Serialization,
+                };
+                self.error(kind, f.index as usize, f.message)
+            }
+            None => self.error(
+                ErrorKind::Protocol,
+                count as usize,
+                format!("the worker ran {count} of {expected} items and reported no failure"),
             ),
-        ));
+        }
     }
-    Ok(values)
 }
 
 /// Chooses chunk sizes: a small probe first, then chunks that take about

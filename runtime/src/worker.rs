@@ -175,6 +175,7 @@ fn handshake(stream: &mut UnixStream, buf: &mut Vec<u8>) -> Result<(), String> {
 
 fn execute(rx: mpsc::Receiver<Vec<u8>>, mut writer: UnixStream) -> Result<(), String> {
     let mut out = Vec::new();
+    let mut failures = Vec::new();
     for frame in rx {
         let Ok(Frame::Run {
             chunk,
@@ -193,10 +194,11 @@ fn execute(rx: mpsc::Receiver<Vec<u8>>, mut writer: UnixStream) -> Result<(), St
         protocol::begin_done(&mut out, chunk);
         BUSY.store(true, Ordering::SeqCst);
         let start = Instant::now();
-        let done = run(items, count, &mut out);
+        failures.clear();
+        let done = run(items, count, &mut out, &mut failures);
         let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         BUSY.store(false, Ordering::SeqCst);
-        protocol::finish_done(&mut out, done, nanos).map_err(|e| e.to_string())?;
+        protocol::finish_done(&mut out, done, nanos, &failures).map_err(|e| e.to_string())?;
         if writer.write_all(&out).is_err() {
             exit_on_parent_gone();
         }

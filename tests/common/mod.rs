@@ -47,10 +47,17 @@ pub fn example_binary(name: &str) -> PathBuf {
     path
 }
 
-/// True while a process with this pid exists (zombies included).
+/// True while a process with this pid exists and has not exited. A zombie (exited, not
+/// yet reaped by whoever inherited it) counts as gone: it runs no code and holds nothing.
 pub fn process_exists(pid: u32) -> bool {
-    // SAFETY: kill with signal 0 only checks for existence and permission.
-    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name, which may itself hold spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
 }
 
 /// The number of workers the global pool of a test process gets.

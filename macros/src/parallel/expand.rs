@@ -80,12 +80,14 @@ pub(crate) fn expand(task: &TaskFn) -> TokenStream {
                 __multiproc_input: &[::core::primitive::u8],
                 __multiproc_count: ::core::primitive::u32,
                 __multiproc_out: &mut #private::Vec<::core::primitive::u8>,
+                __multiproc_failures: &mut #private::Vec<#private::Failure>,
             ) -> ::core::primitive::u32 {
                 #private::run_chunk::<#arg_ty, #ret>(
                     __multiproc_invoke,
                     __multiproc_input,
                     __multiproc_count,
                     __multiproc_out,
+                    __multiproc_failures,
                 )
             }
 

@@ -117,13 +117,15 @@ impl Driver<'_> {
                 chunk,
                 count,
                 nanos,
-                outcomes,
+                values,
+                failures,
             }) if self
                 .inflight
                 .front()
                 .is_some_and(|j| j.chunk == chunk && count <= j.count) =>
             {
-                let outcomes_at = rbuf.len() - outcomes.len();
+                let values_end = rbuf.len() - failures.len();
+                let values = values_end - values.len()..values_end;
                 let (Some(job), Some(worker)) = (self.inflight.pop_front(), &self.worker) else {
                     return;
                 };
@@ -137,7 +139,7 @@ impl Driver<'_> {
                     nanos,
                     count,
                     payload: std::mem::take(rbuf),
-                    outcomes_at,
+                    values,
                 });
                 self.spawn_failures = 0;
                 return;

@@ -44,11 +44,12 @@ pub(crate) enum Reply {
         nanos: u64,
         /// Items in the chunk.
         expected: u32,
-        /// Outcomes it wrote (can be fewer than the items if an argument did not decode).
+        /// Items that ran (fewer than expected only if an argument did not decode).
         count: u32,
-        /// The `Done` frame's payload; outcomes start at `outcomes_at`.
+        /// The `Done` frame's payload: the values are `payload[values]`, the failures
+        /// `payload[values.end..]`.
         payload: Vec<u8>,
-        outcomes_at: usize,
+        values: std::ops::Range<usize>,
     },
     Failed {
         error: Error,

@@ -1,0 +1,86 @@
+//! Worker processes and their parent: output goes where the parent's goes, and no worker
+//! outlives a parent that exits or is killed.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use multiproc::prelude::*;
+
+#[parallel]
+fn say_hello(x: u32) -> u32 {
+    println!("HELLO-FROM-WORKER item={x} pid={}", std::process::id());
+    eprintln!("STDERR-FROM-WORKER item={x}");
+    std::process::id()
+}
+
+/// Child half of the tests below: maps, prints the worker pids, then waits to be killed
+/// if asked to.
+#[test]
+#[ignore = "run by its parent test in a fresh process"]
+fn child_maps_then_waits() {
+    if !common::is_child() {
+        return;
+    }
+    println!();
+    let pids = [1u32, 2, 3, 4].par_map(say_hello).unwrap();
+    for pid in pids {
+        println!("PID={pid}");
+    }
+    if std::env::var_os("CHILD_WAIT").is_some() {
+        println!("READY");
+        std::thread::sleep(Duration::from_secs(120));
+    }
+}
+
+#[test]
+fn worker_output_goes_to_the_parents_stdout_and_stderr() {
+    let out = common::run_child_test("child_maps_then_waits", &[("MULTIPROC_WORKERS", "2")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for item in 1..=4 {
+        assert!(stdout.contains(&format!("HELLO-FROM-WORKER item={item}")), "{stdout}");
+        assert!(stderr.contains(&format!("STDERR-FROM-WORKER item={item}")), "{stderr}");
+    }
+}
+
+fn wait_until_gone(pids: &[u32]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pids.iter().any(|&p| common::process_exists(p)) {
+        assert!(Instant::now() < deadline, "workers {pids:?} outlived their parent");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn workers_die_with_a_parent_that_is_killed() {
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(exe)
+        .args(["child_maps_then_waits", "--exact", "--include-ignored", "--nocapture"])
+        .env("MULTIPROC_TEST_CHILD", "1")
+        .env("MULTIPROC_WORKERS", "2")
+        .env("CHILD_WAIT", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut pids = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(pid) = line.strip_prefix("PID=") {
+            pids.push(pid.parse::<u32>().unwrap());
+        }
+        if line.contains("READY") {
+            break;
+        }
+    }
+    assert!(!pids.is_empty());
+    assert!(pids.iter().all(|&p| common::process_exists(p)));
+    child.kill().unwrap(); // SIGKILL: no atexit, no destructors
+    child.wait().unwrap();
+    wait_until_gone(&pids);
+}
