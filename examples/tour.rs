@@ -28,7 +28,11 @@ fn main() -> multiproc::Result<()> {
     let data: Vec<u64> = (0..1_000_000).collect();
     let out = data.par_map(t1)?; // worker processes, input order kept
     assert_eq!(out[999_999], 9_999_990);
-    println!("mapped {} items; out[999_999] = {}", out.len(), out[999_999]);
+    println!(
+        "mapped {} items; out[999_999] = {}",
+        out.len(),
+        out[999_999]
+    );
 
     let sums = [(1u64, 2u64), (3, 4)].par_map(add)?;
     assert_eq!(sums, [3, 7]);

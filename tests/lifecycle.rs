@@ -43,15 +43,24 @@ fn worker_output_goes_to_the_parents_stdout_and_stderr() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     for item in 1..=4 {
-        assert!(stdout.contains(&format!("HELLO-FROM-WORKER item={item}")), "{stdout}");
-        assert!(stderr.contains(&format!("STDERR-FROM-WORKER item={item}")), "{stderr}");
+        assert!(
+            stdout.contains(&format!("HELLO-FROM-WORKER item={item}")),
+            "{stdout}"
+        );
+        assert!(
+            stderr.contains(&format!("STDERR-FROM-WORKER item={item}")),
+            "{stderr}"
+        );
     }
 }
 
 fn wait_until_gone(pids: &[u32]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while pids.iter().any(|&p| common::process_exists(p)) {
-        assert!(Instant::now() < deadline, "workers {pids:?} outlived their parent");
+        assert!(
+            Instant::now() < deadline,
+            "workers {pids:?} outlived their parent"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -60,7 +69,12 @@ fn wait_until_gone(pids: &[u32]) {
 fn workers_die_with_a_parent_that_is_killed() {
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
-        .args(["child_maps_then_waits", "--exact", "--include-ignored", "--nocapture"])
+        .args([
+            "child_maps_then_waits",
+            "--exact",
+            "--include-ignored",
+            "--nocapture",
+        ])
         .env("MULTIPROC_TEST_CHILD", "1")
         .env("MULTIPROC_WORKERS", "2")
         .env("CHILD_WAIT", "1")

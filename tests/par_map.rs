@@ -134,10 +134,49 @@ fn zero_argument_functions_take_unit() {
     assert_eq!(units.par_map(seven).unwrap(), vec![7; 10]);
 }
 
+#[parallel]
+fn marker_is_gone(_x: u8) -> bool {
+    std::env::var_os("MULTIPROC_WORKER").is_none()
+}
+
 #[test]
-fn empty_input_returns_empty_output() {
+fn the_worker_marker_is_removed_before_user_code_runs() {
+    let out = [0u8; 8].par_map(marker_is_gone).unwrap();
+    assert!(out.iter().all(|&gone| gone));
+}
+
+/// The pids of this process's children.
+fn children() -> Vec<u32> {
+    let mut pids = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let path = task.unwrap().path().join("children");
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        pids.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    pids
+}
+
+/// Child half of `empty_input_starts_nothing`.
+#[test]
+#[ignore = "run by its parent test in a fresh process"]
+fn child_maps_nothing() {
+    if !common::is_child() {
+        return;
+    }
     let empty: Vec<u64> = Vec::new();
-    assert!(empty.par_map(times_ten).unwrap().is_empty());
+    let out = empty.par_map(times_ten).unwrap();
+    println!("\nRESULTS={} CHILDREN={}", out.len(), children().len());
+}
+
+#[test]
+fn empty_input_starts_nothing() {
+    let out = common::run_child_test("child_maps_nothing", &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("RESULTS=0 CHILDREN=0"), "{stdout}");
 }
 
 #[test]
