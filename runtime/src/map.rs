@@ -252,7 +252,7 @@ impl ChunkOrigin {
             out.push(value);
         }
         match de.finalize() {
-            Ok(rest) if rest.is_empty() => Ok(()),
+            Ok([]) => Ok(()),
             _ => Err(self.error(
                 ErrorKind::Protocol,
                 0,
