@@ -61,12 +61,15 @@
 //!
 //! Linux. Workers are re-executed through `/proc/self/exe`.
 
-pub use multiproc_macros::parallel;
-pub use multiproc_runtime::{Error, ErrorKind, ParMap, Result, Task, in_worker};
+pub use multiproc_macros::{parallel, with_pool};
+pub use multiproc_runtime::{
+    AsyncResult, Error, ErrorKind, IMap, IntoPool, ParMap, Pool, PoolBuilder, Process,
+    ProcessBuilder, Result, Task, in_worker,
+};
 
 /// The everyday names: `use multiproc::prelude::*;`.
 pub mod prelude {
-    pub use crate::{ParMap, Task, parallel};
+    pub use crate::{AsyncResult, ParMap, Pool, Process, Task, parallel, with_pool};
 }
 
 #[doc(hidden)]

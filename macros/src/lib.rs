@@ -1,10 +1,11 @@
 //! Procedural macros of [multiproc](https://docs.rs/multiproc). Use them through the
-//! `multiproc` crate (`multiproc::parallel`), which documents them; the generated code
-//! refers to `::multiproc::__private` and does not work without it.
+//! `multiproc` crate (`multiproc::parallel`, `multiproc::with_pool!`), which documents
+//! them; the generated code refers to `::multiproc` and does not work without it.
 
 use proc_macro::TokenStream;
 
 mod parallel;
+mod with_pool;
 
 /// Marks a function that worker processes can run.
 ///
@@ -47,4 +48,27 @@ mod parallel;
 #[proc_macro_attribute]
 pub fn parallel(args: TokenStream, item: TokenStream) -> TokenStream {
     parallel::parallel(args.into(), item.into()).into()
+}
+
+/// Runs a block with a pool of its own, like Python's `with Pool(3) as pool:`.
+///
+/// ```ignore
+/// let v = with_pool!(3, |pool| {
+///     let r = pool.apply_async(t1, 5);
+///     let all = data.par_map(t1)?;          // runs on this pool inside the block
+///     r.get()?
+/// });
+/// let v = with_pool!(Pool::builder().workers(2).chunk_size(1), |pool| pool.map(t1, &data))?;
+/// let v = with_pool!(3, { data.par_map(t1)? });
+/// ```
+///
+/// The first argument is a worker count or a `PoolBuilder`. The body is expanded inline,
+/// not into a closure, so `?` and `return` act on the enclosing function. Inside the
+/// block (and in every function it calls on this thread) `par_map` runs on this pool;
+/// blocks nest. The pool is closed and joined when the block is left by any path: its end,
+/// `?`, `return` or a panic. A literal `0` is a compile error; a pool that cannot start
+/// panics with a message saying why.
+#[proc_macro]
+pub fn with_pool(input: TokenStream) -> TokenStream {
+    with_pool::with_pool(input.into()).into()
 }

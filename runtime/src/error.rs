@@ -102,6 +102,22 @@ impl Error {
         self
     }
 
+    /// A copy for each of several items that failed for one reason (a chunk lost with
+    /// its worker). The source, if any, is kept as text.
+    pub(crate) fn duplicate(&self) -> Self {
+        let i = &self.inner;
+        Error {
+            inner: Box::new(Inner {
+                kind: i.kind,
+                message: i.message.clone(),
+                task: i.task,
+                index: i.index,
+                pid: i.pid,
+                source: None,
+            }),
+        }
+    }
+
     /// The broad category of the failure.
     pub fn kind(&self) -> ErrorKind {
         self.inner.kind

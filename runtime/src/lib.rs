@@ -4,16 +4,26 @@
 //! Depend on the `multiproc` crate instead; it re-exports everything that is public here
 //! under stable names. This crate's version is pinned exactly by `multiproc`.
 
+mod apply;
+mod chunk;
+mod engine;
 mod error;
+mod imap;
 mod map;
 mod pool;
+mod process;
+mod progress;
 mod protocol;
 mod spawn;
 mod task;
 mod worker;
 
+pub use apply::AsyncResult;
 pub use error::{Error, ErrorKind, Result};
+pub use imap::IMap;
 pub use map::ParMap;
+pub use pool::{IntoPool, Pool, PoolBuilder};
+pub use process::{Process, ProcessBuilder};
 pub use task::Task;
 pub use worker::in_worker;
 
@@ -21,6 +31,8 @@ pub use worker::in_worker;
 /// signatures here change without notice.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::engine::current::CurrentGuard;
+    pub use crate::pool::__with_pool_start as with_pool_start;
     pub use crate::task::{Failure, RunChunk, TASKS, Task, TaskEntry, run_chunk};
     pub use linkme;
     pub use serde;

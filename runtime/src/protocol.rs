@@ -199,6 +199,12 @@ pub(crate) fn begin_run(buf: &mut Vec<u8>, chunk: u64, count: u32, task: &str) {
     buf.extend_from_slice(name);
 }
 
+/// Sets the item count of a `Run` frame started by [`begin_run`].
+pub(crate) fn set_run_count(buf: &mut [u8], count: u32) {
+    const COUNT_AT: usize = 4 + 1 + 8;
+    buf[COUNT_AT..COUNT_AT + 4].copy_from_slice(&count.to_le_bytes());
+}
+
 /// Byte offset, in a `Done` frame started by [`begin_done`], of the fields that are only
 /// known after the chunk ran.
 const DONE_COUNT_AT: usize = 4 + 1 + 8;

@@ -1,116 +1,33 @@
-//! The pool engine: a queue of encoded chunks, one driver thread per worker process, and
-//! the global pool. It moves bytes only; typed encoding and decoding happen in the
-//! caller's thread (see `map.rs`).
+//! The pool engine: a queue of encoded chunks, one driver thread per worker process, a
+//! completion thread for asynchronous results, and the global pool. It moves bytes only;
+//! typed encoding and decoding happen in the callers (see `map.rs`, `apply.rs`).
 
+pub(crate) mod current;
 mod driver;
 mod global;
+mod job;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
 
 pub(crate) use global::global;
-
-/// One encoded chunk waiting for, or held by, a worker.
-pub(crate) struct Job {
-    /// Unique id of the chunk, echoed by the worker in its `Done` frame.
-    pub chunk: u64,
-    /// The `#[parallel]` function's registered name.
-    pub task: &'static str,
-    /// Position in the caller's input of the chunk's first item.
-    pub first_index: usize,
-    /// Number of items in the chunk.
-    pub count: u32,
-    /// The whole `Run` frame, length prefix included.
-    pub frame: Vec<u8>,
-    /// Set by the caller when it no longer wants the result (it returned early).
-    pub cancel: Arc<AtomicBool>,
-    /// Where the one reply goes; `None` once sent.
-    reply: Option<mpsc::Sender<Reply>>,
-}
-
-/// What happened to a job: exactly one reply per job, even if the pool goes away.
-pub(crate) enum Reply {
-    Done {
-        first_index: usize,
-        /// The worker that ran it.
-        pid: u32,
-        /// Time the worker spent running the chunk.
-        nanos: u64,
-        /// Items in the chunk.
-        expected: u32,
-        /// Items that ran (fewer than expected only if an argument did not decode).
-        count: u32,
-        /// The `Done` frame's payload: the values are `payload[values]`, the failures
-        /// `payload[values.end..]`.
-        payload: Vec<u8>,
-        values: std::ops::Range<usize>,
-    },
-    Failed {
-        error: Error,
-    },
-}
-
-impl Job {
-    pub(crate) fn new(
-        chunk: u64,
-        task: &'static str,
-        first_index: usize,
-        count: u32,
-        frame: Vec<u8>,
-        cancel: Arc<AtomicBool>,
-        reply: mpsc::Sender<Reply>,
-    ) -> Self {
-        Job {
-            chunk,
-            task,
-            first_index,
-            count,
-            frame,
-            cancel,
-            reply: Some(reply),
-        }
-    }
-
-    fn is_cancelled(&self) -> bool {
-        self.cancel.load(Ordering::Relaxed)
-    }
-
-    /// Sends the job's reply. A caller that went away is not an error.
-    pub(crate) fn reply(mut self, reply: Reply) {
-        if let Some(tx) = self.reply.take() {
-            let _ = tx.send(reply);
-        }
-    }
-
-    pub(crate) fn fail(self, error: Error) {
-        let error = error.with_task(self.task).with_index(self.first_index);
-        self.reply(Reply::Failed { error });
-    }
-}
-
-impl Drop for Job {
-    fn drop(&mut self) {
-        if let Some(tx) = self.reply.take() {
-            let _ = tx.send(Reply::Failed {
-                error: Error::new(ErrorKind::Closed, "the pool shut down before the item ran")
-                    .with_task(self.task)
-                    .with_index(self.first_index),
-            });
-        }
-    }
-}
+pub(crate) use job::{Completion, Job, Reply, ReplyTo};
 
 /// How a pool is built.
 #[derive(Debug, Clone)]
 pub(crate) struct PoolConfig {
     pub workers: usize,
     pub program: PathBuf,
+    /// Recycle a worker after it ran this many items.
+    pub max_tasks_per_worker: Option<u64>,
+    /// Kill and replace a worker whose item runs longer than this.
+    pub task_timeout: Option<Duration>,
 }
 
 struct Queue {
@@ -122,14 +39,15 @@ struct Queue {
 pub(crate) struct PoolShared {
     queue: Mutex<Queue>,
     ready: Condvar,
-    program: PathBuf,
-    /// The pid of each slot's current worker, for kills at exit.
+    config: PoolConfig,
+    /// The pid of each slot's current worker, for `terminate` and kills at exit.
     pids: Mutex<Vec<Option<u32>>>,
+    terminated: AtomicBool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding these locks leaves the data consistent (every critical
-    // section is a single push, pop or flag store), so poisoning is not an error here.
+    // section is a single push, pop or store), so poisoning is not an error here.
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -161,7 +79,7 @@ impl PoolShared {
         None
     }
 
-    /// Puts back jobs a dead worker held but never started, ahead of everything else.
+    /// Puts back jobs a worker held but never started, ahead of everything else.
     fn requeue_front(&self, jobs: impl DoubleEndedIterator<Item = Job>) {
         let mut q = lock(&self.queue);
         for job in jobs.rev() {
@@ -176,13 +94,28 @@ impl PoolShared {
             *p = pid;
         }
     }
+
+    fn is_terminated(&self) -> bool {
+        self.terminated.load(Ordering::SeqCst)
+    }
+
+    fn kill_workers(&self) {
+        for pid in lock(&self.pids).iter().flatten() {
+            // SAFETY: kill(2) with a pid we spawned and have not reaped: a driver clears
+            // its slot before it reaps, so the pid cannot name a recycled process.
+            unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
+        }
+    }
 }
 
 /// A running pool of worker processes.
 pub(crate) struct PoolCore {
     shared: Arc<PoolShared>,
     drivers: Mutex<Vec<JoinHandle<()>>>,
-    workers: usize,
+    /// Feeds the completion thread; dropped by `join` so the thread can finish.
+    completions: Mutex<Option<mpsc::Sender<Completion>>>,
+    completion_thread: Mutex<Option<JoinHandle<()>>>,
+    completion_thread_id: ThreadId,
 }
 
 impl PoolCore {
@@ -194,22 +127,52 @@ impl PoolCore {
                 "a pool needs at least one worker",
             ));
         }
+        if config.max_tasks_per_worker == Some(0) {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "max_tasks_per_worker must be at least 1",
+            ));
+        }
+        if config.task_timeout == Some(Duration::ZERO) {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "task_timeout must be longer than zero",
+            ));
+        }
+        let workers = config.workers;
         let shared = Arc::new(PoolShared {
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
                 closed: false,
             }),
             ready: Condvar::new(),
-            program: config.program,
-            pids: Mutex::new(vec![None; config.workers]),
+            config,
+            pids: Mutex::new(vec![None; workers]),
+            terminated: AtomicBool::new(false),
         });
+        let (completions, completed) = mpsc::channel::<Completion>();
+        let completion_thread = std::thread::Builder::new()
+            .name("multiproc-results".into())
+            .spawn(move || {
+                for c in completed {
+                    // `on_reply` reports a panicking user callback itself; this only
+                    // guards the thread against a bug in it.
+                    let run = std::panic::AssertUnwindSafe(move || (c.on_reply)(c.reply));
+                    if std::panic::catch_unwind(run).is_err() {
+                        eprintln!("multiproc: a result handler panicked; carrying on");
+                    }
+                }
+            })
+            .map_err(|e| Error::io(ErrorKind::Spawn, "cannot start the results thread", e))?;
         let pool = PoolCore {
             shared: Arc::clone(&shared),
-            drivers: Mutex::new(Vec::with_capacity(config.workers)),
-            workers: config.workers,
+            drivers: Mutex::new(Vec::with_capacity(workers)),
+            completion_thread_id: completion_thread.thread().id(),
+            completions: Mutex::new(Some(completions)),
+            completion_thread: Mutex::new(Some(completion_thread)),
         };
         let (started_tx, started_rx) = mpsc::channel();
-        for slot in 0..config.workers {
+        for slot in 0..workers {
             let shared = Arc::clone(&shared);
             let started = started_tx.clone();
             let handle = std::thread::Builder::new()
@@ -229,7 +192,22 @@ impl PoolCore {
 
     /// The number of worker processes.
     pub(crate) fn workers(&self) -> usize {
-        self.workers
+        self.shared.config.workers
+    }
+
+    pub(crate) fn task_timeout(&self) -> Option<Duration> {
+        self.shared.config.task_timeout
+    }
+
+    pub(crate) fn max_tasks_per_worker(&self) -> Option<u64> {
+        self.shared.config.max_tasks_per_worker
+    }
+
+    /// A sender to the completion thread, or `Closed` once the pool was joined.
+    pub(crate) fn completions(&self) -> Result<mpsc::Sender<Completion>> {
+        lock(&self.completions)
+            .clone()
+            .ok_or_else(|| Error::new(ErrorKind::Closed, "the pool was joined"))
     }
 
     /// Queues a job. On a closed pool the job is dropped, which replies `Closed`.
@@ -246,18 +224,45 @@ impl PoolCore {
         Ok(())
     }
 
+    pub(crate) fn is_closed(&self) -> bool {
+        lock(&self.shared.queue).closed
+    }
+
     /// Stops taking work; queued jobs still run.
     pub(crate) fn close(&self) {
         lock(&self.shared.queue).closed = true;
         self.shared.ready.notify_all();
     }
 
-    /// Waits for the drivers to finish the queued work and reap their workers.
+    /// Closes the pool, waits for every queued job to finish and every worker to exit,
+    /// then for the completion thread to run the last callbacks.
     pub(crate) fn join(&self) {
+        self.close();
         let drivers = std::mem::take(&mut *lock(&self.drivers));
         for d in drivers {
             let _ = d.join();
         }
+        lock(&self.completions).take();
+        // A callback may join its own pool; it cannot wait for itself.
+        if std::thread::current().id() != self.completion_thread_id {
+            if let Some(t) = lock(&self.completion_thread).take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// Kills every worker now; queued and running jobs fail with `Closed`.
+    pub(crate) fn terminate(&self) {
+        self.shared.terminated.store(true, Ordering::SeqCst);
+        let dropped: Vec<Job> = {
+            let mut q = lock(&self.shared.queue);
+            q.closed = true;
+            q.jobs.drain(..).collect()
+        };
+        self.shared.ready.notify_all();
+        drop(dropped); // each replies Closed
+        self.shared.kill_workers();
+        self.join();
     }
 
     /// Closes, waits up to `grace` for the queued work, then kills what is left.
@@ -271,19 +276,14 @@ impl PoolCore {
         }
         if all_done() {
             self.join();
-            return;
-        }
-        for pid in lock(&self.shared.pids).iter().flatten() {
-            // SAFETY: kill(2) with a pid we spawned and have not reaped (the driver
-            // clears the slot before reaping), so it cannot name a recycled process.
-            unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
+        } else {
+            self.shared.kill_workers();
         }
     }
 }
 
 impl Drop for PoolCore {
     fn drop(&mut self) {
-        self.close();
         self.join();
     }
 }

@@ -23,6 +23,8 @@ pub(crate) fn global() -> Result<Arc<PoolCore>> {
     let pool = Arc::new(PoolCore::start(PoolConfig {
         workers,
         program: crate::spawn::default_program(),
+        max_tasks_per_worker: None,
+        task_timeout: None,
     })?);
     static AT_EXIT: Once = Once::new();
     AT_EXIT.call_once(|| {

@@ -1,0 +1,396 @@
+//! One driver thread per worker slot: it starts the worker (so the worker's parent-death
+//! signal is tied to a thread that lives as long as the pool), keeps it fed, routes
+//! results back, enforces the time limit, recycles the worker after its quota of items,
+//! and replaces it when it dies.
+
+use std::collections::VecDeque;
+use std::io::{BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::{Job, PoolShared, Reply};
+use crate::error::{Error, ErrorKind, Result};
+use crate::protocol::{self, Frame};
+use crate::spawn::{self, WorkerProcess};
+
+/// Chunks a worker holds at once: one running, one queued behind it to hide latency.
+const WINDOW: usize = 2;
+/// Small jobs (single `apply`s) are held up to this many at a time, and written with
+/// one system call, so that a stream of tiny tasks is not one round trip each.
+const SMALL_WINDOW: usize = 32;
+/// How long a worker that closed its socket gets to finish exiting before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
+
+pub(super) fn run(slot: usize, shared: &PoolShared, started: mpsc::Sender<Result<()>>) {
+    let mut driver = Driver {
+        slot,
+        shared,
+        worker: None,
+        inflight: VecDeque::with_capacity(SMALL_WINDOW),
+        held: None,
+        front_started: Instant::now(),
+        spawn_failures: 0,
+        wbuf: Vec::new(),
+    };
+    let first = driver.ensure_worker();
+    let ok = first.is_ok();
+    let _ = started.send(first);
+    drop(started);
+    if ok {
+        driver.serve();
+    }
+    driver.retire();
+}
+
+/// A worker and the driver's view of it.
+struct Live {
+    process: WorkerProcess,
+    reader: BufReader<UnixStream>,
+    /// Items sent to this worker so far, for `max_tasks_per_worker`.
+    items: u64,
+}
+
+struct Driver<'a> {
+    slot: usize,
+    shared: &'a PoolShared,
+    worker: Option<Live>,
+    /// Jobs written to the worker, oldest first; the worker answers in this order.
+    inflight: VecDeque<Job>,
+    /// A job taken from the queue that must wait for the worker to be recycled.
+    held: Option<Job>,
+    /// When the oldest in-flight job started running, for the time limit.
+    front_started: Instant,
+    spawn_failures: u32,
+    wbuf: Vec<u8>,
+}
+
+/// Why a worker is being given up.
+enum Loss {
+    /// The connection broke (end of stream, reset, write error).
+    Died,
+    /// It sent something that is not a valid frame, or a frame out of turn.
+    Protocol(String),
+    /// It sent a `Fatal` frame.
+    GaveUp(String),
+    /// Its item ran past the pool's time limit.
+    TimedOut(Duration),
+}
+
+impl Driver<'_> {
+    fn serve(&mut self) {
+        let mut rbuf = Vec::new();
+        loop {
+            if !self.fill_window() {
+                return;
+            }
+            if self.inflight.is_empty() {
+                continue;
+            }
+            if let Some(limit) = self.shared.config.task_timeout {
+                if !self.wait_readable(self.front_started + limit) {
+                    self.lose_worker(Loss::TimedOut(limit));
+                    continue;
+                }
+            }
+            let Some(live) = self.worker.as_mut() else {
+                continue;
+            };
+            match protocol::read_frame(&mut live.reader, &mut rbuf) {
+                Ok(true) => self.on_frame(&mut rbuf),
+                Ok(false) => self.lose_worker(Loss::Died),
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    self.lose_worker(Loss::Protocol(e.to_string()))
+                }
+                Err(_) => self.lose_worker(Loss::Died),
+            }
+        }
+    }
+
+    /// Takes jobs until the worker holds a full window, and writes them with one system
+    /// call. Blocks for a job only when the worker holds none. Returns false when the
+    /// pool is closed and drained.
+    fn fill_window(&mut self) -> bool {
+        let mut batch: Vec<Job> = Vec::new();
+        loop {
+            let held = self.inflight.len() + batch.len();
+            let small = self.inflight.iter().chain(&batch).all(|j| j.count == 1);
+            if held >= SMALL_WINDOW || (held >= WINDOW && !small) {
+                break;
+            }
+            let job = match self.held.take() {
+                Some(job) => job,
+                None if held == 0 => match self.shared.next_job() {
+                    Some(job) => job,
+                    None => return false,
+                },
+                None => match self.shared.try_next_job() {
+                    Some(job) => job,
+                    None => break,
+                },
+            };
+            if !self.fits_quota(&job, batch.iter().map(|j| u64::from(j.count)).sum()) {
+                if held > 0 {
+                    // Let the worker finish what it holds, then recycle it.
+                    self.held = Some(job);
+                    break;
+                }
+                self.recycle_worker();
+            }
+            if let Err(e) = self.ensure_worker() {
+                job.fail(e);
+                continue;
+            }
+            batch.push(job);
+        }
+        if !batch.is_empty() {
+            self.write_batch(batch);
+        }
+        true
+    }
+
+    /// Whether `job` may still go to the current worker under `max_tasks_per_worker`,
+    /// given `pending` items about to be written to it.
+    fn fits_quota(&self, job: &Job, pending: u64) -> bool {
+        match (self.shared.config.max_tasks_per_worker, &self.worker) {
+            (Some(max), Some(live)) => {
+                let used = live.items + pending + self.inflight_items();
+                used == 0 || used + u64::from(job.count) <= max
+            }
+            _ => true,
+        }
+    }
+
+    fn inflight_items(&self) -> u64 {
+        self.inflight.iter().map(|j| u64::from(j.count)).sum()
+    }
+
+    fn write_batch(&mut self, batch: Vec<Job>) {
+        let Some(live) = self.worker.as_mut() else {
+            for job in batch {
+                job.fail(Error::new(ErrorKind::Spawn, "no worker"));
+            }
+            return;
+        };
+        let written = if let [job] = batch.as_slice() {
+            live.process.stream.write_all(&job.frame)
+        } else {
+            self.wbuf.clear();
+            for job in &batch {
+                self.wbuf.extend_from_slice(&job.frame);
+            }
+            live.process.stream.write_all(&self.wbuf)
+        };
+        if self.inflight.is_empty() {
+            self.front_started = Instant::now();
+        }
+        live.items += batch.iter().map(|j| u64::from(j.count)).sum::<u64>();
+        self.inflight.extend(batch);
+        // On a write error, reading next tells what happened (a Fatal, or end of stream).
+        let _ = written;
+        if self.wbuf.capacity() > 16 << 20 {
+            self.wbuf = Vec::new();
+        }
+    }
+
+    /// Waits until the worker has something to read or `deadline` passes. True when
+    /// there is something to read (or the connection ended, which reading reports).
+    fn wait_readable(&self, deadline: Instant) -> bool {
+        let Some(live) = &self.worker else {
+            return true;
+        };
+        if !live.reader.buffer().is_empty() {
+            return true;
+        }
+        let fd = live.process.stream.as_raw_fd();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+            // SAFETY: `pfd` is one valid pollfd and we pass a count of 1.
+            let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if n > 0 {
+                return true;
+            }
+            if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+            {
+                return true; // reading will report the error
+            }
+        }
+    }
+
+    fn on_frame(&mut self, rbuf: &mut Vec<u8>) {
+        let loss = match protocol::parse(rbuf) {
+            Ok(Frame::Done {
+                chunk,
+                count,
+                nanos,
+                values,
+                failures,
+            }) if self
+                .inflight
+                .front()
+                .is_some_and(|j| j.chunk == chunk && count <= j.count) =>
+            {
+                let values_end = rbuf.len() - failures.len();
+                let values = values_end - values.len()..values_end;
+                let (Some(job), Some(live)) = (self.inflight.pop_front(), &self.worker) else {
+                    return;
+                };
+                let reply = Reply::Done {
+                    first_index: job.first_index,
+                    pid: live.process.pid,
+                    nanos,
+                    expected: job.count,
+                    count,
+                    payload: std::mem::take(rbuf),
+                    values,
+                };
+                job.reply(reply);
+                self.front_started = Instant::now();
+                self.spawn_failures = 0;
+                return;
+            }
+            Ok(Frame::Fatal(why)) => Loss::GaveUp(why.to_owned()),
+            Ok(other) => Loss::Protocol(format!("unexpected frame {other:?}")),
+            Err(e) => Loss::Protocol(e.to_string()),
+        };
+        self.lose_worker(loss);
+    }
+
+    /// Starts a worker if the slot has none. After failures, waits a little longer before
+    /// each new attempt (up to a second), so a broken environment is not hammered.
+    fn ensure_worker(&mut self) -> Result<()> {
+        if self.worker.is_some() {
+            return Ok(());
+        }
+        if self.shared.is_terminated() {
+            return Err(Error::new(ErrorKind::Closed, "the pool was terminated"));
+        }
+        if self.spawn_failures > 0 {
+            let backoff = Duration::from_millis(10u64 << self.spawn_failures.min(7));
+            std::thread::sleep(backoff.min(Duration::from_secs(1)));
+        }
+        let started = spawn::spawn_worker(&self.shared.config.program).and_then(|process| {
+            let reader = process
+                .stream
+                .try_clone()
+                .map_err(|e| Error::io(ErrorKind::Spawn, "cannot duplicate a socket", e))?;
+            Ok(Live {
+                process,
+                reader: BufReader::with_capacity(256 << 10, reader),
+                items: 0,
+            })
+        });
+        match started {
+            Ok(live) => {
+                self.shared.set_pid(self.slot, Some(live.process.pid));
+                self.worker = Some(live);
+                Ok(())
+            }
+            Err(e) => {
+                self.spawn_failures = self.spawn_failures.saturating_add(1);
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends the current worker cleanly (it holds nothing): it exits on end-of-stream and
+    /// gives its memory back to the system; the next job starts a fresh one.
+    fn recycle_worker(&mut self) {
+        if let Some(live) = self.worker.take() {
+            self.shared.set_pid(self.slot, None);
+            close_and_reap(live);
+        }
+    }
+
+    /// The worker is gone or unusable: reap it, fail the chunk it was running, and put
+    /// the chunks it never started back in the queue for another worker.
+    fn lose_worker(&mut self, loss: Loss) {
+        let Some(mut live) = self.worker.take() else {
+            return;
+        };
+        self.shared.set_pid(self.slot, None);
+        let pid = live.process.pid;
+        if !matches!(loss, Loss::Died) {
+            let _ = live.process.child.kill();
+        }
+        let exit = close_and_reap(live);
+        let Some(running) = self.inflight.pop_front() else {
+            return;
+        };
+        let range = format!(
+            "items {}..{}",
+            running.first_index,
+            running.first_index + running.count as usize
+        );
+        let error = if self.shared.is_terminated() {
+            Error::new(ErrorKind::Closed, "the pool was terminated")
+        } else {
+            match loss {
+                Loss::Died => Error::new(
+                    ErrorKind::WorkerDied,
+                    format!("the worker {exit} while running {range}"),
+                ),
+                Loss::Protocol(why) => Error::new(
+                    ErrorKind::Protocol,
+                    format!(
+                        "the worker sent an invalid frame while running {range} ({why}); it was killed"
+                    ),
+                ),
+                Loss::GaveUp(why) => Error::new(
+                    ErrorKind::Protocol,
+                    format!("the worker gave up while running {range}: {why}"),
+                ),
+                Loss::TimedOut(limit) => Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "{range} ran longer than the time limit of {limit:?}; the worker was killed"
+                    ),
+                ),
+            }
+        };
+        running.fail(error.with_pid(pid));
+        if self.shared.is_terminated() {
+            for job in self.inflight.drain(..) {
+                job.fail(Error::new(ErrorKind::Closed, "the pool was terminated"));
+            }
+        } else {
+            self.shared.requeue_front(self.inflight.drain(..));
+        }
+    }
+
+    /// The pool is closed and drained (or never started): close the socket so the worker
+    /// exits, and reap it.
+    fn retire(&mut self) {
+        self.recycle_worker();
+        if let Some(job) = self.held.take() {
+            job.fail(Error::new(ErrorKind::Closed, "the pool shut down"));
+        }
+        for job in self.inflight.drain(..) {
+            job.fail(Error::new(ErrorKind::Closed, "the pool shut down"));
+        }
+    }
+}
+
+/// Closes the worker's socket and reaps it; describes how it ended.
+fn close_and_reap(live: Live) -> String {
+    let Live {
+        mut process,
+        reader,
+        ..
+    } = live;
+    drop(reader);
+    drop(process.stream);
+    spawn::reap(&mut process.child, EXIT_GRACE)
+        .map(spawn::describe_exit)
+        .unwrap_or_else(|| "could not be reaped".to_owned())
+}

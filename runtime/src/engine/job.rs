@@ -1,0 +1,153 @@
+//! Jobs (encoded chunks) and their replies: every job gets exactly one reply, also when
+//! it is dropped unexecuted because the pool shut down.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+
+use crate::error::{Error, ErrorKind};
+
+/// One encoded chunk waiting for, or held by, a worker.
+pub(crate) struct Job {
+    /// Unique id of the chunk, echoed by the worker in its `Done` frame.
+    pub chunk: u64,
+    /// The `#[parallel]` function's registered name.
+    pub task: &'static str,
+    /// Position in the caller's input of the chunk's first item.
+    pub first_index: usize,
+    /// Number of items in the chunk.
+    pub count: u32,
+    /// The whole `Run` frame, length prefix included.
+    pub frame: Vec<u8>,
+    /// Set by the caller when it no longer wants the result (it returned early).
+    cancel: Option<Arc<AtomicBool>>,
+    /// Where the one reply goes; `None` once sent.
+    reply: Option<ReplyTo>,
+}
+
+/// What happened to a job.
+pub(crate) enum Reply {
+    Done {
+        first_index: usize,
+        /// The worker that ran it.
+        pid: u32,
+        /// Time the worker spent running the chunk.
+        nanos: u64,
+        /// Items in the chunk.
+        expected: u32,
+        /// Items that ran (fewer than expected only if an argument did not decode).
+        count: u32,
+        /// The `Done` frame's payload: the values are `payload[values]`, the failures
+        /// `payload[values.end..]`.
+        payload: Vec<u8>,
+        values: std::ops::Range<usize>,
+    },
+    Failed {
+        first_index: usize,
+        count: u32,
+        error: Error,
+    },
+}
+
+/// A typed continuation run on the pool's completion thread.
+pub(crate) type OnReply = Box<dyn FnOnce(Reply) + Send>;
+
+/// A reply on its way to the completion thread, with what to do with it.
+pub(crate) struct Completion {
+    pub on_reply: OnReply,
+    pub reply: Reply,
+}
+
+/// Where a job's reply goes.
+pub(crate) enum ReplyTo {
+    /// To a caller waiting on a channel (`map`, `imap`, `apply`).
+    Channel(mpsc::Sender<Reply>),
+    /// To the pool's completion thread, which runs `on_reply` (`apply_async`: decoding,
+    /// callbacks, filling the `AsyncResult`) in completion order.
+    Handler {
+        completions: mpsc::Sender<Completion>,
+        on_reply: OnReply,
+    },
+}
+
+impl Job {
+    pub(crate) fn new(
+        chunk: u64,
+        task: &'static str,
+        first_index: usize,
+        count: u32,
+        frame: Vec<u8>,
+        cancel: Option<Arc<AtomicBool>>,
+        reply: ReplyTo,
+    ) -> Self {
+        Job {
+            chunk,
+            task,
+            first_index,
+            count,
+            frame,
+            cancel,
+            reply: Some(reply),
+        }
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+
+    /// Sends the job's reply. A caller that went away is not an error.
+    pub(crate) fn reply(mut self, reply: Reply) {
+        if let Some(to) = self.reply.take() {
+            deliver(to, reply);
+        }
+    }
+
+    /// Replies with `error`, naming the job's task and first item.
+    pub(crate) fn fail(self, error: Error) {
+        let error = error.with_task(self.task).with_index(self.first_index);
+        let (first_index, count) = (self.first_index, self.count);
+        self.reply(Reply::Failed {
+            first_index,
+            count,
+            error,
+        });
+    }
+}
+
+fn deliver(to: ReplyTo, reply: Reply) {
+    match to {
+        ReplyTo::Channel(tx) => {
+            let _ = tx.send(reply);
+        }
+        ReplyTo::Handler {
+            completions,
+            on_reply,
+        } => {
+            if let Err(mpsc::SendError(c)) = completions.send(Completion { on_reply, reply }) {
+                // The completion thread is gone (it only stops once every sender is
+                // dropped, so this is a panic there): still complete exactly once.
+                (c.on_reply)(c.reply);
+            }
+        }
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Some(to) = self.reply.take() {
+            let error = Error::new(ErrorKind::Closed, "the pool shut down before the item ran")
+                .with_task(self.task)
+                .with_index(self.first_index);
+            deliver(
+                to,
+                Reply::Failed {
+                    first_index: self.first_index,
+                    count: self.count,
+                    error,
+                },
+            );
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! [`Process`]: one task in its own worker process, like Python's
+//! `multiprocessing.Process`.
+
+use std::io::Write;
+use std::marker::PhantomData;
+use std::sync::{Arc, Condvar, Mutex, Once, mpsc};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::chunk;
+use crate::engine::{Reply, lock};
+use crate::error::{Error, ErrorKind, Result};
+use crate::protocol::{self, Frame};
+use crate::spawn;
+use crate::task::Task;
+
+/// A task running in a child process of its own.
+///
+/// ```ignore
+/// let p = Process::spawn(t1, 5)?;
+/// println!("started {}", p.pid());
+/// let result = p.join()?;
+/// ```
+///
+/// As in Python: dropping the handle neither kills the child nor waits for it; a program
+/// that returns from `main` (or calls `std::process::exit`) first waits for its
+/// non-daemon children; daemon children are killed when the program exits; and no child
+/// outlives a parent that was killed.
+pub struct Process<R> {
+    shared: Arc<Shared>,
+    _result: PhantomData<fn() -> R>,
+}
+
+/// Builds a [`Process`]: `Process::builder().daemon(true).spawn(t1, 5)?`.
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct ProcessBuilder {
+    daemon: bool,
+}
+
+struct Shared {
+    pid: u32,
+    daemon: bool,
+    task: &'static str,
+    state: Mutex<State>,
+    finished: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    /// Set by the keeper thread once the child is reaped.
+    outcome: Option<Reply>,
+    /// Set by the keeper thread right before it reaps: from then on the pid may be
+    /// recycled, so `kill` must not signal it.
+    reaping: bool,
+}
+
+/// Every child started by `Process`, for the exit handler.
+static CHILDREN: Mutex<Vec<Arc<Shared>>> = Mutex::new(Vec::new());
+
+impl ProcessBuilder {
+    /// A daemon child is killed when the parent exits, instead of being waited for.
+    pub fn daemon(mut self, daemon: bool) -> Self {
+        self.daemon = daemon;
+        self
+    }
+
+    /// Starts `task(arg)` in a new worker process and returns once it is running.
+    pub fn spawn<A, R, F>(self, task: Task<A, R, F>, arg: A) -> Result<Process<R>>
+    where
+        A: Serialize,
+        R: DeserializeOwned,
+    {
+        let name = task.name();
+        let mut bytes_per_item = 16;
+        let enc = chunk::encode_chunk(name, &mut std::iter::once(&arg), 1, 0, &mut bytes_per_item)?
+            .ok_or_else(|| Error::new(ErrorKind::Protocol, "an empty chunk").with_task(name))?;
+        let daemon = self.daemon;
+        let (started_tx, started_rx) = mpsc::channel::<Result<Arc<Shared>>>();
+        // The keeper thread spawns the child, so the child's parent-death signal is tied
+        // to a thread that lives exactly as long as the child.
+        std::thread::Builder::new()
+            .name("multiproc-process".into())
+            .spawn(move || keep(name, daemon, enc.chunk, enc.frame, started_tx))
+            .map_err(|e| Error::io(ErrorKind::Spawn, "cannot start a keeper thread", e))?;
+        let shared = started_rx
+            .recv()
+            .map_err(|_| Error::new(ErrorKind::Spawn, "the keeper thread died").with_task(name))??;
+        register_exit_handler();
+        lock(&CHILDREN).push(Arc::clone(&shared));
+        Ok(Process {
+            shared,
+            _result: PhantomData,
+        })
+    }
+}
+
+fn keep(
+    task: &'static str,
+    daemon: bool,
+    chunk: u64,
+    frame: Vec<u8>,
+    started: mpsc::Sender<Result<Arc<Shared>>>,
+) {
+    let mut worker = match spawn::spawn_worker(&spawn::default_program()) {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = started.send(Err(e.with_task(task)));
+            return;
+        }
+    };
+    let shared = Arc::new(Shared {
+        pid: worker.pid,
+        daemon,
+        task,
+        state: Mutex::new(State::default()),
+        finished: Condvar::new(),
+    });
+    let _ = started.send(Ok(Arc::clone(&shared)));
+    let mut buf = Vec::new();
+    let read = worker
+        .stream
+        .write_all(&frame)
+        .and_then(|()| protocol::read_frame(&mut worker.stream, &mut buf));
+    let answer = match (read, protocol::parse(&buf)) {
+        (Ok(true), Ok(Frame::Done {
+            chunk: c,
+            count,
+            nanos,
+            values,
+            failures,
+        })) if c == chunk => {
+            let values_end = buf.len() - failures.len();
+            Some((count, nanos, values_end - values.len()..values_end))
+        }
+        _ => None,
+    };
+    drop(worker.stream);
+    lock(&shared.state).reaping = true;
+    let status = spawn::reap(&mut worker.child, Duration::from_secs(1));
+    let outcome = match answer {
+        Some((count, nanos, values)) => Reply::Done {
+            first_index: 0,
+            pid: worker.pid,
+            nanos,
+            expected: 1,
+            count,
+            payload: buf,
+            values,
+        },
+        None => {
+            let how = status.map_or_else(|| "could not be reaped".to_owned(), spawn::describe_exit);
+            Reply::Failed {
+                first_index: 0,
+                count: 1,
+                error: Error::new(
+                    ErrorKind::WorkerDied,
+                    format!("the process {how} before returning a result"),
+                )
+                .with_task(task)
+                .with_pid(worker.pid),
+            }
+        }
+    };
+    lock(&shared.state).outcome = Some(outcome);
+    shared.finished.notify_all();
+}
+
+impl Process<()> {
+    /// A builder, for daemon children.
+    pub fn builder() -> ProcessBuilder {
+        ProcessBuilder::default()
+    }
+}
+
+impl<R: DeserializeOwned> Process<R> {
+    /// Starts `task(arg)` in a new, non-daemon worker process.
+    pub fn spawn<A: Serialize, F>(task: Task<A, R, F>, arg: A) -> Result<Process<R>> {
+        ProcessBuilder::default().spawn(task, arg)
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.shared.pid
+    }
+
+    /// True until the child has exited and been reaped.
+    pub fn is_alive(&self) -> bool {
+        lock(&self.shared.state).outcome.is_none()
+    }
+
+    /// Kills the child (SIGKILL). Killing a child that already exited does nothing.
+    pub fn kill(&self) -> Result<()> {
+        let state = lock(&self.shared.state);
+        if state.reaping {
+            return Ok(());
+        }
+        // SAFETY: kill(2) on the child's pid while the keeper has not started reaping it
+        // (we hold the lock it takes first), so the pid cannot have been recycled.
+        let rc = unsafe { libc::kill(self.shared.pid as libc::pid_t, libc::SIGKILL) };
+        drop(state);
+        if rc != 0 {
+            return Err(Error::io(
+                ErrorKind::Io,
+                format_args!("cannot kill process {}", self.shared.pid),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits for the child to finish and returns the task's result.
+    pub fn join(self) -> Result<R> {
+        let reply = self.shared.wait_take();
+        let (_, mut items) = chunk::reply_items::<R>(self.shared.task, reply);
+        items.pop().unwrap_or_else(|| {
+            Err(Error::new(ErrorKind::Protocol, "no result").with_task(self.shared.task))
+        })
+    }
+}
+
+impl Shared {
+    fn wait(&self) -> std::sync::MutexGuard<'_, State> {
+        let mut state = lock(&self.state);
+        while state.outcome.is_none() {
+            state = self
+                .finished
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        state
+    }
+
+    fn wait_take(&self) -> Reply {
+        let mut state = self.wait();
+        state.outcome.take().unwrap_or_else(|| Reply::Failed {
+            first_index: 0,
+            count: 1,
+            error: Error::new(ErrorKind::Protocol, "the result was already taken"),
+        })
+    }
+}
+
+impl<R> std::fmt::Debug for Process<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Process")
+            .field("pid", &self.shared.pid)
+            .field("daemon", &self.shared.daemon)
+            .finish()
+    }
+}
+
+fn register_exit_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: registering a plain `extern "C" fn()`; a failure only means children
+        // are not waited for at exit (daemons still die with us, by their death signal).
+        unsafe { libc::atexit(at_exit) };
+    });
+}
+
+/// At exit, as in Python: kill daemon children, wait for the others.
+extern "C" fn at_exit() {
+    let children: Vec<Arc<Shared>> = match CHILDREN.try_lock() {
+        Ok(mut c) => std::mem::take(&mut *c),
+        Err(_) => return,
+    };
+    for child in children.iter().filter(|c| c.daemon) {
+        let state = lock(&child.state);
+        if !state.reaping {
+            // SAFETY: as in `Process::kill`: not yet being reaped, so still our child.
+            unsafe { libc::kill(child.pid as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+    for child in &children {
+        drop(child.wait());
+    }
+}
