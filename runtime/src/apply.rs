@@ -205,11 +205,7 @@ where
     single_result(name, reply)
 }
 
-pub(crate) fn apply_async<A, R, F>(
-    pool: &PoolCore,
-    task: &Task<A, R, F>,
-    arg: &A,
-) -> AsyncResult<R>
+pub(crate) fn apply_async<A, R, F>(pool: &PoolCore, task: &Task<A, R, F>, arg: &A) -> AsyncResult<R>
 where
     A: Serialize,
     R: DeserializeOwned + Send + 'static,

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{Error, ErrorKind, Result};
 use crate::engine::Reply;
+use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::{self, FailureKind};
 
 /// Chunk ids, unique in this process, so a driver can check each answer is for the chunk
@@ -110,7 +110,10 @@ impl ChunkOrigin {
         )
     }
 
-    fn check_end<'de>(&self, de: postcard::Deserializer<'de, postcard::de_flavors::Slice<'de>>) -> Result<()> {
+    fn check_end<'de>(
+        &self,
+        de: postcard::Deserializer<'de, postcard::de_flavors::Slice<'de>>,
+    ) -> Result<()> {
         match de.finalize() {
             Ok([]) => Ok(()),
             _ => Err(self.error(
@@ -199,7 +202,10 @@ fn fill_with<R>(out: &mut Vec<Result<R>>, e: &Error, n: usize) {
 }
 
 /// Splits a reply into one `Result` per item.
-pub(crate) fn reply_items<R: DeserializeOwned>(task: &'static str, reply: Reply) -> (usize, Vec<Result<R>>) {
+pub(crate) fn reply_items<R: DeserializeOwned>(
+    task: &'static str,
+    reply: Reply,
+) -> (usize, Vec<Result<R>>) {
     match reply {
         Reply::Done {
             first_index,
@@ -233,7 +239,11 @@ pub(crate) fn reply_items<R: DeserializeOwned>(task: &'static str, reply: Reply)
             let mut out = Vec::with_capacity(count as usize);
             for k in 0..count as usize {
                 let e = error.duplicate();
-                out.push(Err(if count > 1 { e.with_index(first_index + k) } else { e }));
+                out.push(Err(if count > 1 {
+                    e.with_index(first_index + k)
+                } else {
+                    e
+                }));
             }
             (first_index, out)
         }

@@ -112,7 +112,9 @@ where
             };
             let reply = ReplyTo::Channel(self.tx.clone());
             let cancel = Some(Arc::clone(&self.cancel.0));
-            let job = Job::new(enc.chunk, self.task, first, enc.count, enc.frame, cancel, reply);
+            let job = Job::new(
+                enc.chunk, self.task, first, enc.count, enc.frame, cancel, reply,
+            );
             if let Err(e) = self.pool.submit(job) {
                 self.stop = Some(e.with_task(self.task).with_index(first));
                 return;

@@ -167,7 +167,9 @@ where
             let reply = ReplyTo::Channel(tx.clone());
             let cancel = Some(Arc::clone(&cancel));
             let count = enc.count;
-            pool.submit(Job::new(enc.chunk, name, next, count, enc.frame, cancel, reply))?;
+            pool.submit(Job::new(
+                enc.chunk, name, next, count, enc.frame, cancel, reply,
+            ))?;
             inflight += 1;
             next += count as usize;
         }

@@ -168,11 +168,7 @@ impl Pool {
     }
 
     /// Like [`imap`](Self::imap), but yields results as they complete.
-    pub fn imap_unordered<A, R, F, I>(
-        &self,
-        task: Task<A, R, F>,
-        items: I,
-    ) -> IMap<I::IntoIter, R>
+    pub fn imap_unordered<A, R, F, I>(&self, task: Task<A, R, F>, items: I) -> IMap<I::IntoIter, R>
     where
         I: IntoIterator<Item = A>,
         A: Serialize,

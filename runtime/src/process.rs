@@ -50,11 +50,41 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    /// Set by the keeper thread once the child is reaped.
+    /// The task's result, from the keeper thread once the child is reaped; taken by
+    /// `join`.
     outcome: Option<Reply>,
+    /// Set (with `outcome`) once the child is reaped, on every path of the keeper.
+    finished: bool,
     /// Set by the keeper thread right before it reaps: from then on the pid may be
     /// recycled, so `kill` must not signal it.
     reaping: bool,
+    /// `kill` was called: a death before the handshake is the kill, not a failed start.
+    killed: bool,
+}
+
+/// Publishes the keeper's outcome when dropped, so that `join` and the exit handler
+/// never wait forever, whatever path (or panic) ends the keeper thread.
+struct Publish<'a> {
+    shared: &'a Shared,
+    outcome: Option<Reply>,
+}
+
+impl Drop for Publish<'_> {
+    fn drop(&mut self) {
+        let outcome = self.outcome.take().unwrap_or_else(|| Reply::Failed {
+            first_index: 0,
+            count: 1,
+            error: Error::new(ErrorKind::Protocol, "the keeper thread ended unexpectedly")
+                .with_task(self.shared.task)
+                .with_pid(self.shared.pid),
+        });
+        let mut state = lock(&self.shared.state);
+        state.outcome = Some(outcome);
+        state.finished = true;
+        state.reaping = true;
+        drop(state);
+        self.shared.finished.notify_all();
+    }
 }
 
 /// Every child started by `Process`, for the exit handler.
@@ -85,11 +115,14 @@ impl ProcessBuilder {
             .name("multiproc-process".into())
             .spawn(move || keep(name, daemon, enc.chunk, enc.frame, started_tx))
             .map_err(|e| Error::io(ErrorKind::Spawn, "cannot start a keeper thread", e))?;
-        let shared = started_rx
-            .recv()
-            .map_err(|_| Error::new(ErrorKind::Spawn, "the keeper thread died").with_task(name))??;
+        let shared = started_rx.recv().map_err(|_| {
+            Error::new(ErrorKind::Spawn, "the keeper thread died").with_task(name)
+        })??;
         register_exit_handler();
-        lock(&CHILDREN).push(Arc::clone(&shared));
+        let mut children = lock(&CHILDREN);
+        children.retain(|c| !lock(&c.state).finished);
+        children.push(Arc::clone(&shared));
+        drop(children);
         Ok(Process {
             shared,
             _result: PhantomData,
@@ -104,34 +137,64 @@ fn keep(
     frame: Vec<u8>,
     started: mpsc::Sender<Result<Arc<Shared>>>,
 ) {
-    let mut worker = match spawn::spawn_worker(&spawn::default_program()) {
+    // Like Python's `start()`, `spawn` returns once the process exists; the handshake
+    // happens here, and a failed one is the result `join` returns.
+    let worker = match spawn::start_worker(&spawn::default_program()) {
         Ok(w) => w,
         Err(e) => {
             let _ = started.send(Err(e.with_task(task)));
             return;
         }
     };
+    let pid = worker.pid;
     let shared = Arc::new(Shared {
-        pid: worker.pid,
+        pid,
         daemon,
         task,
         state: Mutex::new(State::default()),
         finished: Condvar::new(),
     });
     let _ = started.send(Ok(Arc::clone(&shared)));
+    let mut publish = Publish {
+        shared: &shared,
+        outcome: None,
+    };
+    let mut worker = match spawn::handshake_with(worker) {
+        Ok(w) => w,
+        Err(e) => {
+            let e = if lock(&shared.state).killed {
+                Error::new(
+                    ErrorKind::WorkerDied,
+                    "the process was killed (SIGKILL) before it started the task",
+                )
+                .with_pid(pid)
+            } else {
+                e
+            };
+            publish.outcome = Some(Reply::Failed {
+                first_index: 0,
+                count: 1,
+                error: e.with_task(task),
+            });
+            return;
+        }
+    };
     let mut buf = Vec::new();
     let read = worker
         .stream
         .write_all(&frame)
         .and_then(|()| protocol::read_frame(&mut worker.stream, &mut buf));
     let answer = match (read, protocol::parse(&buf)) {
-        (Ok(true), Ok(Frame::Done {
-            chunk: c,
-            count,
-            nanos,
-            values,
-            failures,
-        })) if c == chunk => {
+        (
+            Ok(true),
+            Ok(Frame::Done {
+                chunk: c,
+                count,
+                nanos,
+                values,
+                failures,
+            }),
+        ) if c == chunk => {
             let values_end = buf.len() - failures.len();
             Some((count, nanos, values_end - values.len()..values_end))
         }
@@ -164,8 +227,7 @@ fn keep(
             }
         }
     };
-    lock(&shared.state).outcome = Some(outcome);
-    shared.finished.notify_all();
+    publish.outcome = Some(outcome);
 }
 
 impl Process<()> {
@@ -188,15 +250,16 @@ impl<R: DeserializeOwned> Process<R> {
 
     /// True until the child has exited and been reaped.
     pub fn is_alive(&self) -> bool {
-        lock(&self.shared.state).outcome.is_none()
+        !lock(&self.shared.state).finished
     }
 
     /// Kills the child (SIGKILL). Killing a child that already exited does nothing.
     pub fn kill(&self) -> Result<()> {
-        let state = lock(&self.shared.state);
+        let mut state = lock(&self.shared.state);
         if state.reaping {
             return Ok(());
         }
+        state.killed = true;
         // SAFETY: kill(2) on the child's pid while the keeper has not started reaping it
         // (we hold the lock it takes first), so the pid cannot have been recycled.
         let rc = unsafe { libc::kill(self.shared.pid as libc::pid_t, libc::SIGKILL) };
@@ -224,7 +287,7 @@ impl<R: DeserializeOwned> Process<R> {
 impl Shared {
     fn wait(&self) -> std::sync::MutexGuard<'_, State> {
         let mut state = lock(&self.state);
-        while state.outcome.is_none() {
+        while !state.finished {
             state = self
                 .finished
                 .wait(state)

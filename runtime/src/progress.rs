@@ -23,11 +23,13 @@ enum FromEnv {
 
 fn from_env() -> FromEnv {
     static VALUE: OnceLock<FromEnv> = OnceLock::new();
-    *VALUE.get_or_init(|| match std::env::var(PROGRESS_VAR).as_deref().map(str::trim) {
-        Ok("force") => FromEnv::Force,
-        Ok("1" | "true" | "on" | "yes") => FromEnv::On,
-        _ => FromEnv::Unset,
-    })
+    *VALUE.get_or_init(
+        || match std::env::var(PROGRESS_VAR).as_deref().map(str::trim) {
+            Ok("force") => FromEnv::Force,
+            Ok("1" | "true" | "on" | "yes") => FromEnv::On,
+            _ => FromEnv::Unset,
+        },
+    )
 }
 
 /// Whether the global pool shows progress.

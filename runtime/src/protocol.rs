@@ -205,30 +205,34 @@ pub(crate) fn set_run_count(buf: &mut [u8], count: u32) {
     buf[COUNT_AT..COUNT_AT + 4].copy_from_slice(&count.to_le_bytes());
 }
 
-/// Byte offset, in a `Done` frame started by [`begin_done`], of the fields that are only
-/// known after the chunk ran.
+/// Byte offset, from the start of a `Done` frame, of the fields that are only known
+/// after the chunk ran.
 const DONE_COUNT_AT: usize = 4 + 1 + 8;
+/// Byte offset, from the start of a `Done` frame, of its values.
+const DONE_VALUES_AT: usize = DONE_COUNT_AT + 4 + 8 + 4;
 
-/// Starts a `Done` frame; the caller appends the results of the items that succeeded,
-/// then calls [`finish_done`].
-pub(crate) fn begin_done(buf: &mut Vec<u8>, chunk: u64) {
-    begin(buf, TAG_DONE);
+/// Appends the start of a `Done` frame to `buf` (which may already hold other frames)
+/// and returns where it starts; the caller appends the results of the items that
+/// succeeded, then calls [`finish_done`] with that start.
+pub(crate) fn begin_done(buf: &mut Vec<u8>, chunk: u64) -> usize {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    buf.push(TAG_DONE);
     buf.extend_from_slice(&chunk.to_le_bytes());
     buf.extend_from_slice(&[0; 4 + 8 + 4]);
+    start
 }
 
-/// Byte offset at which [`begin_done`]'s frame starts holding values.
-pub(crate) const DONE_VALUES_AT: usize = DONE_COUNT_AT + 4 + 8 + 4;
-
-/// Ends a `Done` frame: `count` items ran (the values of those that succeeded follow the
-/// header), then the `failures`, in item order.
+/// Ends the `Done` frame that starts at `start`: `count` items ran (the values of those
+/// that succeeded follow the header), then the `failures`, in item order.
 pub(crate) fn finish_done(
     buf: &mut Vec<u8>,
+    start: usize,
     count: u32,
     nanos: u64,
     failures: &[Failure],
 ) -> Result<(), ProtocolError> {
-    let values_len = buf.len() - DONE_VALUES_AT;
+    let values_len = buf.len() - start - DONE_VALUES_AT;
     let values_len = u32::try_from(values_len).map_err(|_| {
         bad(format!(
             "{values_len} bytes of results do not fit in a frame"
@@ -237,10 +241,11 @@ pub(crate) fn finish_done(
     for f in failures {
         encode_into(buf, f).map_err(|e| bad(format!("encoding a failure: {e}")))?;
     }
-    buf[DONE_COUNT_AT..DONE_COUNT_AT + 4].copy_from_slice(&count.to_le_bytes());
-    buf[DONE_COUNT_AT + 4..DONE_COUNT_AT + 12].copy_from_slice(&nanos.to_le_bytes());
-    buf[DONE_COUNT_AT + 12..DONE_COUNT_AT + 16].copy_from_slice(&values_len.to_le_bytes());
-    finish(buf)
+    let frame = &mut buf[start..];
+    frame[DONE_COUNT_AT..DONE_COUNT_AT + 4].copy_from_slice(&count.to_le_bytes());
+    frame[DONE_COUNT_AT + 4..DONE_COUNT_AT + 12].copy_from_slice(&nanos.to_le_bytes());
+    frame[DONE_COUNT_AT + 12..DONE_COUNT_AT + 16].copy_from_slice(&values_len.to_le_bytes());
+    finish(frame)
 }
 
 struct Cursor<'a>(&'a [u8]);
@@ -435,22 +440,23 @@ mod tests {
 
     #[test]
     fn done_frame_round_trips() {
-        let mut buf = Vec::new();
-        begin_done(&mut buf, 3);
+        let mut buf = vec![9, 9]; // another frame's tail before it
+        let start = begin_done(&mut buf, 3);
         encode_into(&mut buf, &7u32).unwrap();
         let failure = Failure {
             index: 1,
             kind: FailureKind::Panicked,
             message: "boom".into(),
         };
-        finish_done(&mut buf, 2, 1234, std::slice::from_ref(&failure)).unwrap();
+        finish_done(&mut buf, start, 2, 1234, std::slice::from_ref(&failure)).unwrap();
+        let buf = &buf[start..];
         let Frame::Done {
             chunk,
             count,
             nanos,
             values,
             failures,
-        } = parse(payload(&buf)).unwrap()
+        } = parse(payload(buf)).unwrap()
         else {
             panic!("not a done frame")
         };

@@ -30,9 +30,15 @@ pub(crate) struct WorkerProcess {
     pub pid: u32,
 }
 
-/// Starts one worker. Must be called from a thread that lives as long as the worker:
-/// the worker's parent-death signal fires when that thread exits.
+/// Starts one worker and shakes hands with it. Must be called from a thread that lives
+/// as long as the worker: the worker's parent-death signal fires when that thread exits.
 pub(crate) fn spawn_worker(program: &Path) -> Result<WorkerProcess> {
+    handshake_with(start_worker(program)?)
+}
+
+/// Starts one worker process without waiting for it; [`handshake_with`] completes the
+/// start. Same threading rule as [`spawn_worker`].
+pub(crate) fn start_worker(program: &Path) -> Result<WorkerProcess> {
     let (parent_end, child_end) = UnixStream::pair()
         .map_err(|e| Error::io(ErrorKind::Spawn, "cannot create a socketpair", e))?;
     let child_fd = child_end.as_raw_fd();
@@ -80,11 +86,16 @@ pub(crate) fn spawn_worker(program: &Path) -> Result<WorkerProcess> {
     })?;
     drop(child_end);
     let pid = child.id();
-    let mut worker = WorkerProcess {
+    Ok(WorkerProcess {
         child,
         stream: parent_end,
         pid,
-    };
+    })
+}
+
+/// Checks that a started worker runs the same build; reaps it and says why if not.
+pub(crate) fn handshake_with(mut worker: WorkerProcess) -> Result<WorkerProcess> {
+    let pid = worker.pid;
     match handshake(&mut worker.stream) {
         Ok(()) => Ok(worker),
         Err(e) => {

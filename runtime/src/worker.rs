@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Once, mpsc};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::protocol::{self, Frame, Hello};
 
@@ -98,7 +98,9 @@ fn serve(marker: &str) -> Result<(), String> {
 
     let mut buf = Vec::new();
     handshake(&mut reader, &mut buf)?;
+    let mut reader = std::io::BufReader::with_capacity(256 << 10, reader);
     let writer = reader
+        .get_ref()
         .try_clone()
         .map_err(|e| format!("cannot duplicate the socket: {e}"))?;
 
@@ -173,10 +175,35 @@ fn handshake(stream: &mut UnixStream, buf: &mut Vec<u8>) -> Result<(), String> {
     }
 }
 
+/// Results of quick chunks are held back while more frames are already waiting, up to
+/// this long, so a stream of tiny tasks costs one write per batch, not one per task.
+const BATCH_FOR: Duration = Duration::from_micros(200);
+/// ...and up to this many bytes.
+const BATCH_BYTES: usize = 1 << 20;
+
 fn execute(rx: mpsc::Receiver<Vec<u8>>, mut writer: UnixStream) -> Result<(), String> {
     let mut out = Vec::new();
     let mut failures = Vec::new();
-    for frame in rx {
+    let mut batch_started: Option<Instant> = None;
+    loop {
+        let frame = if out.is_empty() {
+            match rx.recv() {
+                Ok(frame) => frame,
+                Err(_) => return Ok(()),
+            }
+        } else {
+            match rx.try_recv() {
+                Ok(frame) => frame,
+                Err(mpsc::TryRecvError::Empty) => {
+                    flush(&mut writer, &mut out, &mut batch_started);
+                    continue;
+                }
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    flush(&mut writer, &mut out, &mut batch_started);
+                    return Ok(());
+                }
+            }
+        };
         let Ok(Frame::Run {
             chunk,
             count,
@@ -187,27 +214,41 @@ fn execute(rx: mpsc::Receiver<Vec<u8>>, mut writer: UnixStream) -> Result<(), St
             return Err("protocol error: a worker only accepts Run frames".into());
         };
         let Some(run) = crate::task::lookup(task) else {
+            flush(&mut writer, &mut out, &mut batch_started);
             let why = format!("no #[parallel] function named `{task}` in this binary");
             let _ = protocol::fatal_frame(&mut out, &why).map(|()| writer.write_all(&out));
             return Err(why);
         };
-        protocol::begin_done(&mut out, chunk);
+        let start = protocol::begin_done(&mut out, chunk);
         BUSY.store(true, Ordering::SeqCst);
-        let start = Instant::now();
+        let started = Instant::now();
         failures.clear();
         let done = run(items, count, &mut out, &mut failures);
-        let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         BUSY.store(false, Ordering::SeqCst);
-        protocol::finish_done(&mut out, done, nanos, &failures).map_err(|e| e.to_string())?;
-        if writer.write_all(&out).is_err() {
-            exit_on_parent_gone();
-        }
-        // Don't hold on to a buffer grown by one huge chunk.
-        if out.capacity() > 64 << 20 {
-            out = Vec::new();
+        protocol::finish_done(&mut out, start, done, nanos, &failures)
+            .map_err(|e| e.to_string())?;
+        let batch_age = batch_started.get_or_insert(started).elapsed();
+        if batch_age >= BATCH_FOR || out.len() >= BATCH_BYTES {
+            flush(&mut writer, &mut out, &mut batch_started);
         }
     }
-    Ok(())
+}
+
+/// Writes the held results; a parent that is gone ends the worker.
+fn flush(writer: &mut UnixStream, out: &mut Vec<u8>, batch_started: &mut Option<Instant>) {
+    *batch_started = None;
+    if out.is_empty() {
+        return;
+    }
+    if writer.write_all(out).is_err() {
+        exit_on_parent_gone();
+    }
+    out.clear();
+    // Don't hold on to a buffer grown by one huge chunk.
+    if out.capacity() > 64 << 20 {
+        *out = Vec::new();
+    }
 }
 
 /// The stack `main` would get: `RLIMIT_STACK`, or 8 MiB when it is unlimited or tiny.

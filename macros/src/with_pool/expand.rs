@@ -24,6 +24,15 @@ pub(crate) fn expand(w: &WithPool) -> TokenStream {
             let #ident: #ty = &#pool;
         }
     });
+    // `with_pool!(3, { .. })`: splice the block's statements, so that the braces the user
+    // wrote are not reported as unnecessary braces around our block's value.
+    let body = match body {
+        syn::Expr::Block(b) if b.label.is_none() && b.attrs.is_empty() => {
+            let stmts = &b.block.stmts;
+            quote!(#(#stmts)*)
+        }
+        other => quote!(#other),
+    };
     quote! {
         {
             // Declared first, dropped last: closes and joins the pool.

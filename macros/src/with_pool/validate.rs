@@ -7,13 +7,12 @@ pub(crate) fn validate(w: &WithPool) -> syn::Result<()> {
         lit: syn::Lit::Int(n),
         ..
     }) = &w.config
+        && n.base10_parse::<u64>()? == 0
     {
-        if n.base10_parse::<u64>()? == 0 {
-            return Err(syn::Error::new_spanned(
-                n,
-                "with_pool! needs at least one worker: a pool of 0 workers could never run a task",
-            ));
-        }
+        return Err(syn::Error::new_spanned(
+            n,
+            "with_pool! needs at least one worker: a pool of 0 workers could never run a task",
+        ));
     }
     Ok(())
 }

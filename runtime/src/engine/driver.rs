@@ -88,11 +88,11 @@ impl Driver<'_> {
             if self.inflight.is_empty() {
                 continue;
             }
-            if let Some(limit) = self.shared.config.task_timeout {
-                if !self.wait_readable(self.front_started + limit) {
-                    self.lose_worker(Loss::TimedOut(limit));
-                    continue;
-                }
+            if let Some(limit) = self.shared.config.task_timeout
+                && !self.wait_readable(self.front_started + limit)
+            {
+                self.lose_worker(Loss::TimedOut(limit));
+                continue;
             }
             let Some(live) = self.worker.as_mut() else {
                 continue;
@@ -220,8 +220,7 @@ impl Driver<'_> {
             if n > 0 {
                 return true;
             }
-            if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
-            {
+            if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
                 return true; // reading will report the error
             }
         }

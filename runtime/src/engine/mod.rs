@@ -33,6 +33,8 @@ pub(crate) struct PoolConfig {
 struct Queue {
     jobs: VecDeque<Job>,
     closed: bool,
+    /// Drivers waiting for a job (their worker holds nothing).
+    idle: usize,
 }
 
 /// State shared by the pool handle and its driver threads.
@@ -64,14 +66,19 @@ impl PoolShared {
             if q.closed {
                 return None;
             }
+            q.idle += 1;
             q = self.ready.wait(q).unwrap_or_else(PoisonError::into_inner);
+            q.idle -= 1;
         }
     }
 
-    /// The next job if one is queued now.
+    /// Another job for a worker that is already busy, if one is queued now and no idle
+    /// worker is waiting for it: queuing work behind a busy worker hides latency, but
+    /// never at the cost of leaving another worker without any.
     fn try_next_job(&self) -> Option<Job> {
         let mut q = lock(&self.queue);
-        while let Some(job) = q.jobs.pop_front() {
+        while q.jobs.len() > q.idle {
+            let job = q.jobs.pop_front()?;
             if !job.is_cancelled() {
                 return Some(job);
             }
@@ -144,6 +151,7 @@ impl PoolCore {
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
                 closed: false,
+                idle: 0,
             }),
             ready: Condvar::new(),
             config,
@@ -244,10 +252,10 @@ impl PoolCore {
         }
         lock(&self.completions).take();
         // A callback may join its own pool; it cannot wait for itself.
-        if std::thread::current().id() != self.completion_thread_id {
-            if let Some(t) = lock(&self.completion_thread).take() {
-                let _ = t.join();
-            }
+        if std::thread::current().id() != self.completion_thread_id
+            && let Some(t) = lock(&self.completion_thread).take()
+        {
+            let _ = t.join();
         }
     }
 

@@ -1,0 +1,359 @@
+//! `Pool`: map, imap, apply, apply_async with callbacks, close, join, terminate.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use multiproc::ErrorKind;
+use multiproc::prelude::*;
+
+#[parallel]
+fn t1(x: u64) -> u64 {
+    x * 10
+}
+
+#[parallel]
+fn whoami(_x: u64) -> u32 {
+    std::process::id()
+}
+
+#[parallel]
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[parallel]
+fn panics_on_3(x: u64) -> u64 {
+    assert!(x != 3, "three is not allowed");
+    x
+}
+
+#[test]
+fn invalid_configurations_are_errors() {
+    assert_eq!(Pool::new(0).unwrap_err().kind(), ErrorKind::InvalidConfig);
+    let cases = [
+        Pool::builder().workers(1).chunk_size(0).build(),
+        Pool::builder().workers(1).max_tasks_per_worker(0).build(),
+        Pool::builder()
+            .workers(1)
+            .task_timeout(Duration::ZERO)
+            .build(),
+    ];
+    for case in cases {
+        let e = case.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
+    }
+}
+
+#[test]
+fn map_runs_on_the_pools_workers_in_order() {
+    let pool = Pool::new(3).unwrap();
+    assert_eq!(pool.workers(), 3);
+    let data: Vec<u64> = (0..10_000).collect();
+    assert_eq!(
+        pool.map(t1, &data).unwrap(),
+        data.iter().map(|x| x * 10).collect::<Vec<_>>()
+    );
+    let pids: BTreeSet<u32> = pool.map(whoami, &data).unwrap().into_iter().collect();
+    assert!(!pids.contains(&std::process::id()));
+    assert!(pids.len() <= 3, "{pids:?}");
+}
+
+#[test]
+fn apply_and_apply_async_return_results() {
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(pool.apply(t1, 5).unwrap(), 50);
+    let r = pool.apply_async(t1, 6);
+    r.wait();
+    assert!(r.ready());
+    assert_eq!(r.get().unwrap(), 60);
+    let slow = pool.apply_async(sleep_ms, 400);
+    assert!(!slow.wait_timeout(Duration::from_millis(1)));
+    assert!(slow.wait_timeout(Duration::from_secs(60)));
+    assert_eq!(slow.get().unwrap(), 400);
+}
+
+#[test]
+fn callbacks_run_in_the_parent_exactly_once_before_get_returns() {
+    let pool = Pool::new(2).unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen_pid = Arc::new(Mutex::new(Vec::new()));
+    for i in 0..20u64 {
+        let counter = Arc::clone(&calls);
+        let seen_pid = Arc::clone(&seen_pid);
+        let r = pool.apply_async(t1, i).on_success(move |v| {
+            assert_eq!(*v, i * 10);
+            seen_pid.lock().unwrap().push(std::process::id());
+            counter.fetch_add(1, Ordering::SeqCst);
+        });
+        assert_eq!(r.get().unwrap(), i * 10);
+        // The callback ran before get() returned.
+        assert_eq!(calls.load(Ordering::SeqCst), i as usize + 1);
+    }
+    pool.join();
+    assert_eq!(calls.load(Ordering::SeqCst), 20);
+    let pids = seen_pid.lock().unwrap();
+    assert!(pids.iter().all(|&p| p == std::process::id()), "{pids:?}");
+}
+
+#[test]
+fn callbacks_run_in_completion_order() {
+    let pool = Pool::new(2).unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut handles = Vec::new();
+    for ms in [600u64, 10] {
+        let order = Arc::clone(&order);
+        handles.push(pool.apply_async(sleep_ms, ms).on_success(move |v| {
+            order.lock().unwrap().push(*v);
+        }));
+    }
+    for h in handles {
+        h.get().unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), [10, 600]);
+}
+
+#[test]
+fn a_dropped_handle_still_runs_its_callback_and_join_waits_for_it() {
+    let pool = Pool::new(2).unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    for i in 0..50u64 {
+        let calls = Arc::clone(&calls);
+        drop(pool.apply_async(sleep_ms, i % 3).on_success(move |_| {
+            calls.fetch_add(1, Ordering::SeqCst);
+        }));
+    }
+    pool.close();
+    pool.join();
+    assert_eq!(calls.load(Ordering::SeqCst), 50);
+}
+
+#[test]
+fn dropping_a_pool_loses_no_submitted_work() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    {
+        let pool = Pool::new(2).unwrap();
+        for _ in 0..10 {
+            let calls = Arc::clone(&calls);
+            drop(pool.apply_async(sleep_ms, 20).on_success(move |_| {
+                calls.fetch_add(1, Ordering::SeqCst);
+            }));
+        }
+    } // dropped: closed and joined
+    assert_eq!(calls.load(Ordering::SeqCst), 10);
+}
+
+#[test]
+fn on_error_runs_for_a_panicking_task() {
+    let pool = Pool::new(1).unwrap();
+    let got = Arc::new(Mutex::new(None));
+    let slot = Arc::clone(&got);
+    let r = pool
+        .apply_async(panics_on_3, 3)
+        .on_success(|_| panic!("on_success must not run"))
+        .on_error(move |e| *slot.lock().unwrap() = Some((e.kind(), e.to_string())));
+    let e = r.get().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Panicked);
+    let (kind, text) = got.lock().unwrap().clone().unwrap();
+    assert_eq!(kind, ErrorKind::Panicked);
+    assert!(text.contains("three is not allowed"), "{text}");
+    // A callback registered after completion runs at once, in this thread.
+    let late = Arc::new(AtomicUsize::new(0));
+    let l = Arc::clone(&late);
+    let r = pool.apply_async(t1, 1);
+    r.wait();
+    let r = r.on_success(move |_| {
+        l.fetch_add(1, Ordering::SeqCst);
+    });
+    assert_eq!(late.load(Ordering::SeqCst), 1);
+    assert_eq!(r.get().unwrap(), 10);
+}
+
+#[test]
+fn a_panicking_callback_does_not_stop_result_handling() {
+    let pool = Pool::new(1).unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    drop(
+        pool.apply_async(t1, 1)
+            .on_success(|_| panic!("callback bug")),
+    );
+    for i in 0..5 {
+        let calls = Arc::clone(&calls);
+        let r = pool.apply_async(t1, i).on_success(move |_| {
+            calls.fetch_add(1, Ordering::SeqCst);
+        });
+        assert_eq!(r.get().unwrap(), i * 10);
+    }
+    pool.join();
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+}
+
+#[test]
+fn a_closed_pool_refuses_new_work() {
+    let pool = Pool::new(1).unwrap();
+    pool.close();
+    assert_eq!(pool.map(t1, &[1]).unwrap_err().kind(), ErrorKind::Closed);
+    assert_eq!(pool.apply(t1, 1).unwrap_err().kind(), ErrorKind::Closed);
+    let errors = Arc::new(AtomicUsize::new(0));
+    let e2 = Arc::clone(&errors);
+    let r = pool.apply_async(t1, 1).on_error(move |e| {
+        assert_eq!(e.kind(), ErrorKind::Closed);
+        e2.fetch_add(1, Ordering::SeqCst);
+    });
+    assert_eq!(r.get().unwrap_err().kind(), ErrorKind::Closed);
+    assert_eq!(errors.load(Ordering::SeqCst), 1);
+    let first = pool.imap(t1, [1u64, 2]).next().unwrap();
+    assert_eq!(first.unwrap_err().kind(), ErrorKind::Closed);
+}
+
+#[test]
+fn terminate_kills_the_workers_and_fails_what_was_pending() {
+    let pool = Pool::new(2).unwrap();
+    let pids: BTreeSet<u32> = pool
+        .map(whoami, &[0, 1, 2, 3])
+        .unwrap()
+        .into_iter()
+        .collect();
+    let pending: Vec<_> = (0..4).map(|_| pool.apply_async(sleep_ms, 30_000)).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let started = std::time::Instant::now();
+    pool.terminate();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "terminate waited for the tasks"
+    );
+    for r in pending {
+        assert_eq!(r.get().unwrap_err().kind(), ErrorKind::Closed);
+    }
+    assert!(pids.iter().all(|&p| !common::process_exists(p)), "{pids:?}");
+}
+
+#[test]
+fn imap_is_lazy_and_works_on_an_endless_iterator() {
+    let pool = Pool::new(2).unwrap();
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&pulled);
+    let endless = (0u64..).inspect(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+    });
+    let first: Vec<u64> = pool
+        .imap(t1, endless)
+        .take(10)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(first, (0..10).map(|x| x * 10).collect::<Vec<_>>());
+    // Only a bounded window was taken from the input.
+    let n = pulled.load(Ordering::SeqCst);
+    assert!(n < 100_000, "imap pulled {n} items for 10 results");
+}
+
+#[test]
+fn imap_orders_and_imap_unordered_completes() {
+    let pool = Pool::builder().workers(2).chunk_size(1).build().unwrap();
+    let input = [300u64, 1, 2, 3];
+    let ordered: Vec<u64> = pool.imap(sleep_ms, input).map(Result::unwrap).collect();
+    assert_eq!(ordered, input);
+    let unordered: Vec<u64> = pool
+        .imap_unordered(sleep_ms, input)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        unordered.iter().collect::<BTreeSet<_>>(),
+        input.iter().collect()
+    );
+    assert_ne!(unordered[0], 300, "the slow item came first: {unordered:?}");
+}
+
+#[test]
+fn imap_yields_an_error_in_place_and_carries_on() {
+    let pool = Pool::new(2).unwrap();
+    let out: Vec<_> = pool.imap(panics_on_3, 0u64..8).collect();
+    assert_eq!(out.len(), 8);
+    for (i, r) in out.iter().enumerate() {
+        if i == 3 {
+            let e = r.as_ref().unwrap_err();
+            assert_eq!((e.kind(), e.task_index()), (ErrorKind::Panicked, Some(3)));
+        } else {
+            assert_eq!(*r.as_ref().unwrap(), i as u64);
+        }
+    }
+}
+
+#[test]
+fn max_tasks_per_worker_recycles_workers() {
+    let pool = Pool::builder()
+        .workers(1)
+        .max_tasks_per_worker(5)
+        .build()
+        .unwrap();
+    let pids: Vec<u32> = pool.map(whoami, &(0..20).collect::<Vec<u64>>()).unwrap();
+    let distinct: BTreeSet<u32> = pids.iter().copied().collect();
+    assert_eq!(distinct.len(), 4, "{pids:?}");
+    for run in pids.chunks(5) {
+        assert!(run.iter().all(|&p| p == run[0]), "{pids:?}");
+    }
+}
+
+#[test]
+fn task_timeout_kills_the_worker_and_spares_the_others() {
+    let pool = Pool::builder()
+        .workers(2)
+        .task_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let out: Vec<_> = pool.imap(sleep_ms, [10u64, 60_000, 20, 30]).collect();
+    assert_eq!(*out[0].as_ref().unwrap(), 10);
+    let e = out[1].as_ref().unwrap_err();
+    assert_eq!(
+        (e.kind(), e.task_index()),
+        (ErrorKind::Timeout, Some(1)),
+        "{e}"
+    );
+    assert_eq!(*out[2].as_ref().unwrap(), 20);
+    assert_eq!(*out[3].as_ref().unwrap(), 30);
+    let r = pool.apply_async(sleep_ms, 60_000);
+    assert_eq!(r.get().unwrap_err().kind(), ErrorKind::Timeout);
+    assert_eq!(pool.apply(t1, 2).unwrap(), 20);
+}
+
+/// Child half of the progress tests.
+#[test]
+#[ignore = "run by its parent test in a fresh process"]
+fn child_maps_with_progress() {
+    if !common::is_child() {
+        return;
+    }
+    let pool = Pool::builder().workers(2).progress(true).build().unwrap();
+    let data: Vec<u64> = (0..2000).collect();
+    assert_eq!(pool.map(t1, &data).unwrap().len(), 2000);
+    assert_eq!(pool.imap(t1, data).count(), 2000);
+}
+
+#[test]
+fn progress_stays_out_of_piped_output_unless_forced() {
+    let quiet = common::run_child_test("child_maps_with_progress", &[]);
+    assert!(quiet.status.success());
+    let stderr = String::from_utf8_lossy(&quiet.stderr);
+    assert!(!stderr.contains("items"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "escape sequences in piped stderr: {stderr:?}"
+    );
+
+    let forced = common::run_child_test(
+        "child_maps_with_progress",
+        &[("MULTIPROC_PROGRESS", "force")],
+    );
+    assert!(forced.status.success());
+    let stderr = String::from_utf8_lossy(&forced.stderr);
+    assert!(stderr.contains("2000/2000 items"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "escape sequences in piped stderr: {stderr:?}"
+    );
+}
