@@ -41,6 +41,37 @@
 //! - A worker dies with its parent (`PR_SET_PDEATHSIG`, and it exits when its socket
 //!   closes).
 //!
+//! ## Pools, callbacks and processes
+//!
+//! Beyond `par_map`, the names are Python's: [`Pool`] (`map`, `imap`,
+//! `imap_unordered`, `apply`, `apply_async`, `close`, `join`, `terminate`), built with
+//! [`Pool::builder`] (`workers`, `chunk_size`, `max_tasks_per_worker`, `task_timeout`,
+//! `progress`); [`AsyncResult`] with `on_success` / `on_error` callbacks that run in the
+//! parent; [`with_pool!`] to scope a pool to a block, like `with Pool(3) as pool:`; and
+//! [`Process`] for one task in a child process of its own.
+//!
+//! ```no_run
+//! use multiproc::prelude::*;
+//!
+//! #[parallel]
+//! fn t1(x: u64) -> u64 {
+//!     x * 10
+//! }
+//!
+//! fn main() -> multiproc::Result<()> {
+//!     let data: Vec<u64> = (0..100).collect();
+//!     let total: u64 = with_pool!(3, |pool| {
+//!         let r = pool.apply_async(t1, 5).on_success(|v| println!("callback in the parent: {v}"));
+//!         let all = data.par_map(t1)?; // runs on this block's pool
+//!         r.get()? + all.iter().sum::<u64>()
+//!     });
+//!     let p = Process::spawn(t1, 7)?;
+//!     assert_eq!(p.join()?, 70);
+//!     println!("{total}");
+//!     Ok(())
+//! }
+//! ```
+//!
 //! ## Rules for `#[parallel]` functions
 //!
 //! Put the work in one free function whose arguments and result are owned and implement

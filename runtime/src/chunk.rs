@@ -264,16 +264,21 @@ pub(crate) struct ChunkSizer {
 const TARGET_CHUNK_NANOS: f64 = 2_000_000.0;
 /// Items in the first chunks, sent before anything has been measured.
 const PROBE_ITEMS: usize = 16;
-/// The cap when the input length is unknown (`imap` over an iterator).
-const UNKNOWN_LEN_CAP: usize = 4096;
+/// The cap for lazy maps (`imap`): memory in flight is a few chunks of this size,
+/// whatever the input's length.
+const LAZY_CAP: usize = 16_384;
 
 impl ChunkSizer {
-    /// `len` is the input length if known; `fixed` a chunk size the user chose.
-    pub(crate) fn new(len: Option<usize>, workers: usize, fixed: Option<usize>) -> Self {
-        let cap = match len {
-            Some(len) => len.div_ceil(workers.max(1) * 4),
-            None => UNKNOWN_LEN_CAP,
-        };
+    /// `len` is the input length if known; `lazy` caps chunks for streaming maps;
+    /// `fixed` is a chunk size the user chose.
+    pub(crate) fn new(
+        len: Option<usize>,
+        workers: usize,
+        lazy: bool,
+        fixed: Option<usize>,
+    ) -> Self {
+        let share = len.map_or(usize::MAX, |len| len.div_ceil(workers.max(1) * 4));
+        let cap = if lazy { share.min(LAZY_CAP) } else { share };
         ChunkSizer {
             fixed: fixed.map(|n| n.clamp(1, u32::MAX as usize)),
             cap: cap.clamp(1, u32::MAX as usize),
@@ -309,24 +314,32 @@ mod tests {
 
     #[test]
     fn chunks_start_small_then_follow_the_measured_cost() {
-        let mut s = ChunkSizer::new(Some(1_000_000), 2, None);
+        let mut s = ChunkSizer::new(Some(1_000_000), 2, false, None);
         assert_eq!(s.next_size(), PROBE_ITEMS);
         s.observe(16 * 5, 16); // 5 ns per item: capped at a quarter of each share
         assert_eq!(s.next_size(), 125_000);
-        let mut slow = ChunkSizer::new(Some(1_000_000), 2, None);
+        let mut slow = ChunkSizer::new(Some(1_000_000), 2, false, None);
         slow.observe(10_000_000, 1); // 10 ms per item: one at a time
         assert_eq!(slow.next_size(), 1);
     }
 
     #[test]
     fn small_inputs_unknown_lengths_and_fixed_sizes() {
-        assert_eq!(ChunkSizer::new(Some(3), 2, None).next_size(), 1);
-        assert_eq!(ChunkSizer::new(Some(24), 2, None).next_size(), 3);
-        assert_eq!(ChunkSizer::new(Some(1000), 2, Some(64)).next_size(), 64);
-        assert_eq!(ChunkSizer::new(Some(1000), 2, Some(0)).next_size(), 1);
-        let mut open = ChunkSizer::new(None, 2, None);
-        open.observe(1, 1);
-        assert_eq!(open.next_size(), UNKNOWN_LEN_CAP);
+        assert_eq!(ChunkSizer::new(Some(3), 2, false, None).next_size(), 1);
+        assert_eq!(ChunkSizer::new(Some(24), 2, false, None).next_size(), 3);
+        assert_eq!(
+            ChunkSizer::new(Some(1000), 2, false, Some(64)).next_size(),
+            64
+        );
+        assert_eq!(
+            ChunkSizer::new(Some(1000), 2, false, Some(0)).next_size(),
+            1
+        );
+        for len in [None, Some(10_000_000)] {
+            let mut lazy = ChunkSizer::new(len, 2, true, None);
+            lazy.observe(1, 1);
+            assert_eq!(lazy.next_size(), LAZY_CAP);
+        }
     }
 
     #[test]

@@ -69,7 +69,7 @@ where
         let fixed = crate::map::fixed_chunk_size(&pool, settings);
         let (tx, rx) = mpsc::channel();
         IMap {
-            sizer: ChunkSizer::new(total, pool.workers(), fixed),
+            sizer: ChunkSizer::new(total, pool.workers(), true, fixed),
             window: pool.workers() * 2 + 1,
             pool,
             task,

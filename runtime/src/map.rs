@@ -144,7 +144,12 @@ where
     }
     let name = task.name();
     let len = items.len();
-    let mut sizer = ChunkSizer::new(Some(len), pool.workers(), fixed_chunk_size(pool, settings));
+    let mut sizer = ChunkSizer::new(
+        Some(len),
+        pool.workers(),
+        false,
+        fixed_chunk_size(pool, settings),
+    );
     // Enough chunks to fill every worker's window, plus one encoded ahead.
     let window = pool.workers() * 2 + 1;
     let cancel = Arc::new(AtomicBool::new(false));
