@@ -190,6 +190,9 @@ fn imap_10m(workers: usize) -> multiproc::Result<(f64, f64, f64)> {
     Ok((secs(t.elapsed()), at_1m, peak_rss_mib() - before))
 }
 
+/// Picks one figure of a peer (or says why it has none).
+type Pick = dyn Fn(&Figures) -> Result<f64, String>;
+
 fn ratio(theirs: f64, ours: f64) -> String {
     format!("{:.1}x", theirs / ours)
 }
@@ -225,7 +228,7 @@ fn main() -> multiproc::Result<()> {
                 Err(e) => e.chars().take(40).collect(),
             }
         };
-    let rows: [(&str, f64, &dyn Fn(&Figures) -> Result<f64, String>); 3] = [
+    let rows: [(&str, f64, &Pick); 3] = [
         ("pool start to first result (ms)", ours.start_ms, &|f| {
             Ok(f.start_ms)
         }),

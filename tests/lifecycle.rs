@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use multiproc::prelude::*;
 
@@ -54,47 +52,14 @@ fn worker_output_goes_to_the_parents_stdout_and_stderr() {
     }
 }
 
-fn wait_until_gone(pids: &[u32]) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while pids.iter().any(|&p| common::process_exists(p)) {
-        assert!(
-            Instant::now() < deadline,
-            "workers {pids:?} outlived their parent"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn workers_die_with_a_parent_that_is_killed() {
-    let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new(exe)
-        .args([
-            "child_maps_then_waits",
-            "--exact",
-            "--include-ignored",
-            "--nocapture",
-        ])
-        .env("MULTIPROC_TEST_CHILD", "1")
-        .env("MULTIPROC_WORKERS", "2")
-        .env("CHILD_WAIT", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut pids = Vec::new();
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        if let Some(pid) = line.strip_prefix("PID=") {
-            pids.push(pid.parse::<u32>().unwrap());
-        }
-        if line.contains("READY") {
-            break;
-        }
-    }
+    let pids = common::kill_child_test_after(
+        "child_maps_then_waits",
+        &[("MULTIPROC_WORKERS", "2")],
+        &["PID="],
+        "READY",
+    );
     assert!(!pids.is_empty());
-    assert!(pids.iter().all(|&p| common::process_exists(p)));
-    child.kill().unwrap(); // SIGKILL: no atexit, no destructors
-    child.wait().unwrap();
-    wait_until_gone(&pids);
+    common::wait_until_gone(&pids);
 }

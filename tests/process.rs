@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use multiproc::ErrorKind;
@@ -111,42 +110,14 @@ fn exit_waits_for_children_and_kills_daemons() {
 
 #[test]
 fn no_child_outlives_a_killed_parent() {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "child_starts_processes_and_exits",
-            "--exact",
-            "--include-ignored",
-            "--nocapture",
-        ])
-        .env("MULTIPROC_TEST_CHILD", "1")
-        .env("CHILD_WAIT", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut pids = Vec::new();
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        for key in ["DAEMON PID=", "NORMAL PID="] {
-            if let Some(pid) = line.strip_prefix(key) {
-                pids.push(pid.parse::<u32>().unwrap());
-            }
-        }
-        if line.contains("MAIN RETURNS") {
-            break;
-        }
-    }
+    let pids = common::kill_child_test_after(
+        "child_starts_processes_and_exits",
+        &[],
+        &["DAEMON PID=", "NORMAL PID="],
+        "MAIN RETURNS",
+    );
     assert_eq!(pids.len(), 2);
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while pids.iter().any(|&p| common::process_exists(p)) {
-        assert!(
-            Instant::now() < deadline,
-            "{pids:?} outlived their killed parent"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_until_gone(&pids);
 }
 
 #[test]

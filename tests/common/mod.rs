@@ -1,8 +1,10 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// Runs one test of the current test binary in a fresh process, with `envs` set and
 /// `MULTIPROC_TEST_CHILD=1` so the child test knows it is the child. Used for behaviour
@@ -65,5 +67,52 @@ pub fn global_workers() -> usize {
     match std::env::var("MULTIPROC_WORKERS") {
         Ok(n) => n.parse().expect("MULTIPROC_WORKERS is a number"),
         Err(_) => std::thread::available_parallelism().map_or(1, usize::from),
+    }
+}
+
+/// Starts one test of this binary as a child process (like [`run_child_test`], with
+/// `CHILD_WAIT=1` so it stays alive), reads its output until a line contains `until`,
+/// collects the pids printed after any of `keys`, then SIGKILLs it and reaps it.
+pub fn kill_child_test_after(
+    test: &str,
+    envs: &[(&str, &str)],
+    keys: &[&str],
+    until: &str,
+) -> Vec<u32> {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let mut cmd = Command::new(exe);
+    cmd.args([test, "--exact", "--include-ignored", "--nocapture"])
+        .env("MULTIPROC_TEST_CHILD", "1")
+        .env("CHILD_WAIT", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("starting the child test");
+    let stdout = child.stdout.take().expect("a piped stdout");
+    let mut pids = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("the child's output");
+        for key in keys {
+            if let Some(pid) = line.trim().strip_prefix(key) {
+                pids.push(pid.parse::<u32>().expect("a pid"));
+            }
+        }
+        if line.contains(until) {
+            break;
+        }
+    }
+    child.kill().expect("killing the child"); // SIGKILL: no atexit, no destructors
+    child.wait().expect("reaping the child");
+    pids
+}
+
+/// Waits (30 s at most, to detect a hang) until none of `pids` is running.
+pub fn wait_until_gone(pids: &[u32]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pids.iter().any(|&p| process_exists(p)) {
+        assert!(Instant::now() < deadline, "{pids:?} outlived their parent");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
