@@ -357,3 +357,25 @@ fn progress_stays_out_of_piped_output_unless_forced() {
         "escape sequences in piped stderr: {stderr:?}"
     );
 }
+
+/// Child half of `the_global_pool_shows_progress_when_asked`.
+#[test]
+#[ignore = "run by its parent test in a fresh process"]
+fn child_par_maps() {
+    if !common::is_child() {
+        return;
+    }
+    let data: Vec<u64> = (0..1500).collect();
+    assert_eq!(data.par_map(t1).unwrap().len(), 1500);
+}
+
+#[test]
+fn the_global_pool_shows_progress_when_asked() {
+    let off = common::run_child_test("child_par_maps", &[]);
+    assert!(off.status.success());
+    assert!(!String::from_utf8_lossy(&off.stderr).contains("items"));
+    let on = common::run_child_test("child_par_maps", &[("MULTIPROC_PROGRESS", "force")]);
+    assert!(on.status.success());
+    let stderr = String::from_utf8_lossy(&on.stderr);
+    assert!(stderr.contains("1500/1500 items"), "{stderr}");
+}
