@@ -95,12 +95,16 @@
 pub use multiproc_macros::{parallel, with_pool};
 pub use multiproc_runtime::{
     AsyncResult, Error, ErrorKind, IMap, IntoPool, ParMap, Pool, PoolBuilder, Process,
-    ProcessBuilder, Result, Task, in_worker,
+    ProcessBuilder, Result, Shared, SharedChunkMut, SharedSlice, SharedSliceMut, ShmBackend, Task,
+    in_worker, segments_held,
 };
 
 /// The everyday names: `use multiproc::prelude::*;`.
 pub mod prelude {
-    pub use crate::{AsyncResult, ParMap, Pool, Process, Task, parallel, with_pool};
+    pub use crate::{
+        AsyncResult, ParMap, Pool, Process, Shared, SharedChunkMut, SharedSlice, SharedSliceMut,
+        Task, parallel, with_pool,
+    };
 }
 
 #[doc(hidden)]

@@ -197,7 +197,7 @@ where
     let name = task.name();
     let enc = one_item(name, arg)?;
     let (tx, rx) = mpsc::channel();
-    let job = Job::new(enc.chunk, name, 0, 1, enc.frame, None, ReplyTo::Channel(tx));
+    let job = Job::new(enc, name, 0, None, ReplyTo::Channel(tx));
     pool.submit(job).map_err(|e| e.with_task(name))?;
     let reply = rx
         .recv()
@@ -225,7 +225,7 @@ where
         completions,
         on_reply: Box::new(move |reply| target.complete(single_result(name, reply))),
     };
-    let job = Job::new(enc.chunk, name, 0, 1, enc.frame, None, reply);
+    let job = Job::new(enc, name, 0, None, reply);
     // On a closed pool the job is dropped, which completes the slot with `Closed`.
     let _ = pool.submit(job);
     AsyncResult { slot }

@@ -1,6 +1,7 @@
 //! Chunks on the caller's side: sizing them, encoding arguments into `Run` frames, and
 //! decoding the values and failures of `Done` frames. Shared by `map`, `imap` and `apply`.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
@@ -14,11 +15,14 @@ use crate::protocol::{self, FailureKind};
 /// it expects.
 static NEXT_CHUNK: AtomicU64 = AtomicU64::new(1);
 
-/// A `Run` frame holding up to `max` items taken from `items`.
+/// A `Run` frame (without its trailer) holding up to `max` items taken from `items`.
 pub(crate) struct Encoded {
     pub chunk: u64,
     pub frame: Vec<u8>,
+    pub body_at: usize,
     pub count: u32,
+    /// Segments the items' handles refer to.
+    pub attachments: Vec<Arc<crate::shm::Entry>>,
 }
 
 /// Encodes up to `max` items from `items` (at least one, if there is one) into a `Run`
@@ -36,39 +40,34 @@ pub(crate) fn encode_chunk<T: Serialize>(
     let mut frame = Vec::with_capacity(64 + max * *bytes_per_item);
     // The count is patched in below, once known.
     protocol::begin_run(&mut frame, chunk, 0, task);
-    let header = frame.len();
+    let body_at = frame.len();
     let mut count = 0usize;
-    for item in items.take(max) {
-        protocol::encode_into(&mut frame, &item).map_err(|e| {
-            Error::new(
-                ErrorKind::Serialization,
-                format!("the argument could not be serialized: {e}"),
-            )
-            .with_task(task)
-            .with_index(first_index + count)
-        })?;
-        count += 1;
-    }
+    let (encoded, attachments) = crate::shm::collect(|| {
+        for item in items.take(max) {
+            protocol::encode_into(&mut frame, &item).map_err(|e| {
+                Error::new(
+                    ErrorKind::Serialization,
+                    format!("the argument could not be serialized: {e}"),
+                )
+                .with_task(task)
+                .with_index(first_index + count)
+            })?;
+            count += 1;
+        }
+        Ok::<(), Error>(())
+    });
+    encoded?;
     if count == 0 {
         return Ok(None);
     }
-    *bytes_per_item = (frame.len() - header).div_ceil(count).max(1);
+    *bytes_per_item = (frame.len() - body_at).div_ceil(count).max(1);
     protocol::set_run_count(&mut frame, count as u32);
-    protocol::finish(&mut frame).map_err(|e| {
-        Error::new(
-            ErrorKind::Serialization,
-            format!(
-                "the arguments of items {first_index}..{} are too large: {e}",
-                first_index + count
-            ),
-        )
-        .with_task(task)
-        .with_index(first_index)
-    })?;
     Ok(Some(Encoded {
         chunk,
         frame,
+        body_at,
         count: count as u32,
+        attachments,
     }))
 }
 
@@ -212,8 +211,8 @@ pub(crate) fn reply_items<R: DeserializeOwned>(
             pid,
             expected,
             count,
-            payload,
-            values,
+            body,
+            values_len,
             ..
         } => {
             let origin = ChunkOrigin {
@@ -222,13 +221,8 @@ pub(crate) fn reply_items<R: DeserializeOwned>(
                 pid,
             };
             let mut out = Vec::with_capacity(expected as usize);
-            origin.decode_items(
-                &payload[values.clone()],
-                &payload[values.end..],
-                count,
-                expected,
-                &mut out,
-            );
+            let (values, failures) = body.bytes().split_at(values_len);
+            origin.decode_items(values, failures, count, expected, &mut out);
             (first_index, out)
         }
         Reply::Failed {

@@ -112,15 +112,14 @@ where
             };
             let reply = ReplyTo::Channel(self.tx.clone());
             let cancel = Some(Arc::clone(&self.cancel.0));
-            let job = Job::new(
-                enc.chunk, self.task, first, enc.count, enc.frame, cancel, reply,
-            );
+            let count = enc.count;
+            let job = Job::new(enc, self.task, first, cancel, reply);
             if let Err(e) = self.pool.submit(job) {
                 self.stop = Some(e.with_task(self.task).with_index(first));
                 return;
             }
             self.inflight += 1;
-            self.next_index += enc.count as usize;
+            self.next_index += count as usize;
         }
     }
 

@@ -14,8 +14,10 @@ mod pool;
 mod process;
 mod progress;
 mod protocol;
+mod shm;
 mod spawn;
 mod task;
+mod transport;
 mod worker;
 
 pub use apply::AsyncResult;
@@ -24,6 +26,7 @@ pub use imap::IMap;
 pub use map::ParMap;
 pub use pool::{IntoPool, Pool, PoolBuilder};
 pub use process::{Process, ProcessBuilder};
+pub use shm::{Shared, SharedChunkMut, SharedSlice, SharedSliceMut, ShmBackend, segments_held};
 pub use task::Task;
 pub use worker::in_worker;
 
@@ -41,7 +44,8 @@ pub mod __private {
     /// Starts one worker from `program`, checks its handshake and stops it again;
     /// returns its pid. Lets tests show what happens when a worker is not the same build.
     pub fn probe_worker(program: &std::path::Path) -> crate::Result<u32> {
-        let mut worker = crate::spawn::spawn_worker(program)?;
+        let mut worker =
+            crate::spawn::spawn_worker(program, crate::transport::ShmConfig::default())?;
         drop(worker.stream);
         let _ = crate::spawn::reap(&mut worker.child, std::time::Duration::from_secs(5));
         Ok(worker.pid)

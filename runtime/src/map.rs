@@ -172,9 +172,7 @@ where
             let reply = ReplyTo::Channel(tx.clone());
             let cancel = Some(Arc::clone(&cancel));
             let count = enc.count;
-            pool.submit(Job::new(
-                enc.chunk, name, next, count, enc.frame, cancel, reply,
-            ))?;
+            pool.submit(Job::new(enc, name, next, cancel, reply))?;
             inflight += 1;
             next += count as usize;
         }
@@ -194,8 +192,8 @@ where
                 nanos,
                 expected,
                 count,
-                payload,
-                values,
+                body,
+                values_len,
             } => {
                 sizer.observe(nanos, count);
                 let origin = ChunkOrigin {
@@ -203,19 +201,19 @@ where
                     first_index,
                     pid,
                 };
-                let failures = &payload[values.end..];
+                let (values, failures) = body.bytes().split_at(values_len);
                 if !failures.is_empty() || count != expected {
                     return Err(origin.first_failure(failures, count, expected));
                 }
                 progress.inc(count as usize);
                 if first_index == out.len() {
-                    origin.decode_values(&payload[values], count, &mut out)?;
+                    origin.decode_values(values, count, &mut out)?;
                     while let Some(values) = pending.remove(&out.len()) {
                         out.extend(values);
                     }
                 } else {
                     let mut decoded = Vec::with_capacity(count as usize);
-                    origin.decode_values(&payload[values], count, &mut decoded)?;
+                    origin.decode_values(values, count, &mut decoded)?;
                     pending.insert(first_index, decoded);
                 }
             }

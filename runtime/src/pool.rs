@@ -11,7 +11,9 @@ use crate::engine::{self, PoolConfig, PoolCore, current};
 use crate::error::{Error, ErrorKind, Result};
 use crate::imap::IMap;
 use crate::map::{self, MapSettings};
+use crate::shm::ShmBackend;
 use crate::task::Task;
+use crate::transport::ShmConfig;
 
 /// A pool of worker processes, like Python's `multiprocessing.Pool`.
 ///
@@ -50,6 +52,8 @@ pub struct PoolBuilder {
     max_tasks_per_worker: Option<u64>,
     task_timeout: Option<Duration>,
     progress: bool,
+    shm_threshold: Option<usize>,
+    shm_backend: Option<ShmBackend>,
 }
 
 impl PoolBuilder {
@@ -88,6 +92,21 @@ impl PoolBuilder {
         self
     }
 
+    /// Arguments and results whose encoded chunk is larger than `bytes` travel through a
+    /// one-shot shared-memory segment instead of the socket (default: 1 MiB, chosen by
+    /// measurement; see BENCHMARKS.md).
+    pub fn shm_threshold(mut self, bytes: usize) -> Self {
+        self.shm_threshold = Some(bytes);
+        self
+    }
+
+    /// The kind of shared-memory segment to use for large messages (default: a sealed
+    /// memfd; `MULTIPROC_SHM=posix` changes the default).
+    pub fn shm_backend(mut self, backend: ShmBackend) -> Self {
+        self.shm_backend = Some(backend);
+        self
+    }
+
     /// Starts the workers and waits until each has answered its handshake.
     pub fn build(self) -> Result<Pool> {
         let workers = match self.workers {
@@ -106,11 +125,19 @@ impl PoolBuilder {
                 "chunk_size must be at least 1",
             ));
         }
+        let mut shm = ShmConfig::default();
+        if let Some(bytes) = self.shm_threshold {
+            shm.threshold = bytes.min(crate::protocol::MAX_FRAME / 2);
+        }
+        if let Some(backend) = self.shm_backend {
+            shm.backend = backend;
+        }
         let core = PoolCore::start(PoolConfig {
             workers,
             program: crate::spawn::default_program(),
             max_tasks_per_worker: self.max_tasks_per_worker,
             task_timeout: self.task_timeout,
+            shm,
         })?;
         Ok(Pool {
             core: Arc::new(core),

@@ -1,7 +1,6 @@
 //! [`Process`]: one task in its own worker process, like Python's
 //! `multiprocessing.Process`.
 
-use std::io::Write;
 use std::marker::PhantomData;
 use std::sync::{Arc, Condvar, Mutex, Once, mpsc};
 use std::time::Duration;
@@ -10,11 +9,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::chunk;
-use crate::engine::{Reply, lock};
+use crate::engine::{Body, Reply, lock};
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::{self, Frame};
 use crate::spawn;
 use crate::task::Task;
+use crate::transport::{self, ShmConfig};
 
 /// A task running in a child process of its own.
 ///
@@ -113,7 +113,7 @@ impl ProcessBuilder {
         // to a thread that lives exactly as long as the child.
         std::thread::Builder::new()
             .name("multiproc-process".into())
-            .spawn(move || keep(name, daemon, enc.chunk, enc.frame, started_tx))
+            .spawn(move || keep(name, daemon, enc, started_tx))
             .map_err(|e| Error::io(ErrorKind::Spawn, "cannot start a keeper thread", e))?;
         let shared = started_rx.recv().map_err(|_| {
             Error::new(ErrorKind::Spawn, "the keeper thread died").with_task(name)
@@ -133,10 +133,10 @@ impl ProcessBuilder {
 fn keep(
     task: &'static str,
     daemon: bool,
-    chunk: u64,
-    frame: Vec<u8>,
+    enc: chunk::Encoded,
     started: mpsc::Sender<Result<Arc<Shared>>>,
 ) {
+    let shm = ShmConfig::default();
     // Like Python's `start()`, `spawn` returns once the process exists; the handshake
     // happens here, and a failed one is the result `join` returns.
     let worker = match spawn::start_worker(&spawn::default_program()) {
@@ -159,7 +159,7 @@ fn keep(
         shared: &shared,
         outcome: None,
     };
-    let mut worker = match spawn::handshake_with(worker) {
+    let mut worker = match spawn::handshake_with(worker, shm) {
         Ok(w) => w,
         Err(e) => {
             let e = if lock(&shared.state).killed {
@@ -179,39 +179,19 @@ fn keep(
             return;
         }
     };
-    let mut buf = Vec::new();
-    let read = worker
-        .stream
-        .write_all(&frame)
-        .and_then(|()| protocol::read_frame(&mut worker.stream, &mut buf));
-    let answer = match (read, protocol::parse(&buf)) {
-        (
-            Ok(true),
-            Ok(Frame::Done {
-                chunk: c,
-                count,
-                nanos,
-                values,
-                failures,
-            }),
-        ) if c == chunk => {
-            let values_end = buf.len() - failures.len();
-            Some((count, nanos, values_end - values.len()..values_end))
-        }
-        _ => None,
-    };
+    let answer = run_one(&worker.stream, enc, shm);
     drop(worker.stream);
     lock(&shared.state).reaping = true;
     let status = spawn::reap(&mut worker.child, Duration::from_secs(1));
     let outcome = match answer {
-        Some((count, nanos, values)) => Reply::Done {
+        Some((count, nanos, body, values_len)) => Reply::Done {
             first_index: 0,
             pid: worker.pid,
             nanos,
             expected: 1,
             count,
-            payload: buf,
-            values,
+            body,
+            values_len,
         },
         None => {
             let how = status.map_or_else(|| "could not be reaped".to_owned(), spawn::describe_exit);
@@ -228,6 +208,44 @@ fn keep(
         }
     };
     publish.outcome = Some(outcome);
+}
+
+/// Sends the one chunk and reads its result: `(count, nanos, body, values_len)`, or
+/// `None` if the child died (or broke the protocol) first.
+fn run_one(
+    stream: &std::os::unix::net::UnixStream,
+    mut enc: chunk::Encoded,
+    shm: ShmConfig,
+) -> Option<(u32, u64, Body, usize)> {
+    let attach: Vec<&Arc<crate::shm::Entry>> = enc.attachments.iter().collect();
+    let (fds, _oneshot) =
+        transport::seal_frame(&mut enc.frame, 0, enc.body_at, &attach, shm).ok()?;
+    transport::send(stream, &enc.frame, &fds).ok()?;
+    let mut reader = transport::FdReader::new(stream.try_clone().ok()?);
+    let mut buf = Vec::new();
+    if !protocol::read_frame(&mut reader, &mut buf).ok()? {
+        return None;
+    }
+    let Ok(Frame::Done {
+        chunk,
+        count,
+        nanos,
+        values_len,
+        trailer,
+    }) = protocol::parse(&buf)
+    else {
+        return None;
+    };
+    if chunk != enc.chunk {
+        return None;
+    }
+    let body_start = trailer.body.as_ptr() as usize - buf.as_ptr() as usize;
+    let range = body_start..body_start + trailer.body.len();
+    let body = match transport::open_segments(&mut reader, &trailer, false).ok()? {
+        Some(seg) => Body::Mapped(seg),
+        None => Body::Inline { frame: buf, range },
+    };
+    (values_len as usize <= body.bytes().len()).then_some((count, nanos, body, values_len as usize))
 }
 
 impl Process<()> {

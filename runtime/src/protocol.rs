@@ -10,6 +10,8 @@ use std::io::{self, Read};
 
 use serde::{Deserialize, Serialize};
 
+use crate::shm::SegmentDesc;
+
 /// Bumped on every incompatible change of the frames below.
 pub(crate) const PROTOCOL_VERSION: u32 = 1;
 
@@ -24,6 +26,7 @@ const TAG_HELLO: u8 = 1;
 const TAG_RUN: u8 = 2;
 const TAG_DONE: u8 = 3;
 const TAG_FATAL: u8 = 4;
+const TAG_RELEASE: u8 = 5;
 
 /// What each side says first: who it is and what build it runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +39,10 @@ pub(crate) struct Hello {
     pub tasks: u32,
     /// The sender's process id.
     pub pid: u32,
+    /// From the parent: frame bodies above this many bytes go through shared memory.
+    pub shm_threshold: u64,
+    /// From the parent: create named POSIX segments rather than memfds.
+    pub shm_posix: bool,
 }
 
 impl Hello {
@@ -45,6 +52,29 @@ impl Hello {
             identity: crate::task::build_identity(),
             tasks: u32::try_from(crate::task::task_count()).unwrap_or(u32::MAX),
             pid: std::process::id(),
+            shm_threshold: crate::transport::DEFAULT_SHM_THRESHOLD as u64,
+            shm_posix: false,
+        }
+    }
+
+    /// The parent's hello, carrying the shared-memory settings its workers use.
+    pub(crate) fn from_parent(shm: crate::transport::ShmConfig) -> Self {
+        Hello {
+            shm_threshold: shm.threshold as u64,
+            shm_posix: shm.backend == crate::shm::ShmBackend::Posix,
+            ..Hello::of_this_process()
+        }
+    }
+
+    /// The shared-memory settings a parent's hello carries.
+    pub(crate) fn shm(&self) -> crate::transport::ShmConfig {
+        crate::transport::ShmConfig {
+            threshold: usize::try_from(self.shm_threshold).unwrap_or(usize::MAX),
+            backend: if self.shm_posix {
+                crate::shm::ShmBackend::Posix
+            } else {
+                crate::shm::ShmBackend::Memfd
+            },
         }
     }
 
@@ -72,24 +102,27 @@ impl Hello {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Frame<'a> {
     Hello(Hello),
-    /// Run `count` items of `task`; `items` holds their concatenated postcard encodings.
+    /// Run `count` items of `task`; the body holds their concatenated postcard encodings.
     Run {
         chunk: u64,
         count: u32,
         task: &'a str,
-        items: &'a [u8],
+        trailer: Trailer<'a>,
     },
-    /// `count` items of `chunk` ran, in `nanos` nanoseconds. `values` holds the results
-    /// of those that succeeded, in order; `failures` the [`Failure`]s of the others.
+    /// `count` items of `chunk` ran, in `nanos` nanoseconds. The body holds the results
+    /// of those that succeeded (its first `values_len` bytes), then the [`Failure`]s of
+    /// the others.
     Done {
         chunk: u64,
         count: u32,
         nanos: u64,
-        values: &'a [u8],
-        failures: &'a [u8],
+        values_len: u32,
+        trailer: Trailer<'a>,
     },
     /// The sender gives up, and says why.
     Fatal(&'a str),
+    /// The parent holds no handle to these segments any more: drop them.
+    Release(Vec<u64>),
 }
 
 /// A frame that does not parse, with what was wrong with it.
@@ -223,8 +256,9 @@ pub(crate) fn begin_done(buf: &mut Vec<u8>, chunk: u64) -> usize {
     start
 }
 
-/// Ends the `Done` frame that starts at `start`: `count` items ran (the values of those
-/// that succeeded follow the header), then the `failures`, in item order.
+/// Completes the body of the `Done` frame that starts at `start`: `count` items ran (the
+/// values of those that succeeded follow the header), then the `failures`, in item
+/// order. [`finish_with`] ends the frame.
 pub(crate) fn finish_done(
     buf: &mut Vec<u8>,
     start: usize,
@@ -245,7 +279,77 @@ pub(crate) fn finish_done(
     frame[DONE_COUNT_AT..DONE_COUNT_AT + 4].copy_from_slice(&count.to_le_bytes());
     frame[DONE_COUNT_AT + 4..DONE_COUNT_AT + 12].copy_from_slice(&nanos.to_le_bytes());
     frame[DONE_COUNT_AT + 12..DONE_COUNT_AT + 16].copy_from_slice(&values_len.to_le_bytes());
-    finish(frame)
+    Ok(())
+}
+
+/// Where the body of a `Done` frame starting at `start` begins.
+pub(crate) fn done_body_at(start: usize) -> usize {
+    start + DONE_VALUES_AT
+}
+
+/// The end of a `Run` or `Done` frame: the body, and the shared-memory segments that
+/// travel with the frame. A segment's memfd arrives beside the frame, in order.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Trailer<'a> {
+    /// The body, unless it travels out of line (then it is empty).
+    pub body: &'a [u8],
+    pub segments: Vec<SegmentDesc>,
+    /// The body is the whole content of the last segment, a one-shot segment made for
+    /// this frame because the body was large.
+    pub out_of_line: bool,
+}
+
+/// Ends a `Run` or `Done` frame whose body is complete: appends the segment list, its
+/// length and the flags, and writes the length prefix.
+pub(crate) fn finish_with(
+    buf: &mut Vec<u8>,
+    start: usize,
+    segments: &[SegmentDesc],
+    out_of_line: bool,
+) -> Result<(), ProtocolError> {
+    let mark = buf.len();
+    encode_into(buf, segments).map_err(|e| bad(format!("encoding segment list: {e}")))?;
+    let list_len = u32::try_from(buf.len() - mark).map_err(|_| bad("segment list too long"))?;
+    buf.extend_from_slice(&list_len.to_le_bytes());
+    buf.push(u8::from(out_of_line));
+    finish(&mut buf[start..])
+}
+
+fn split_trailer(rest: &[u8]) -> Result<Trailer<'_>, ProtocolError> {
+    let n = rest.len();
+    if n < 5 {
+        return Err(bad("truncated frame: the segment trailer is missing"));
+    }
+    let out_of_line = match rest[n - 1] {
+        0 => false,
+        1 => true,
+        other => return Err(bad(format!("unknown frame flags {other}"))),
+    };
+    let list_len =
+        u32::from_le_bytes([rest[n - 5], rest[n - 4], rest[n - 3], rest[n - 2]]) as usize;
+    let body_end = (n - 5)
+        .checked_sub(list_len)
+        .ok_or_else(|| bad("truncated frame: the segment list is longer than the frame"))?;
+    let (segments, left) = postcard::take_from_bytes::<Vec<SegmentDesc>>(&rest[body_end..n - 5])
+        .map_err(|e| bad(format!("malformed segment list: {e}")))?;
+    if !left.is_empty() {
+        return Err(bad("trailing bytes after the segment list"));
+    }
+    if out_of_line && (segments.is_empty() || body_end != 0) {
+        return Err(bad("an out-of-line body without its segment"));
+    }
+    Ok(Trailer {
+        body: &rest[..body_end],
+        segments,
+        out_of_line,
+    })
+}
+
+/// Writes a `Release` frame for `ids`.
+pub(crate) fn release_frame(buf: &mut Vec<u8>, ids: &[u64]) -> Result<(), ProtocolError> {
+    begin(buf, TAG_RELEASE);
+    encode_into(buf, ids).map_err(|e| bad(format!("encoding a release: {e}")))?;
+    finish(buf)
 }
 
 struct Cursor<'a>(&'a [u8]);
@@ -308,7 +412,7 @@ pub(crate) fn parse(payload: &[u8]) -> Result<Frame<'_>, ProtocolError> {
                 chunk,
                 count,
                 task,
-                items: c.0,
+                trailer: split_trailer(c.0)?,
             })
         }
         TAG_DONE => {
@@ -316,14 +420,25 @@ pub(crate) fn parse(payload: &[u8]) -> Result<Frame<'_>, ProtocolError> {
             let count = c.u32("the outcome count")?;
             let nanos = c.u64("the run time")?;
             let values_len = c.u32("the length of the values")?;
-            let values = c.take(values_len as usize, "part of the values")?;
+            let trailer = split_trailer(c.0)?;
+            if !trailer.out_of_line && values_len as usize > trailer.body.len() {
+                return Err(bad("truncated frame: part of the values is missing"));
+            }
             Ok(Frame::Done {
                 chunk,
                 count,
                 nanos,
-                values,
-                failures: c.0,
+                values_len,
+                trailer,
             })
+        }
+        TAG_RELEASE => {
+            let (ids, left) = postcard::take_from_bytes::<Vec<u64>>(c.0)
+                .map_err(|e| bad(format!("malformed release: {e}")))?;
+            if !left.is_empty() {
+                return Err(bad("trailing bytes after a release"));
+            }
+            Ok(Frame::Release(ids))
         }
         TAG_FATAL => Ok(Frame::Fatal(
             std::str::from_utf8(c.0).map_err(|_| bad("the fatal message is not UTF-8"))?,
@@ -422,18 +537,19 @@ mod tests {
         begin_run(&mut buf, 9, 2, "app::t1");
         encode_into(&mut buf, &5u64).unwrap();
         encode_into(&mut buf, &300u64).unwrap();
-        finish(&mut buf).unwrap();
+        finish_with(&mut buf, 0, &[], false).unwrap();
         let Frame::Run {
             chunk,
             count,
             task,
-            items,
+            trailer,
         } = parse(payload(&buf)).unwrap()
         else {
             panic!("not a run frame")
         };
         assert_eq!((chunk, count, task), (9, 2, "app::t1"));
-        let (a, rest) = postcard::take_from_bytes::<u64>(items).unwrap();
+        assert!(trailer.segments.is_empty() && !trailer.out_of_line);
+        let (a, rest) = postcard::take_from_bytes::<u64>(trailer.body).unwrap();
         let (b, rest) = postcard::take_from_bytes::<u64>(rest).unwrap();
         assert_eq!((a, b, rest.len()), (5, 300, 0));
     }
@@ -449,18 +565,27 @@ mod tests {
             message: "boom".into(),
         };
         finish_done(&mut buf, start, 2, 1234, std::slice::from_ref(&failure)).unwrap();
+        let segment = SegmentDesc {
+            id: 42,
+            len: 10,
+            name: None,
+            writable: false,
+        };
+        finish_with(&mut buf, start, std::slice::from_ref(&segment), false).unwrap();
         let buf = &buf[start..];
         let Frame::Done {
             chunk,
             count,
             nanos,
-            values,
-            failures,
+            values_len,
+            trailer,
         } = parse(payload(buf)).unwrap()
         else {
             panic!("not a done frame")
         };
         assert_eq!((chunk, count, nanos), (3, 2, 1234));
+        assert_eq!(trailer.segments, vec![segment]);
+        let (values, failures) = trailer.body.split_at(values_len as usize);
         assert_eq!(postcard::from_bytes::<u32>(values).unwrap(), 7);
         assert_eq!(decode_failures(failures).unwrap(), vec![failure]);
     }
@@ -492,7 +617,12 @@ mod tests {
         let mut done = vec![TAG_DONE];
         done.extend_from_slice(&[0; 20]);
         done.extend_from_slice(&1000u32.to_le_bytes()); // claims 1000 bytes of values
+        done.extend_from_slice(&[0, 1, 0, 0, 0, 0]); // an empty segment list
         assert!(parse(&done).unwrap_err().0.contains("values"));
+        let mut flags = vec![TAG_RUN];
+        flags.extend_from_slice(&[0; 14]);
+        flags.extend_from_slice(&[0, 0, 0, 0, 0, 7]);
+        assert!(parse(&flags).unwrap_err().0.contains("flags"));
         let mut wrong_magic = vec![TAG_HELLO];
         wrong_magic.extend_from_slice(b"NOTMAGIC");
         assert!(parse(&wrong_magic).unwrap_err().0.contains("magic"));

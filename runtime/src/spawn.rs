@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::{self, Frame, Hello};
+use crate::transport::ShmConfig;
 use crate::worker::MARKER;
 
 /// How long a new worker has to answer the handshake. Generous: a large test binary on a
@@ -32,8 +33,8 @@ pub(crate) struct WorkerProcess {
 
 /// Starts one worker and shakes hands with it. Must be called from a thread that lives
 /// as long as the worker: the worker's parent-death signal fires when that thread exits.
-pub(crate) fn spawn_worker(program: &Path) -> Result<WorkerProcess> {
-    handshake_with(start_worker(program)?)
+pub(crate) fn spawn_worker(program: &Path, shm: ShmConfig) -> Result<WorkerProcess> {
+    handshake_with(start_worker(program)?, shm)
 }
 
 /// Starts one worker process without waiting for it; [`handshake_with`] completes the
@@ -94,9 +95,9 @@ pub(crate) fn start_worker(program: &Path) -> Result<WorkerProcess> {
 }
 
 /// Checks that a started worker runs the same build; reaps it and says why if not.
-pub(crate) fn handshake_with(mut worker: WorkerProcess) -> Result<WorkerProcess> {
+pub(crate) fn handshake_with(mut worker: WorkerProcess, shm: ShmConfig) -> Result<WorkerProcess> {
     let pid = worker.pid;
-    match handshake(&mut worker.stream) {
+    match handshake(&mut worker.stream, shm) {
         Ok(()) => Ok(worker),
         Err(e) => {
             let status = reap(&mut worker.child, Duration::from_millis(500));
@@ -112,8 +113,8 @@ pub(crate) fn handshake_with(mut worker: WorkerProcess) -> Result<WorkerProcess>
     }
 }
 
-fn handshake(stream: &mut UnixStream) -> Result<()> {
-    let me = Hello::of_this_process();
+fn handshake(stream: &mut UnixStream, shm: ShmConfig) -> Result<()> {
+    let me = Hello::from_parent(shm);
     let mut buf = Vec::new();
     protocol::hello_frame(&mut buf, &me)
         .map_err(|e| Error::new(ErrorKind::Spawn, e.to_string()))?;

@@ -11,6 +11,8 @@ use std::sync::{Once, mpsc};
 use std::time::{Duration, Instant};
 
 use crate::protocol::{self, Frame, Hello};
+use crate::shm::Segment;
+use crate::transport::{self, FdReader, ShmConfig};
 
 /// The environment variable that marks a process as a worker. Its value names the
 /// inherited socket: `fd=<n>`. It is removed before any user code runs.
@@ -97,21 +99,20 @@ fn serve(marker: &str) -> Result<(), String> {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 
     let mut buf = Vec::new();
-    handshake(&mut reader, &mut buf)?;
-    let mut reader = std::io::BufReader::with_capacity(256 << 10, reader);
+    let shm = handshake(&mut reader, &mut buf)?;
     let writer = reader
-        .get_ref()
         .try_clone()
         .map_err(|e| format!("cannot duplicate the socket: {e}"))?;
+    let mut reader = std::io::BufReader::with_capacity(256 << 10, FdReader::new(reader));
 
     // Frames are read on this thread and run on another, so a parent's end of stream
     // is noticed even while a task runs, and the parent's writes never wait on our
     // compute (which could otherwise deadlock two processes writing big frames).
-    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(4);
+    let (tx, rx) = mpsc::sync_channel::<Incoming>(4);
     let executor = std::thread::Builder::new()
         .name("multiproc-worker".into())
         .stack_size(main_stack_size())
-        .spawn(move || execute(rx, writer))
+        .spawn(move || execute(rx, writer, shm))
         .map_err(|e| format!("cannot start the executor thread: {e}"))?;
     loop {
         let mut frame = Vec::new();
@@ -120,10 +121,21 @@ fn serve(marker: &str) -> Result<(), String> {
             Ok(false) => exit_on_parent_gone(),
             Err(e) => return Err(format!("protocol error: {e}")),
         }
-        if let Err(e) = protocol::parse(&frame) {
-            return Err(format!("protocol error: {e}"));
-        }
-        if tx.send(frame).is_err() {
+        // Segments are opened here, as their descriptors arrive, before the executor
+        // decodes any handle that refers to them.
+        let body = match protocol::parse(&frame) {
+            Ok(Frame::Run { trailer, .. }) => {
+                transport::open_segments(reader.get_mut(), &trailer, true)
+                    .map_err(|e| format!("protocol error: {e}"))?
+            }
+            Ok(Frame::Release(ids)) => {
+                crate::shm::release(&ids);
+                continue;
+            }
+            Ok(other) => return Err(format!("protocol error: unexpected frame {other:?}")),
+            Err(e) => return Err(format!("protocol error: {e}")),
+        };
+        if tx.send(Incoming { frame, body }).is_err() {
             // The executor stopped; it says why when it joins.
             drop(tx);
             return match executor.join() {
@@ -148,15 +160,27 @@ fn exit_on_parent_gone() -> ! {
     unsafe { libc::_exit(0) }
 }
 
-fn handshake(stream: &mut UnixStream, buf: &mut Vec<u8>) -> Result<(), String> {
+/// A `Run` frame, with the one-shot segment holding its body if it came out of line.
+struct Incoming {
+    frame: Vec<u8>,
+    body: Option<Segment>,
+}
+
+/// Checks the parent's hello, answers it, and returns the shared-memory settings the
+/// parent chose.
+fn handshake(stream: &mut UnixStream, buf: &mut Vec<u8>) -> Result<ShmConfig, String> {
     let me = Hello::of_this_process();
     match protocol::read_frame(stream, buf) {
         Ok(true) => {}
         Ok(false) => return Err("the parent closed the socket before the handshake".into()),
         Err(e) => return Err(format!("protocol error in the handshake: {e}")),
     }
+    let mut shm = ShmConfig::default();
     let reply = match protocol::parse(buf) {
-        Ok(Frame::Hello(parent)) => me.mismatch(&parent),
+        Ok(Frame::Hello(parent)) => {
+            shm = parent.shm();
+            me.mismatch(&parent)
+        }
         Ok(other) => Some(format!("expected a handshake, got {other:?}")),
         Err(e) => Some(format!("protocol error in the handshake: {e}")),
     };
@@ -170,7 +194,7 @@ fn handshake(stream: &mut UnixStream, buf: &mut Vec<u8>) -> Result<(), String> {
         .write_all(&out)
         .map_err(|e| format!("cannot answer the handshake: {e}"))?;
     match reply {
-        None => Ok(()),
+        None => Ok(shm),
         Some(why) => Err(why),
     }
 }
@@ -181,19 +205,23 @@ const BATCH_FOR: Duration = Duration::from_micros(200);
 /// ...and up to this many bytes.
 const BATCH_BYTES: usize = 1 << 20;
 
-fn execute(rx: mpsc::Receiver<Vec<u8>>, mut writer: UnixStream) -> Result<(), String> {
+fn execute(
+    rx: mpsc::Receiver<Incoming>,
+    mut writer: UnixStream,
+    shm: ShmConfig,
+) -> Result<(), String> {
     let mut out = Vec::new();
     let mut failures = Vec::new();
     let mut batch_started: Option<Instant> = None;
     loop {
-        let frame = if out.is_empty() {
+        let incoming = if out.is_empty() {
             match rx.recv() {
-                Ok(frame) => frame,
+                Ok(incoming) => incoming,
                 Err(_) => return Ok(()),
             }
         } else {
             match rx.try_recv() {
-                Ok(frame) => frame,
+                Ok(incoming) => incoming,
                 Err(mpsc::TryRecvError::Empty) => {
                     flush(&mut writer, &mut out, &mut batch_started);
                     continue;
@@ -208,10 +236,14 @@ fn execute(rx: mpsc::Receiver<Vec<u8>>, mut writer: UnixStream) -> Result<(), St
             chunk,
             count,
             task,
-            items,
-        }) = protocol::parse(&frame)
+            trailer,
+        }) = protocol::parse(&incoming.frame)
         else {
             return Err("protocol error: a worker only accepts Run frames".into());
+        };
+        let items = match &incoming.body {
+            Some(seg) => seg.bytes(),
+            None => trailer.body,
         };
         let Some(run) = crate::task::lookup(task) else {
             flush(&mut writer, &mut out, &mut batch_started);
@@ -226,8 +258,20 @@ fn execute(rx: mpsc::Receiver<Vec<u8>>, mut writer: UnixStream) -> Result<(), St
         let done = run(items, count, &mut out, &mut failures);
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         BUSY.store(false, Ordering::SeqCst);
+        drop(incoming);
         protocol::finish_done(&mut out, start, done, nanos, &failures)
             .map_err(|e| e.to_string())?;
+        let body_at = protocol::done_body_at(start);
+        let (fds, oneshot) = transport::seal_frame(&mut out, start, body_at, &[], shm)
+            .map_err(|e| format!("cannot send a result: {e}"))?;
+        if let Some(mut seg) = oneshot {
+            // Results out of line: send now, with the segment's descriptor. The parent
+            // removes a named segment's name once it has mapped it.
+            seg.leave_name_to_receiver();
+            flush_with(&mut writer, &mut out, &fds, &mut batch_started);
+            drop(seg);
+            continue;
+        }
         let batch_age = batch_started.get_or_insert(started).elapsed();
         if batch_age >= BATCH_FOR || out.len() >= BATCH_BYTES {
             flush(&mut writer, &mut out, &mut batch_started);
@@ -237,11 +281,21 @@ fn execute(rx: mpsc::Receiver<Vec<u8>>, mut writer: UnixStream) -> Result<(), St
 
 /// Writes the held results; a parent that is gone ends the worker.
 fn flush(writer: &mut UnixStream, out: &mut Vec<u8>, batch_started: &mut Option<Instant>) {
+    flush_with(writer, out, &[], batch_started);
+}
+
+/// Writes the held results with `fds` beside them.
+fn flush_with(
+    writer: &mut UnixStream,
+    out: &mut Vec<u8>,
+    fds: &[RawFd],
+    batch_started: &mut Option<Instant>,
+) {
     *batch_started = None;
     if out.is_empty() {
         return;
     }
-    if writer.write_all(out).is_err() {
+    if transport::send(writer, out, fds).is_err() {
         exit_on_parent_gone();
     }
     out.clear();

@@ -3,17 +3,17 @@
 //! results back, enforces the time limit, recycles the worker after its quota of items,
 //! and replaces it when it dies.
 
-use std::collections::VecDeque;
-use std::io::{BufReader, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
-use std::sync::mpsc;
+use std::collections::{HashMap, VecDeque};
+use std::io::BufReader;
+use std::sync::{Arc, Weak, mpsc};
 use std::time::{Duration, Instant};
 
-use super::{Job, PoolShared, Reply};
+use super::{Body, Job, PoolShared, Reply};
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::{self, Frame};
+use crate::shm::Entry;
 use crate::spawn::{self, WorkerProcess};
+use crate::transport::{self, FdReader};
 
 /// Chunks a worker holds at once: one running, one queued behind it to hide latency.
 const WINDOW: usize = 2;
@@ -47,9 +47,12 @@ pub(super) fn run(slot: usize, shared: &PoolShared, started: mpsc::Sender<Result
 /// A worker and the driver's view of it.
 struct Live {
     process: WorkerProcess,
-    reader: BufReader<UnixStream>,
+    reader: BufReader<FdReader>,
     /// Items sent to this worker so far, for `max_tasks_per_worker`.
     items: u64,
+    /// Segments this worker holds, to send each once and release it when the parent
+    /// drops its last handle.
+    segments: HashMap<u64, Weak<Entry>>,
 }
 
 struct Driver<'a> {
@@ -140,6 +143,9 @@ impl Driver<'_> {
             }
             if let Err(e) = self.ensure_worker() {
                 job.fail(e);
+                if batch.is_empty() {
+                    self.note_if_idle();
+                }
                 continue;
             }
             batch.push(job);
@@ -166,22 +172,41 @@ impl Driver<'_> {
         self.inflight.iter().map(|j| u64::from(j.count)).sum()
     }
 
-    fn write_batch(&mut self, batch: Vec<Job>) {
+    fn write_batch(&mut self, mut batch: Vec<Job>) {
+        let shm = self.shared.config.shm;
         let Some(live) = self.worker.as_mut() else {
             for job in batch {
                 job.fail(Error::new(ErrorKind::Spawn, "no worker"));
             }
             return;
         };
-        let written = if let [job] = batch.as_slice() {
-            live.process.stream.write_all(&job.frame)
-        } else {
-            self.wbuf.clear();
-            for job in &batch {
-                self.wbuf.extend_from_slice(&job.frame);
+        self.wbuf.clear();
+        release_dead_segments(live, &mut self.wbuf);
+        let mut fds = Vec::new();
+        let mut failed = Vec::new();
+        for (i, job) in batch.iter_mut().enumerate() {
+            // Each segment goes to a worker once, with the first chunk that needs it.
+            let new: Vec<&Arc<Entry>> = job
+                .attachments
+                .iter()
+                .filter(|e| !live.segments.contains_key(&e.segment.id()))
+                .collect();
+            match transport::seal_frame(&mut job.frame, 0, job.body_at, &new, shm) {
+                Ok((job_fds, oneshot)) => {
+                    for e in &new {
+                        live.segments.insert(e.segment.id(), Arc::downgrade(e));
+                    }
+                    fds.extend(job_fds);
+                    job.oneshot = oneshot;
+                    self.wbuf.extend_from_slice(&job.frame);
+                }
+                Err(e) => failed.push((i, e)),
             }
-            live.process.stream.write_all(&self.wbuf)
-        };
+        }
+        for (i, e) in failed.into_iter().rev() {
+            batch.remove(i).fail(e);
+        }
+        let written = transport::send(&live.process.stream, &self.wbuf, &fds);
         if self.inflight.is_empty() {
             self.front_started = Instant::now();
         }
@@ -192,6 +217,7 @@ impl Driver<'_> {
         if self.wbuf.capacity() > 16 << 20 {
             self.wbuf = Vec::new();
         }
+        self.note_if_idle();
     }
 
     /// Waits until the worker has something to read or `deadline` passes. True when
@@ -203,7 +229,7 @@ impl Driver<'_> {
         if !live.reader.buffer().is_empty() {
             return true;
         }
-        let fd = live.process.stream.as_raw_fd();
+        let fd = live.reader.get_ref().raw_fd();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -232,30 +258,51 @@ impl Driver<'_> {
                 chunk,
                 count,
                 nanos,
-                values,
-                failures,
+                values_len,
+                trailer,
             }) if self
                 .inflight
                 .front()
                 .is_some_and(|j| j.chunk == chunk && count <= j.count) =>
             {
-                let values_end = rbuf.len() - failures.len();
-                let values = values_end - values.len()..values_end;
-                let (Some(job), Some(live)) = (self.inflight.pop_front(), &self.worker) else {
+                let body_start = trailer.body.as_ptr() as usize - rbuf.as_ptr() as usize;
+                let range = body_start..body_start + trailer.body.len();
+                let Some(live) = self.worker.as_mut() else {
+                    return;
+                };
+                let body = match transport::open_segments(live.reader.get_mut(), &trailer, false) {
+                    Ok(Some(seg)) => Body::Mapped(seg),
+                    Ok(None) => Body::Inline {
+                        frame: std::mem::take(rbuf),
+                        range,
+                    },
+                    Err(e) => {
+                        let why = e.to_string();
+                        self.lose_worker(Loss::Protocol(why));
+                        return;
+                    }
+                };
+                if values_len as usize > body.bytes().len() {
+                    self.lose_worker(Loss::Protocol("values longer than the body".into()));
+                    return;
+                }
+                let pid = live.process.pid;
+                let Some(job) = self.inflight.pop_front() else {
                     return;
                 };
                 let reply = Reply::Done {
                     first_index: job.first_index,
-                    pid: live.process.pid,
+                    pid,
                     nanos,
                     expected: job.count,
                     count,
-                    payload: std::mem::take(rbuf),
-                    values,
+                    body,
+                    values_len: values_len as usize,
                 };
                 job.reply(reply);
                 self.front_started = Instant::now();
                 self.spawn_failures = 0;
+                self.note_if_idle();
                 return;
             }
             Ok(Frame::Fatal(why)) => Loss::GaveUp(why.to_owned()),
@@ -263,6 +310,13 @@ impl Driver<'_> {
             Err(e) => Loss::Protocol(e.to_string()),
         };
         self.lose_worker(loss);
+    }
+
+    /// Tells the queue this worker holds nothing any more (it may get the next job).
+    fn note_if_idle(&mut self) {
+        if self.inflight.is_empty() && self.held.is_none() {
+            self.shared.mark_idle();
+        }
     }
 
     /// Starts a worker if the slot has none. After failures, waits a little longer before
@@ -278,15 +332,17 @@ impl Driver<'_> {
             let backoff = Duration::from_millis(10u64 << self.spawn_failures.min(7));
             std::thread::sleep(backoff.min(Duration::from_secs(1)));
         }
-        let started = spawn::spawn_worker(&self.shared.config.program).and_then(|process| {
+        let config = &self.shared.config;
+        let started = spawn::spawn_worker(&config.program, config.shm).and_then(|process| {
             let reader = process
                 .stream
                 .try_clone()
                 .map_err(|e| Error::io(ErrorKind::Spawn, "cannot duplicate a socket", e))?;
             Ok(Live {
                 process,
-                reader: BufReader::with_capacity(256 << 10, reader),
+                reader: BufReader::with_capacity(256 << 10, FdReader::new(reader)),
                 items: 0,
+                segments: HashMap::new(),
             })
         });
         match started {
@@ -365,6 +421,7 @@ impl Driver<'_> {
         } else {
             self.shared.requeue_front(self.inflight.drain(..));
         }
+        self.note_if_idle();
     }
 
     /// The pool is closed and drained (or never started): close the socket so the worker
@@ -392,4 +449,25 @@ fn close_and_reap(live: Live) -> String {
     spawn::reap(&mut process.child, EXIT_GRACE)
         .map(spawn::describe_exit)
         .unwrap_or_else(|| "could not be reaped".to_owned())
+}
+
+/// Tells the worker (in front of the next frames) to drop the segments the parent no
+/// longer holds a handle to.
+fn release_dead_segments(live: &mut Live, wbuf: &mut Vec<u8>) {
+    let dead: Vec<u64> = live
+        .segments
+        .iter()
+        .filter(|(_, w)| w.strong_count() == 0)
+        .map(|(id, _)| *id)
+        .collect();
+    if dead.is_empty() {
+        return;
+    }
+    for id in &dead {
+        live.segments.remove(id);
+    }
+    let mut frame = Vec::new();
+    if protocol::release_frame(&mut frame, &dead).is_ok() {
+        wbuf.extend_from_slice(&frame);
+    }
 }

@@ -25,6 +25,7 @@ pub(crate) fn global() -> Result<Arc<PoolCore>> {
         program: crate::spawn::default_program(),
         max_tasks_per_worker: None,
         task_timeout: None,
+        shm: crate::transport::ShmConfig::default(),
     })?);
     static AT_EXIT: Once = Once::new();
     AT_EXIT.call_once(|| {

@@ -17,8 +17,15 @@ pub(crate) struct Job {
     pub first_index: usize,
     /// Number of items in the chunk.
     pub count: u32,
-    /// The whole `Run` frame, length prefix included.
+    /// The `Run` frame without its trailer: header and body (the driver ends it, since
+    /// which segments go with it depends on the worker it goes to).
     pub frame: Vec<u8>,
+    /// Where the body starts in `frame`.
+    pub body_at: usize,
+    /// The segments the chunk's handles refer to; held until the job is done.
+    pub attachments: Vec<Arc<crate::shm::Entry>>,
+    /// The one-shot segment holding the body, once the driver moved it out of line.
+    pub oneshot: Option<crate::shm::Segment>,
     /// Set by the caller when it no longer wants the result (it returned early).
     cancel: Option<Arc<AtomicBool>>,
     /// Where the one reply goes; `None` once sent.
@@ -37,16 +44,33 @@ pub(crate) enum Reply {
         expected: u32,
         /// Items that ran (fewer than expected only if an argument did not decode).
         count: u32,
-        /// The `Done` frame's payload: the values are `payload[values]`, the failures
-        /// `payload[values.end..]`.
-        payload: Vec<u8>,
-        values: std::ops::Range<usize>,
+        /// The results: the first `values_len` bytes are the values, the rest failures.
+        body: Body,
+        values_len: usize,
     },
     Failed {
         first_index: usize,
         count: u32,
         error: Error,
     },
+}
+
+/// The body of a `Done` frame: in the frame, or in a one-shot shared-memory segment.
+pub(crate) enum Body {
+    Inline {
+        frame: Vec<u8>,
+        range: std::ops::Range<usize>,
+    },
+    Mapped(crate::shm::Segment),
+}
+
+impl Body {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            Body::Inline { frame, range } => &frame[range.clone()],
+            Body::Mapped(seg) => seg.bytes(),
+        }
+    }
 }
 
 /// A typed continuation run on the pool's completion thread.
@@ -72,20 +96,21 @@ pub(crate) enum ReplyTo {
 
 impl Job {
     pub(crate) fn new(
-        chunk: u64,
+        enc: crate::chunk::Encoded,
         task: &'static str,
         first_index: usize,
-        count: u32,
-        frame: Vec<u8>,
         cancel: Option<Arc<AtomicBool>>,
         reply: ReplyTo,
     ) -> Self {
         Job {
-            chunk,
+            chunk: enc.chunk,
             task,
             first_index,
-            count,
-            frame,
+            count: enc.count,
+            frame: enc.frame,
+            body_at: enc.body_at,
+            attachments: enc.attachments,
+            oneshot: None,
             cancel,
             reply: Some(reply),
         }

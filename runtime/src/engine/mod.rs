@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, ErrorKind, Result};
 
 pub(crate) use global::global;
-pub(crate) use job::{Completion, Job, Reply, ReplyTo};
+pub(crate) use job::{Body, Completion, Job, Reply, ReplyTo};
 
 /// How a pool is built.
 #[derive(Debug, Clone)]
@@ -28,13 +28,15 @@ pub(crate) struct PoolConfig {
     pub max_tasks_per_worker: Option<u64>,
     /// Kill and replace a worker whose item runs longer than this.
     pub task_timeout: Option<Duration>,
+    /// How large frame bodies travel.
+    pub shm: crate::transport::ShmConfig,
 }
 
 struct Queue {
     jobs: VecDeque<Job>,
     closed: bool,
-    /// Drivers waiting for a job (their worker holds nothing).
-    idle: usize,
+    /// Drivers whose worker holds at least one job.
+    busy: usize,
 }
 
 /// State shared by the pool handle and its driver threads.
@@ -54,30 +56,37 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl PoolShared {
-    /// The next job, waiting for one; `None` once the pool is closed and drained.
+    /// The first job for an idle worker, waiting for one; the driver counts as busy once
+    /// it has it. `None` once the pool is closed and drained.
     fn next_job(&self) -> Option<Job> {
         let mut q = lock(&self.queue);
         loop {
             while let Some(job) = q.jobs.pop_front() {
                 if !job.is_cancelled() {
+                    q.busy += 1;
                     return Some(job);
                 }
             }
             if q.closed {
                 return None;
             }
-            q.idle += 1;
             q = self.ready.wait(q).unwrap_or_else(PoisonError::into_inner);
-            q.idle -= 1;
         }
     }
 
-    /// Another job for a worker that is already busy, if one is queued now and no idle
-    /// worker is waiting for it: queuing work behind a busy worker hides latency, but
-    /// never at the cost of leaving another worker without any.
+    /// A driver's worker finished everything it held.
+    fn mark_idle(&self) {
+        let mut q = lock(&self.queue);
+        q.busy = q.busy.saturating_sub(1);
+    }
+
+    /// Another job for a worker that is already busy, if more jobs are queued than there
+    /// are idle workers to take them: queuing work behind a busy worker hides latency,
+    /// but never at the cost of leaving another worker (or one still starting) without.
     fn try_next_job(&self) -> Option<Job> {
         let mut q = lock(&self.queue);
-        while q.jobs.len() > q.idle {
+        let idle = self.config.workers.saturating_sub(q.busy);
+        while q.jobs.len() > idle {
             let job = q.jobs.pop_front()?;
             if !job.is_cancelled() {
                 return Some(job);
@@ -151,7 +160,7 @@ impl PoolCore {
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
                 closed: false,
-                idle: 0,
+                busy: 0,
             }),
             ready: Condvar::new(),
             config,

@@ -1,0 +1,431 @@
+//! Shared-memory segments: a sealed `memfd` on Linux (no name, freed when the last fd
+//! and mapping close), or a named POSIX segment (`shm_open`, mode 0600, an unguessable
+//! name, unlinked by its creator and swept at start-up if a killed run left it).
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Which kind of segment to create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShmBackend {
+    /// A sealed `memfd`, passed to workers over the socket (`SCM_RIGHTS`). The default on
+    /// Linux.
+    #[default]
+    Memfd,
+    /// A named POSIX segment in `/dev/shm` (mode 0600, random name), opened by name.
+    Posix,
+}
+
+/// Chooses the backend for this process: `MULTIPROC_SHM=posix` selects named segments.
+pub(crate) fn default_backend() -> ShmBackend {
+    static CHOSEN: std::sync::OnceLock<ShmBackend> = std::sync::OnceLock::new();
+    *CHOSEN.get_or_init(|| match std::env::var("MULTIPROC_SHM").as_deref() {
+        Ok("posix") => ShmBackend::Posix,
+        _ => ShmBackend::Memfd,
+    })
+}
+
+/// How a receiver finds a segment: what travels in a frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SegmentDesc {
+    /// Unique per creating process and segment: `(creator pid << 32) | counter` mixed
+    /// with randomness, so a forged or stale id is not found rather than misread.
+    pub id: u64,
+    pub len: u64,
+    /// `None` for a memfd (its fd travels beside the frame), the name for POSIX.
+    pub name: Option<String>,
+    /// Receivers map it writable (a `SharedSliceMut`), else read-only.
+    pub writable: bool,
+}
+
+/// Prefix of every POSIX segment name, followed by the creator's pid.
+const NAME_PREFIX: &str = "multiproc-";
+
+/// A mapped segment. Dropping the last reference unmaps it, closes its fd and, for the
+/// creator of a named segment, unlinks it.
+pub(crate) struct Segment {
+    desc: SegmentDesc,
+    ptr: *mut u8,
+    /// The fd (memfd, or nothing for a POSIX segment once mapped).
+    fd: Option<OwnedFd>,
+    /// The creator of a named segment unlinks it when the segment is dropped.
+    unlink_on_drop: bool,
+    writable: bool,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this value; concurrent reads are
+// fine, and writes only happen through `write_with` while the segment is not yet shared
+// (or through disjoint ranges handed out by `SharedSliceMut`, which checks them).
+unsafe impl Send for Segment {}
+// SAFETY: see `Send`; `&Segment` only allows reads of the mapping.
+unsafe impl Sync for Segment {}
+
+fn os_err(context: &str) -> Error {
+    Error::io(ErrorKind::Io, context, std::io::Error::last_os_error())
+}
+
+fn fresh_id() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut random = [0u8; 8];
+    // SAFETY: getrandom writes at most `len` bytes into the buffer we own.
+    let got = unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
+    let salt = if got == 8 {
+        u64::from_le_bytes(random)
+    } else {
+        0
+    };
+    (u64::from(std::process::id()) << 40 ^ n).wrapping_add(salt.rotate_left(17)) ^ salt
+}
+
+fn map(fd: RawFd, len: usize, writable: bool) -> Result<*mut u8> {
+    if len == 0 {
+        return Ok(std::ptr::NonNull::<u8>::dangling().as_ptr());
+    }
+    let prot = if writable {
+        libc::PROT_READ | libc::PROT_WRITE
+    } else {
+        libc::PROT_READ
+    };
+    // SAFETY: mapping `len` bytes of an fd we hold; the result is checked for MAP_FAILED.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, 0) };
+    if p == libc::MAP_FAILED {
+        return Err(os_err("mapping a shared-memory segment"));
+    }
+    Ok(p.cast())
+}
+
+fn unmap(ptr: *mut u8, len: usize) {
+    if len > 0 {
+        // SAFETY: `ptr` came from `map` with this `len` and is unmapped once.
+        unsafe { libc::munmap(ptr.cast(), len) };
+    }
+}
+
+impl Segment {
+    /// Creates a segment of `len` bytes, fills it with `fill`, and seals it read-only.
+    pub(crate) fn create(
+        backend: ShmBackend,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<Segment> {
+        let mut seg = Segment::create_writable(backend, len)?;
+        fill(seg.bytes_mut());
+        seg.seal()?;
+        Ok(seg)
+    }
+
+    /// Creates a writable segment of `len` zero bytes (for `SharedSliceMut`).
+    pub(crate) fn create_writable(backend: ShmBackend, len: usize) -> Result<Segment> {
+        let id = fresh_id();
+        let (fd, name) = match backend {
+            ShmBackend::Memfd => (create_memfd(len)?, None),
+            ShmBackend::Posix => {
+                sweep_stale_once();
+                let name = format!("{NAME_PREFIX}{}-{id:016x}", std::process::id());
+                (create_posix(&name, len)?, Some(name))
+            }
+        };
+        let unlink_on_drop = name.is_some();
+        let desc = SegmentDesc {
+            id,
+            len: len as u64,
+            name,
+            writable: true,
+        };
+        let ptr = match map(fd.as_raw_fd(), len, true) {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some(name) = &desc.name {
+                    unlink(name);
+                }
+                return Err(e);
+            }
+        };
+        Ok(Segment {
+            desc,
+            ptr,
+            fd: Some(fd),
+            unlink_on_drop,
+            writable: true,
+        })
+    }
+
+    /// Makes the segment read-only for everyone: a memfd gets write seals (no process can
+    /// map it writable or change its size again); the mapping becomes read-only.
+    pub(crate) fn seal(&mut self) -> Result<()> {
+        let len = self.len();
+        unmap(self.ptr, len);
+        self.ptr = std::ptr::NonNull::<u8>::dangling().as_ptr();
+        let fd = self.raw_fd();
+        if self.desc.name.is_none()
+            && let Some(fd) = fd
+        {
+            let seals =
+                libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+            // SAFETY: fcntl on our own memfd, after its writable mapping was removed.
+            if unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals) } != 0 {
+                return Err(os_err("sealing a shared-memory segment"));
+            }
+        }
+        if let Some(fd) = fd {
+            self.ptr = map(fd, len, false)?;
+        }
+        self.writable = false;
+        self.desc.writable = false;
+        Ok(())
+    }
+
+    /// Opens a segment another process created: by fd (memfd) or by name (POSIX).
+    pub(crate) fn open(desc: SegmentDesc, fd: Option<OwnedFd>) -> Result<Segment> {
+        let writable = desc.writable;
+        let len = usize::try_from(desc.len)
+            .map_err(|_| Error::new(ErrorKind::Protocol, "segment length out of range"))?;
+        let fd = match (&desc.name, fd) {
+            (None, Some(fd)) => fd,
+            (Some(name), _) => open_posix(name, writable)?,
+            (None, None) => {
+                return Err(Error::new(
+                    ErrorKind::Protocol,
+                    "a memfd segment arrived without its file descriptor",
+                ));
+            }
+        };
+        check_size(fd.as_raw_fd(), len)?;
+        let ptr = map(fd.as_raw_fd(), len, writable)?;
+        // A named segment needs no fd once mapped.
+        let fd = if desc.name.is_some() { None } else { Some(fd) };
+        Ok(Segment {
+            desc,
+            ptr,
+            fd,
+            unlink_on_drop: false,
+            writable,
+        })
+    }
+
+    pub(crate) fn desc(&self) -> &SegmentDesc {
+        &self.desc
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.desc.id
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.desc.len as usize
+    }
+
+    /// The fd to pass to another process, for a memfd.
+    pub(crate) fn raw_fd(&self) -> Option<RawFd> {
+        self.fd.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` maps `len` readable bytes for as long as `self` lives (or is a
+        // dangling, well-aligned pointer for an empty segment).
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len()) }
+    }
+
+    /// The bytes, writable. Only for a segment not yet sealed, which no other process
+    /// has yet, or for the disjoint ranges of a `SharedSliceMut`.
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        assert!(self.writable, "a sealed segment is read-only");
+        // SAFETY: a writable mapping of `len` bytes, borrowed mutably through `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len()) }
+    }
+
+    /// A raw pointer to the start of the mapping, for `SharedSliceMut`'s checked ranges.
+    pub(crate) fn as_mut_ptr(&self) -> Option<*mut u8> {
+        self.writable.then_some(self.ptr)
+    }
+
+    /// A creator that hands a named segment to one receiver leaves the unlinking to it
+    /// (the start-up sweep removes it if both die first).
+    pub(crate) fn leave_name_to_receiver(&mut self) {
+        self.unlink_on_drop = false;
+    }
+
+    /// The receiver of a one-shot named segment removes its name once mapped; the
+    /// memory lives on while mapped.
+    pub(crate) fn unlink_now(&mut self) {
+        if let Some(name) = &self.desc.name {
+            unlink(name);
+        }
+        self.unlink_on_drop = false;
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        unmap(self.ptr, self.len());
+        if self.unlink_on_drop
+            && let Some(name) = &self.desc.name
+        {
+            unlink(name);
+        }
+    }
+}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment")
+            .field("id", &format_args!("{:016x}", self.desc.id))
+            .field("len", &self.desc.len)
+            .field("name", &self.desc.name)
+            .finish()
+    }
+}
+
+fn create_memfd(len: usize) -> Result<OwnedFd> {
+    let name = c"multiproc";
+    // SAFETY: a valid NUL-terminated name and flags; the result is checked.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(os_err("creating a shared-memory segment (memfd_create)"));
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    resize(fd.as_raw_fd(), len)?;
+    Ok(fd)
+}
+
+fn resize(fd: RawFd, len: usize) -> Result<()> {
+    let size = libc::off_t::try_from(len).map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidConfig,
+            format!("a segment of {len} bytes is too large"),
+        )
+    })?;
+    // SAFETY: ftruncate on an fd we own.
+    if unsafe { libc::ftruncate(fd, size) } != 0 {
+        return Err(os_err(&format!(
+            "sizing a shared-memory segment to {len} bytes"
+        )));
+    }
+    // Reserve the memory now, so that running out of it is an error here rather than a
+    // SIGBUS when the segment is written.
+    if len > 0 {
+        // SAFETY: fallocate on an fd we own, within the size just set.
+        let rc = unsafe { libc::fallocate(fd, 0, 0, size) };
+        if rc != 0 {
+            return Err(os_err(&format!("reserving {len} bytes of shared memory")));
+        }
+    }
+    Ok(())
+}
+
+fn cname(name: &str) -> Result<CString> {
+    CString::new(format!("/{name}"))
+        .map_err(|_| Error::new(ErrorKind::Protocol, "a segment name holds a NUL byte"))
+}
+
+fn create_posix(name: &str, len: usize) -> Result<OwnedFd> {
+    let c = cname(name)?;
+    // SAFETY: a valid C string; O_EXCL makes the name ours alone; mode 0600.
+    let fd = unsafe {
+        libc::shm_open(
+            c.as_ptr(),
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+            0o600 as libc::mode_t,
+        )
+    };
+    if fd < 0 {
+        return Err(os_err("creating a named shared-memory segment (shm_open)"));
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if let Err(e) = resize(fd.as_raw_fd(), len) {
+        unlink(name);
+        return Err(e);
+    }
+    Ok(fd)
+}
+
+fn open_posix(name: &str, writable: bool) -> Result<OwnedFd> {
+    if !name.starts_with(NAME_PREFIX) || name.contains('/') {
+        return Err(Error::new(
+            ErrorKind::Protocol,
+            format!("{name:?} is not a multiproc segment name"),
+        ));
+    }
+    let c = cname(name)?;
+    let flags = if writable {
+        libc::O_RDWR
+    } else {
+        libc::O_RDONLY
+    } | libc::O_CLOEXEC;
+    // SAFETY: a valid C string; the result is checked.
+    let fd = unsafe { libc::shm_open(c.as_ptr(), flags, 0) };
+    if fd < 0 {
+        return Err(Error::io(
+            ErrorKind::Io,
+            format_args!("shared-memory segment {name} is gone"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn check_size(fd: RawFd, len: usize) -> Result<()> {
+    // SAFETY: fstat writes into the zeroed struct we pass.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid, writable stat; `fd` is open.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(os_err("inspecting a shared-memory segment"));
+    }
+    if u64::try_from(st.st_size).ok() != Some(len as u64) {
+        return Err(Error::new(
+            ErrorKind::Protocol,
+            format!(
+                "a shared-memory segment is {} bytes, its handle says {len}",
+                st.st_size
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn unlink(name: &str) {
+    if let Ok(c) = cname(name) {
+        // SAFETY: a valid C string; failure (already gone) is fine.
+        unsafe { libc::shm_unlink(c.as_ptr()) };
+    }
+}
+
+/// Removes named segments left in `/dev/shm` by multiproc processes that no longer run
+/// (killed before they could unlink). Runs once per process, before its first named
+/// segment.
+fn sweep_stale_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(sweep_stale);
+}
+
+pub(crate) fn sweep_stale() {
+    let Ok(dir) = std::fs::read_dir("/dev/shm") else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(rest) = name.strip_prefix(NAME_PREFIX) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only checks whether the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !alive {
+            unlink(name);
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! [`Shared<T>`]: one value, written once into shared memory, read by every worker.
+
+use std::any::{Any, TypeId};
+use std::ops::Deref;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::{Entry, Segment, ShmBackend, lock};
+use crate::error::{Error, ErrorKind, Result};
+
+/// A value written once into shared memory; a cheap handle to it travels to workers.
+///
+/// ```ignore
+/// let table = Shared::new(big_lookup_table)?;   // serialized once, into shared memory
+/// let out = pool.map(lookup, &keys.iter().map(|k| (table.clone(), *k)).collect::<Vec<_>>())?;
+///
+/// #[parallel]
+/// fn lookup(table: Shared<HashMap<u64, String>>, key: u64) -> Option<String> {
+///     table.get(&key).cloned()                   // derefs to the value
+/// }
+/// ```
+///
+/// The handle is `Clone`, serializes to a few bytes, and derefs to `T` in the parent and
+/// in workers. Each worker process deserializes a given `Shared` at most once (the result
+/// is cached by segment and type) and frees it once the parent holds no handle to it.
+pub struct Shared<T> {
+    entry: Arc<Entry>,
+    value: Arc<T>,
+}
+
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Shared {
+            entry: Arc::clone(&self.entry),
+            value: Arc::clone(&self.value),
+        }
+    }
+}
+
+impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Shared<T> {
+    /// Serializes `value` once into a new, sealed shared-memory segment.
+    pub fn new(value: T) -> Result<Shared<T>> {
+        Shared::with_backend(value, super::segment::default_backend())
+    }
+
+    /// Like [`new`](Self::new), with the segment kind chosen explicitly.
+    pub fn with_backend(value: T, backend: ShmBackend) -> Result<Shared<T>> {
+        let bytes = postcard::to_stdvec(&value).map_err(|e| {
+            Error::new(
+                ErrorKind::Serialization,
+                format!("the value of a Shared could not be serialized: {e}"),
+            )
+        })?;
+        let segment = Segment::create(backend, bytes.len(), |dst| dst.copy_from_slice(&bytes))?;
+        let entry = Entry::new(segment);
+        super::register_created(&entry);
+        let value = Arc::new(value);
+        lock(&entry.values).insert(
+            TypeId::of::<T>(),
+            Arc::clone(&value) as Arc<dyn Any + Send + Sync>,
+        );
+        Ok(Shared { entry, value })
+    }
+}
+
+impl<T> Deref for Shared<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Shared<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Shared").field(&*self.value).finish()
+    }
+}
+
+impl<T> Serialize for Shared<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        super::note_outgoing(&self.entry);
+        self.entry.segment.id().serialize(s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Shared<T>
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+{
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let id = u64::deserialize(d)?;
+        let entry = super::resolve(id).ok_or_else(|| super::missing::<D::Error>(id))?;
+        let mut values = lock(&entry.values);
+        let value = match values.get(&TypeId::of::<T>()) {
+            Some(v) => Arc::clone(v),
+            None => {
+                let v: T = postcard::from_bytes(entry.segment.bytes()).map_err(|e| {
+                    <D::Error as serde::de::Error>::custom(format_args!(
+                        "the value in shared-memory segment {id:016x} does not decode as this type: {e}"
+                    ))
+                })?;
+                let v: Arc<dyn Any + Send + Sync> = Arc::new(v);
+                values.insert(TypeId::of::<T>(), Arc::clone(&v));
+                v
+            }
+        };
+        drop(values);
+        let value = value
+            .downcast::<T>()
+            .map_err(|_| super::missing::<D::Error>(id))?;
+        Ok(Shared { entry, value })
+    }
+}
