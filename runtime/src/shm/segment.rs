@@ -296,6 +296,20 @@ fn create_memfd(len: usize) -> Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Memory the system can still give (`MemAvailable`), if it says.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
 fn resize(fd: RawFd, len: usize) -> Result<()> {
     let size = libc::off_t::try_from(len).map_err(|_| {
         Error::new(
@@ -303,6 +317,20 @@ fn resize(fd: RawFd, len: usize) -> Result<()> {
             format!("a segment of {len} bytes is too large"),
         )
     })?;
+    // The memory is reserved below; asking for more than the system can give would
+    // only wake the OOM killer, so it is refused here with an error.
+    if let Some(available) = available_memory()
+        && len as u64 > available
+    {
+        return Err(Error::io(
+            ErrorKind::Io,
+            format_args!(
+                "a shared-memory segment of {len} bytes is larger than the {available} bytes \
+                 of memory available"
+            ),
+            std::io::Error::from_raw_os_error(libc::ENOMEM),
+        ));
+    }
     // SAFETY: ftruncate on an fd we own.
     if unsafe { libc::ftruncate(fd, size) } != 0 {
         return Err(os_err(&format!(

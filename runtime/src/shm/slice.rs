@@ -96,6 +96,9 @@ impl<T: Pod> Deref for SharedSlice<T> {
     type Target = [T];
 
     fn deref(&self) -> &[T] {
+        if self.len == 0 {
+            return &[];
+        }
         let size = size_of::<T>();
         let bytes =
             &self.entry.segment.bytes()[self.offset * size..(self.offset + self.len) * size];
@@ -387,5 +390,23 @@ impl<'de, T: Pod> Deserialize<'de> for SharedChunkMut<T> {
             claimed: true,
             _t: PhantomData,
         })
+    }
+}
+
+impl<T> std::fmt::Debug for SharedSliceMut<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedSliceMut")
+            .field("len", &self.len)
+            .field("lent", &(Arc::strong_count(&self.lease) > 1))
+            .finish()
+    }
+}
+
+impl<T> std::fmt::Debug for SharedChunkMut<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedChunkMut")
+            .field("offset", &self.offset)
+            .field("len", &self.len)
+            .finish()
     }
 }
