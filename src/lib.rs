@@ -72,7 +72,16 @@
 //! }
 //! ```
 //!
-//! ## Rules for `#[parallel]` functions
+//! ## Large data
+//!
+//! An argument chunk or result larger than 512 KiB travels through a shared-memory
+//! segment instead of the socket, by itself. For data many tasks read, [`Shared`] holds
+//! one value and [`SharedSlice`] a slice of plain numbers in shared memory; their handles
+//! cost a few bytes per task and read without a copy in workers. [`SharedSliceMut`] lets
+//! workers write disjoint ranges of a result in place. On Linux segments are sealed
+//! memfds passed over the socket; `MULTIPROC_SHM=posix` selects named POSIX segments.
+//!
+//! //! ## Rules for `#[parallel]` functions
 //!
 //! Put the work in one free function whose arguments and result are owned and implement
 //! serde's `Serialize` and `DeserializeOwned`. A function of several arguments takes a

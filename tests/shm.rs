@@ -13,7 +13,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 /// Position-sensitive, over 8-byte words (these tests run unoptimized).
 fn checksum(data: &[u8]) -> u64 {
     let words = data.chunks_exact(8);
-    let tail = words.remainder().iter().fold(0u64, |h, &b| h * 31 + u64::from(b));
+    let tail = words
+        .remainder()
+        .iter()
+        .fold(0u64, |h, &b| h * 31 + u64::from(b));
     words.fold(tail, |h, w| {
         let mut a = [0u8; 8];
         a.copy_from_slice(w);
@@ -31,7 +34,9 @@ fn reverse_bytes(mut data: Vec<u8>) -> (u64, Vec<u8>) {
 
 /// `n` bytes of a pattern that does not repeat with any power-of-two period.
 fn big_input(n: usize, seed: u8) -> Vec<u8> {
-    let pattern: Vec<u8> = (0..251u16).map(|i| (i as u8).wrapping_mul(7) ^ seed).collect();
+    let pattern: Vec<u8> = (0..251u16)
+        .map(|i| (i as u8).wrapping_mul(7) ^ seed)
+        .collect();
     let mut out = Vec::with_capacity(n + pattern.len());
     while out.len() < n {
         out.extend_from_slice(&pattern);
@@ -41,7 +46,11 @@ fn big_input(n: usize, seed: u8) -> Vec<u8> {
 }
 
 fn round_trip_64mib(backend: ShmBackend) {
-    let pool = Pool::builder().workers(2).shm_backend(backend).build().unwrap();
+    let pool = Pool::builder()
+        .workers(2)
+        .shm_backend(backend)
+        .build()
+        .unwrap();
     let inputs: Vec<Vec<u8>> = (0..2).map(|k| big_input(64 << 20, k)).collect();
     let out = pool.map(reverse_bytes, &inputs).unwrap();
     for (input, (sum, reversed)) in inputs.iter().zip(&out) {
@@ -82,15 +91,25 @@ fn lookup(table: Shared<Counted>, i: u64) -> (u64, usize, u32) {
 }
 
 fn shared_is_deserialized_once_per_worker(backend: ShmBackend) {
-    let pool = Pool::builder().workers(2).chunk_size(1).shm_backend(backend).build().unwrap();
-    let table = Shared::with_backend(Counted((0..100_000).map(|x| x * 3).collect()), backend).unwrap();
+    let pool = Pool::builder()
+        .workers(2)
+        .chunk_size(1)
+        .shm_backend(backend)
+        .build()
+        .unwrap();
+    let table =
+        Shared::with_backend(Counted((0..100_000).map(|x| x * 3).collect()), backend).unwrap();
     assert_eq!(table.0[7], 21); // derefs in the parent
     for _ in 0..2 {
-        let args: Vec<(Shared<Counted>, u64)> = (0..60).map(|i| (table.clone(), i * 1000)).collect();
+        let args: Vec<(Shared<Counted>, u64)> =
+            (0..60).map(|i| (table.clone(), i * 1000)).collect();
         let out = pool.map(lookup, &args).unwrap();
         for (i, (v, count, pid)) in out.iter().enumerate() {
             assert_eq!(*v, i as u64 * 3000);
-            assert_eq!(*count, 1, "worker {pid} deserialized the Shared {count} times");
+            assert_eq!(
+                *count, 1,
+                "worker {pid} deserialized the Shared {count} times"
+            );
         }
     }
 }
@@ -135,12 +154,23 @@ fn empty_slices_and_zero_chunks() {
     let empty = SharedSlice::<u32>::from_slice(&[]).unwrap();
     assert!(empty.is_empty());
     assert!(empty.chunks(4).unwrap().is_empty());
-    assert_eq!(empty.chunks(0).unwrap_err().kind(), ErrorKind::InvalidConfig);
+    assert_eq!(
+        empty.chunks(0).unwrap_err().kind(),
+        ErrorKind::InvalidConfig
+    );
     let pool = Pool::new(1).unwrap();
-    let out = pool.map(describe_view, &[SharedSlice::<f64>::from_slice(&[]).unwrap()]).unwrap();
+    let out = pool
+        .map(
+            describe_view,
+            &[SharedSlice::<f64>::from_slice(&[]).unwrap()],
+        )
+        .unwrap();
     assert_eq!(out[0].1, 0);
     let mut m = SharedSliceMut::<u8>::zeroed(0).unwrap();
-    assert_eq!(m.chunks_mut(0).unwrap_err().kind(), ErrorKind::InvalidConfig);
+    assert_eq!(
+        m.chunks_mut(0).unwrap_err().kind(),
+        ErrorKind::InvalidConfig
+    );
     assert!(m.as_slice().unwrap().is_empty());
 }
 
@@ -161,7 +191,16 @@ fn try_to_write(part: SharedSlice<u64>) -> (bool, bool, u64) {
             write_refused = false;
         }
         // SAFETY: asking for a writable shared mapping; unmapped again if granted.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_WRITE, libc::MAP_SHARED, fd, 0) };
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
         if p != libc::MAP_FAILED {
             map_refused = false;
             // SAFETY: unmapping what was just mapped.
@@ -225,7 +264,9 @@ fn forged_handles_are_errors_not_crashes() {
     })
     .unwrap();
     let err = postcard::from_bytes::<SharedSlice<u64>>(&forged).unwrap_err();
-    assert!(err.to_string().contains("not available") || matches!(err, postcard::Error::SerdeDeCustom));
+    assert!(
+        err.to_string().contains("not available") || matches!(err, postcard::Error::SerdeDeCustom)
+    );
     // A real segment, but a range outside it.
     let xs = SharedSlice::from_slice(&[1u64, 2, 3]).unwrap();
     let mut bytes = postcard::to_stdvec(&xs).unwrap();
@@ -250,7 +291,10 @@ fn forge_in_worker(bytes: Vec<u8>) -> u64 {
 #[test]
 fn a_segment_larger_than_memory_fails_cleanly() {
     let e = SharedSliceMut::<u8>::zeroed(1 << 50).unwrap_err();
-    assert!(matches!(e.kind(), ErrorKind::Io | ErrorKind::InvalidConfig), "{e}");
+    assert!(
+        matches!(e.kind(), ErrorKind::Io | ErrorKind::InvalidConfig),
+        "{e}"
+    );
     let e = SharedSliceMut::<u64>::zeroed(usize::MAX / 2).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
 }
@@ -287,13 +331,26 @@ fn child_uses_segments() {
     println!();
     let before = fd_count();
     for backend in [ShmBackend::Memfd, ShmBackend::Posix] {
-        let pool = Pool::builder().workers(2).shm_backend(backend).build().unwrap();
-        let xs = SharedSlice::from_slice_with(&(0..100_000u64).collect::<Vec<_>>(), backend).unwrap();
+        let pool = Pool::builder()
+            .workers(2)
+            .shm_backend(backend)
+            .build()
+            .unwrap();
+        let xs =
+            SharedSlice::from_slice_with(&(0..100_000u64).collect::<Vec<_>>(), backend).unwrap();
         let big = vec![7u8; 4 << 20];
-        let args: Vec<_> = xs.chunks(10_000).unwrap().into_iter().map(|v| (v, big.clone(), false)).collect();
+        let args: Vec<_> = xs
+            .chunks(10_000)
+            .unwrap()
+            .into_iter()
+            .map(|v| (v, big.clone(), false))
+            .collect();
         assert_eq!(pool.map(sum_and_maybe_die, &args).unwrap().len(), 10);
         let killer = vec![(xs.clone(), big.clone(), true)];
-        assert_eq!(pool.map(sum_and_maybe_die, &killer).unwrap_err().kind(), ErrorKind::WorkerDied);
+        assert_eq!(
+            pool.map(sum_and_maybe_die, &killer).unwrap_err().kind(),
+            ErrorKind::WorkerDied
+        );
         assert_eq!(pool.map(sum_and_maybe_die, &args).unwrap().len(), 10);
         drop((pool, xs, args, killer));
     }
@@ -303,7 +360,11 @@ fn child_uses_segments() {
     if std::env::var_os("CHILD_WAIT").is_some() {
         // Leave named segments behind in a worker that is busy when we are killed.
         let xs = SharedSlice::from_slice_with(&[1u64; 1000], ShmBackend::Posix).unwrap();
-        let pool = Pool::builder().workers(1).shm_backend(ShmBackend::Posix).build().unwrap();
+        let pool = Pool::builder()
+            .workers(1)
+            .shm_backend(ShmBackend::Posix)
+            .build()
+            .unwrap();
         let _pending = pool.apply_async(sum_and_maybe_die, (xs.clone(), vec![0u8; 2 << 20], false));
         println!("PID={}", std::process::id());
         println!("READY");
@@ -315,7 +376,11 @@ fn child_uses_segments() {
 fn nothing_leaks_after_normal_runs_and_a_killed_worker() {
     let out = common::run_child_test("child_uses_segments", &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = stdout.lines().find(|l| l.starts_with("FDS")).unwrap();
     let nums: Vec<usize> = line
         .split_whitespace()

@@ -93,7 +93,7 @@ impl PoolBuilder {
     }
 
     /// Arguments and results whose encoded chunk is larger than `bytes` travel through a
-    /// one-shot shared-memory segment instead of the socket (default: 1 MiB, chosen by
+    /// one-shot shared-memory segment instead of the socket (default: 512 KiB, chosen by
     /// measurement; see BENCHMARKS.md).
     pub fn shm_threshold(mut self, bytes: usize) -> Self {
         self.shm_threshold = Some(bytes);

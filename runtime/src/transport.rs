@@ -163,8 +163,9 @@ pub(crate) struct ShmConfig {
     pub backend: ShmBackend,
 }
 
-/// Bodies above 1 MiB go through shared memory (see BENCHMARKS.md for the measurement).
-pub(crate) const DEFAULT_SHM_THRESHOLD: usize = 1 << 20;
+/// Bodies above 512 KiB go through shared memory: where a one-shot segment starts to
+/// beat the socket on this machine (see BENCHMARKS.md for the measurement).
+pub(crate) const DEFAULT_SHM_THRESHOLD: usize = 512 << 10;
 
 impl Default for ShmConfig {
     fn default() -> Self {

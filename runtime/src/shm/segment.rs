@@ -92,8 +92,11 @@ fn map(fd: RawFd, len: usize, writable: bool) -> Result<*mut u8> {
     } else {
         libc::PROT_READ
     };
+    // MAP_POPULATE: set up every page now, in one pass, instead of one fault per page
+    // as the data is first written or read (several times faster for large segments).
+    let flags = libc::MAP_SHARED | libc::MAP_POPULATE;
     // SAFETY: mapping `len` bytes of an fd we hold; the result is checked for MAP_FAILED.
-    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, 0) };
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, fd, 0) };
     if p == libc::MAP_FAILED {
         return Err(os_err("mapping a shared-memory segment"));
     }
