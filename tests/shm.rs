@@ -444,3 +444,63 @@ fn running_out_of_file_descriptors_is_an_error() {
     assert!(stdout.contains("ERROR=Io"), "{stdout}");
     assert!(stdout.contains("Too many open files"), "{stdout}");
 }
+
+#[parallel]
+fn held_here(_x: u8) -> usize {
+    multiproc::segments_held()
+}
+
+#[parallel]
+fn first_of(s: Shared<Vec<u32>>) -> u32 {
+    s[0]
+}
+
+#[test]
+fn a_worker_frees_a_segment_once_the_parent_drops_its_handles() {
+    let pool = Pool::new(1).unwrap();
+    let s = Shared::new(vec![5u32; 1000]).unwrap();
+    assert_eq!(pool.apply(first_of, s.clone()).unwrap(), 5);
+    assert_eq!(
+        pool.apply(held_here, 0).unwrap(),
+        1,
+        "the worker holds the segment"
+    );
+    drop(s);
+    // The release travels in front of the next frame the worker gets.
+    assert_eq!(
+        pool.apply(held_here, 0).unwrap(),
+        0,
+        "the worker still holds it"
+    );
+}
+
+/// Child half of `multiproc_shm_selects_named_segments`.
+#[test]
+#[ignore = "run by its parent test in a fresh process"]
+fn child_makes_a_default_segment() {
+    if !common::is_child() {
+        return;
+    }
+    let xs = SharedSlice::from_slice(&[1u8, 2, 3]).unwrap();
+    println!("\nNAMED={}", my_named_segments().len());
+    let pool = Pool::new(1).unwrap();
+    println!("SUM={}", pool.apply(slice_sum_u8, xs).unwrap());
+}
+
+#[parallel]
+fn slice_sum_u8(s: SharedSlice<u8>) -> u32 {
+    s.iter().map(|&b| u32::from(b)).sum()
+}
+
+#[test]
+fn multiproc_shm_selects_named_segments() {
+    let posix = common::run_child_test(
+        "child_makes_a_default_segment",
+        &[("MULTIPROC_SHM", "posix")],
+    );
+    let out = String::from_utf8_lossy(&posix.stdout);
+    assert!(out.contains("NAMED=1") && out.contains("SUM=6"), "{out}");
+    let memfd = common::run_child_test("child_makes_a_default_segment", &[]);
+    let out = String::from_utf8_lossy(&memfd.stdout);
+    assert!(out.contains("NAMED=0") && out.contains("SUM=6"), "{out}");
+}
