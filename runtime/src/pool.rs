@@ -54,6 +54,7 @@ pub struct PoolBuilder {
     progress: bool,
     shm_threshold: Option<usize>,
     shm_backend: Option<ShmBackend>,
+    retries: u32,
 }
 
 impl PoolBuilder {
@@ -89,6 +90,14 @@ impl PoolBuilder {
     /// stderr is a terminal (`MULTIPROC_PROGRESS=force` draws it anywhere).
     pub fn progress(mut self, on: bool) -> Self {
         self.progress = on;
+        self
+    }
+
+    /// Runs items lost to a worker that died (a signal, `abort`, `exit`; not a panic, a
+    /// time-out or an error) again, on a fresh worker, up to `n` more times. Safe because
+    /// `#[parallel]` functions are pure. The final error says how many attempts were made.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = n;
         self
     }
 
@@ -138,6 +147,7 @@ impl PoolBuilder {
             max_tasks_per_worker: self.max_tasks_per_worker,
             task_timeout: self.task_timeout,
             shm,
+            retries: self.retries,
         })?;
         Ok(Pool {
             core: Arc::new(core),

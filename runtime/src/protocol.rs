@@ -27,6 +27,7 @@ const TAG_RUN: u8 = 2;
 const TAG_DONE: u8 = 3;
 const TAG_FATAL: u8 = 4;
 const TAG_RELEASE: u8 = 5;
+const TAG_SETUP: u8 = 6;
 
 /// What each side says first: who it is and what build it runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +124,9 @@ pub(crate) enum Frame<'a> {
     Fatal(&'a str),
     /// The parent holds no handle to these segments any more: drop them.
     Release(Vec<u64>),
+    /// From the parent, right after the handshake: a memfd (beside the frame) in which
+    /// the worker records which item it is running, so a death names the exact item.
+    Setup,
 }
 
 /// A frame that does not parse, with what was wrong with it.
@@ -345,6 +349,12 @@ fn split_trailer(rest: &[u8]) -> Result<Trailer<'_>, ProtocolError> {
     })
 }
 
+/// Writes a `Setup` frame (its memfd travels beside it).
+pub(crate) fn setup_frame(buf: &mut Vec<u8>) -> Result<(), ProtocolError> {
+    begin(buf, TAG_SETUP);
+    finish(buf)
+}
+
 /// Writes a `Release` frame for `ids`.
 pub(crate) fn release_frame(buf: &mut Vec<u8>, ids: &[u64]) -> Result<(), ProtocolError> {
     begin(buf, TAG_RELEASE);
@@ -432,6 +442,7 @@ pub(crate) fn parse(payload: &[u8]) -> Result<Frame<'_>, ProtocolError> {
                 trailer,
             })
         }
+        TAG_SETUP if c.0.is_empty() => Ok(Frame::Setup),
         TAG_RELEASE => {
             let (ids, left) = postcard::take_from_bytes::<Vec<u64>>(c.0)
                 .map_err(|e| bad(format!("malformed release: {e}")))?;

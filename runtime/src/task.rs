@@ -154,6 +154,7 @@ pub fn run_chunk<A: DeserializeOwned, R: Serialize>(
 ) -> u32 {
     let mut de = postcard::Deserializer::from_bytes(input);
     for index in 0..count {
+        crate::worker::note_progress(index);
         let arg = match A::deserialize(&mut de) {
             Ok(arg) => arg,
             Err(e) => {

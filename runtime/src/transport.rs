@@ -188,19 +188,55 @@ pub(crate) fn seal_frame(
     attach: &[&Arc<Entry>],
     shm: ShmConfig,
 ) -> Result<(Vec<RawFd>, Option<Segment>)> {
+    let oneshot = oneshot_for(&buf[body_at..], shm)?;
+    if oneshot.is_some() {
+        buf.truncate(body_at);
+    }
+    finish_frame(buf, start, attach, oneshot)
+}
+
+/// Appends to `buf` a frame made of `header` and `body` (kept unchanged, so the frame can
+/// be sent again to another worker), ended as [`seal_frame`] does.
+pub(crate) fn append_frame(
+    buf: &mut Vec<u8>,
+    header: &[u8],
+    body: &[u8],
+    attach: &[&Arc<Entry>],
+    shm: ShmConfig,
+) -> Result<(Vec<RawFd>, Option<Segment>)> {
+    let start = buf.len();
+    let oneshot = oneshot_for(body, shm)?;
+    buf.extend_from_slice(header);
+    if oneshot.is_none() {
+        buf.extend_from_slice(body);
+    }
+    let sealed = finish_frame(buf, start, attach, oneshot);
+    if sealed.is_err() {
+        buf.truncate(start);
+    }
+    sealed
+}
+
+/// A one-shot segment holding `body`, if it is above the threshold.
+fn oneshot_for(body: &[u8], shm: ShmConfig) -> Result<Option<Segment>> {
+    if body.len() <= shm.threshold {
+        return Ok(None);
+    }
+    Segment::create(shm.backend, body.len(), |dst| dst.copy_from_slice(body)).map(Some)
+}
+
+fn finish_frame(
+    buf: &mut Vec<u8>,
+    start: usize,
+    attach: &[&Arc<Entry>],
+    oneshot: Option<Segment>,
+) -> Result<(Vec<RawFd>, Option<Segment>)> {
     let mut descs: Vec<SegmentDesc> = attach.iter().map(|e| e.segment.desc().clone()).collect();
     let mut fds: Vec<RawFd> = attach.iter().filter_map(|e| e.segment.raw_fd()).collect();
-    let body_len = buf.len() - body_at;
-    let oneshot = if body_len > shm.threshold {
-        let body = &buf[body_at..];
-        let seg = Segment::create(shm.backend, body_len, |dst| dst.copy_from_slice(body))?;
-        buf.truncate(body_at);
+    if let Some(seg) = &oneshot {
         descs.push(seg.desc().clone());
         fds.extend(seg.raw_fd());
-        Some(seg)
-    } else {
-        None
-    };
+    }
     protocol::finish_with(buf, start, &descs, oneshot.is_some())
         .map_err(|e| Error::new(ErrorKind::Serialization, e.to_string()))?;
     Ok((fds, oneshot))

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Once, mpsc};
 use std::time::{Duration, Instant};
 
@@ -132,6 +132,14 @@ fn serve(marker: &str) -> Result<(), String> {
                 crate::shm::release(&ids);
                 continue;
             }
+            Ok(Frame::Setup) => {
+                let fd = reader
+                    .get_mut()
+                    .take_fds(1)
+                    .map_err(|e| format!("protocol error: {e}"))?;
+                install_progress(fd)?;
+                continue;
+            }
             Ok(other) => return Err(format!("protocol error: unexpected frame {other:?}")),
             Err(e) => return Err(format!("protocol error: {e}")),
         };
@@ -148,6 +156,59 @@ fn serve(marker: &str) -> Result<(), String> {
 
 /// Set while the executor runs a chunk.
 static BUSY: AtomicBool = AtomicBool::new(false);
+
+/// The chunk the executor runs, for progress records.
+static CURRENT_CHUNK: AtomicU64 = AtomicU64::new(0);
+
+/// Where this worker records the item it is running (a word in a memfd the parent also
+/// maps), or null before the parent's `Setup` frame.
+static PROGRESS: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Maps the parent's progress page and keeps it for the life of the process.
+fn install_progress(mut fds: Vec<std::os::fd::OwnedFd>) -> Result<(), String> {
+    let fd = fds
+        .pop()
+        .ok_or("protocol error: a Setup frame without its memfd")?;
+    // SAFETY: mapping one page of the memfd the parent sent; checked for MAP_FAILED.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            PROGRESS_BYTES,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(format!(
+            "cannot map the progress page: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    PROGRESS.store(p.cast(), Ordering::Release);
+    Ok(())
+}
+
+/// The size of the progress page.
+pub(crate) const PROGRESS_BYTES: usize = 4096;
+
+/// Records that item `index` of the current chunk starts: the low 32 bits of the chunk
+/// id, then the index. One relaxed store; read by the parent only after a death.
+pub(crate) fn note_progress(index: u32) {
+    let p = PROGRESS.load(Ordering::Relaxed);
+    if !p.is_null() {
+        let chunk = CURRENT_CHUNK.load(Ordering::Relaxed) & 0xffff_ffff;
+        // SAFETY: `p` points at the start of a live, page-aligned shared mapping (never
+        // unmapped), so it is a valid, aligned `AtomicU64`.
+        unsafe { (*p).store(chunk << 32 | u64::from(index), Ordering::Relaxed) };
+    }
+}
+
+/// Decodes a progress record: the item index, if it is about chunk `chunk`.
+pub(crate) fn progress_item(record: u64, chunk: u64) -> Option<u32> {
+    (record >> 32 == chunk & 0xffff_ffff).then_some(record as u32)
+}
 
 /// The parent closed the socket: it is done with us or gone. Leave at once; finish
 /// writing buffered output only if no task is in the middle of printing.
@@ -252,6 +313,7 @@ fn execute(
             return Err(why);
         };
         let start = protocol::begin_done(&mut out, chunk);
+        CURRENT_CHUNK.store(chunk, Ordering::Relaxed);
         BUSY.store(true, Ordering::SeqCst);
         let started = Instant::now();
         failures.clear();

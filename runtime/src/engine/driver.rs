@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use super::{Body, Job, PoolShared, Reply};
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::{self, Frame};
-use crate::shm::Entry;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::shm::{Entry, Segment, ShmBackend};
 use crate::spawn::{self, WorkerProcess};
 use crate::transport::{self, FdReader};
 
@@ -53,6 +55,31 @@ struct Live {
     /// Segments this worker holds, to send each once and release it when the parent
     /// drops its last handle.
     segments: HashMap<u64, Weak<Entry>>,
+    /// The page where the worker records the item it runs.
+    progress: Option<Segment>,
+}
+
+impl Live {
+    /// The item of `chunk` the worker was running, if it recorded one.
+    fn item_of(&self, chunk: u64) -> Option<u32> {
+        let ptr = self.progress.as_ref()?.as_mut_ptr()?;
+        // SAFETY: the progress page is a live, page-aligned mapping of at least 8 bytes
+        // that the worker only ever stores to atomically.
+        let record = unsafe { (*ptr.cast::<AtomicU64>()).load(Ordering::Acquire) };
+        crate::worker::progress_item(record, chunk)
+    }
+}
+
+/// Creates a worker's progress page and sends it to the worker.
+fn send_progress_page(process: &WorkerProcess) -> Result<Segment> {
+    let page = Segment::create_writable(ShmBackend::Memfd, crate::worker::PROGRESS_BYTES)?;
+    let mut frame = Vec::new();
+    protocol::setup_frame(&mut frame)
+        .map_err(|e| Error::new(ErrorKind::Protocol, e.to_string()))?;
+    let fds: Vec<_> = page.raw_fd().into_iter().collect();
+    transport::send(&process.stream, &frame, &fds)
+        .map_err(|e| Error::io(ErrorKind::Spawn, "sending the progress page", e))?;
+    Ok(page)
 }
 
 struct Driver<'a> {
@@ -191,14 +218,16 @@ impl Driver<'_> {
                 .iter()
                 .filter(|e| !live.segments.contains_key(&e.segment.id()))
                 .collect();
-            match transport::seal_frame(&mut job.frame, 0, job.body_at, &new, shm) {
+            // The job's own frame stays as it is: a chunk may be sent again, to another
+            // worker, if this one dies first.
+            let (header, body) = job.frame.split_at(job.body_at);
+            match transport::append_frame(&mut self.wbuf, header, body, &new, shm) {
                 Ok((job_fds, oneshot)) => {
                     for e in &new {
                         live.segments.insert(e.segment.id(), Arc::downgrade(e));
                     }
                     fds.extend(job_fds);
                     job.oneshot = oneshot;
-                    self.wbuf.extend_from_slice(&job.frame);
                 }
                 Err(e) => failed.push((i, e)),
             }
@@ -338,11 +367,13 @@ impl Driver<'_> {
                 .stream
                 .try_clone()
                 .map_err(|e| Error::io(ErrorKind::Spawn, "cannot duplicate a socket", e))?;
+            let progress = Some(send_progress_page(&process)?);
             Ok(Live {
                 process,
                 reader: BufReader::with_capacity(256 << 10, FdReader::new(reader)),
                 items: 0,
                 segments: HashMap::new(),
+                progress,
             })
         });
         match started {
@@ -378,42 +409,66 @@ impl Driver<'_> {
         if !matches!(loss, Loss::Died) {
             let _ = live.process.child.kill();
         }
+        let item = self.inflight.front().and_then(|job| {
+            live.item_of(job.chunk)
+                .map(|i| job.first_index + i as usize)
+        });
         let exit = close_and_reap(live);
-        let Some(running) = self.inflight.pop_front() else {
+        let Some(mut running) = self.inflight.pop_front() else {
             return;
         };
-        let range = format!(
-            "items {}..{}",
-            running.first_index,
-            running.first_index + running.count as usize
-        );
+        let what = match item {
+            Some(i) => format!("item {i}"),
+            None => format!(
+                "items {}..{}",
+                running.first_index,
+                running.first_index + running.count as usize
+            ),
+        };
+        let retries = self.shared.config.retries;
         let error = if self.shared.is_terminated() {
             Error::new(ErrorKind::Closed, "the pool was terminated")
         } else {
             match loss {
-                Loss::Died => Error::new(
-                    ErrorKind::WorkerDied,
-                    format!("the worker {exit} while running {range}"),
-                ),
+                Loss::Died if running.attempts <= retries => {
+                    // Pure functions: running the chunk again on a fresh worker is safe.
+                    running.attempts += 1;
+                    self.shared
+                        .requeue_front(std::iter::once(running).chain(self.inflight.drain(..)));
+                    self.note_if_idle();
+                    return;
+                }
+                Loss::Died => {
+                    let attempts = if retries > 0 {
+                        format!(" (after {} attempts)", running.attempts)
+                    } else {
+                        String::new()
+                    };
+                    Error::new(
+                        ErrorKind::WorkerDied,
+                        format!("the worker {exit} while running {what}{attempts}"),
+                    )
+                }
                 Loss::Protocol(why) => Error::new(
                     ErrorKind::Protocol,
                     format!(
-                        "the worker sent an invalid frame while running {range} ({why}); it was killed"
+                        "the worker sent an invalid frame while running {what} ({why}); it was killed"
                     ),
                 ),
                 Loss::GaveUp(why) => Error::new(
                     ErrorKind::Protocol,
-                    format!("the worker gave up while running {range}: {why}"),
+                    format!("the worker gave up while running {what}: {why}"),
                 ),
                 Loss::TimedOut(limit) => Error::new(
                     ErrorKind::Timeout,
                     format!(
-                        "{range} ran longer than the time limit of {limit:?}; the worker was killed"
+                        "{what} ran longer than the time limit of {limit:?}; the worker was killed"
                     ),
                 ),
             }
         };
-        running.fail(error.with_pid(pid));
+        let index = item.unwrap_or(running.first_index);
+        running.fail_at(error.with_pid(pid), index);
         if self.shared.is_terminated() {
             for job in self.inflight.drain(..) {
                 job.fail(Error::new(ErrorKind::Closed, "the pool was terminated"));

@@ -26,6 +26,7 @@ pub(crate) fn global() -> Result<Arc<PoolCore>> {
         max_tasks_per_worker: None,
         task_timeout: None,
         shm: crate::transport::ShmConfig::default(),
+        retries: 0,
     })?);
     static AT_EXIT: Once = Once::new();
     AT_EXIT.call_once(|| {

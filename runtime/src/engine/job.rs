@@ -26,6 +26,8 @@ pub(crate) struct Job {
     pub attachments: Vec<Arc<crate::shm::Entry>>,
     /// The one-shot segment holding the body, once the driver moved it out of line.
     pub oneshot: Option<crate::shm::Segment>,
+    /// How many workers were given this chunk (more than one after retries).
+    pub attempts: u32,
     /// Set by the caller when it no longer wants the result (it returned early).
     cancel: Option<Arc<AtomicBool>>,
     /// Where the one reply goes; `None` once sent.
@@ -111,6 +113,7 @@ impl Job {
             body_at: enc.body_at,
             attachments: enc.attachments,
             oneshot: None,
+            attempts: 1,
             cancel,
             reply: Some(reply),
         }
@@ -131,7 +134,13 @@ impl Job {
 
     /// Replies with `error`, naming the job's task and first item.
     pub(crate) fn fail(self, error: Error) {
-        let error = error.with_task(self.task).with_index(self.first_index);
+        let index = self.first_index;
+        self.fail_at(error, index);
+    }
+
+    /// Replies with `error`, naming the job's task and the item `index` that failed.
+    pub(crate) fn fail_at(self, error: Error, index: usize) {
+        let error = error.with_task(self.task).with_index(index);
         let (first_index, count) = (self.first_index, self.count);
         self.reply(Reply::Failed {
             first_index,

@@ -30,6 +30,8 @@ pub(crate) struct PoolConfig {
     pub task_timeout: Option<Duration>,
     /// How large frame bodies travel.
     pub shm: crate::transport::ShmConfig,
+    /// How many times a chunk lost to a dead worker runs again on a fresh one.
+    pub retries: u32,
 }
 
 struct Queue {
