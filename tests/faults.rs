@@ -11,6 +11,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 use multiproc::ErrorKind;
+use multiproc::Pool;
 use multiproc::prelude::*;
 
 #[parallel]
@@ -87,9 +88,202 @@ fn a_worker_that_exits_is_an_error_naming_the_exit_code_and_the_pool_heals() {
     assert_eq!(err.kind(), ErrorKind::WorkerDied, "{err}");
     assert!(err.to_string().contains("exited with code 3"), "{err}");
     assert!(err.worker_pid().is_some(), "{err}");
-    let index = err.task_index().expect("an index");
-    assert!(index <= 5, "{err}");
+    assert_eq!(err.task_index(), Some(5), "{err}");
+    assert!(err.to_string().contains("item 5"), "{err}");
     assert_pool_still_works();
+}
+
+#[parallel]
+fn sigkill_self_on_7(x: u64) -> u64 {
+    if x == 7 {
+        // SAFETY: sending SIGKILL to this very process.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+    x
+}
+
+#[parallel]
+fn segfault_on_7(x: u64) -> u64 {
+    if x == 7 {
+        // SAFETY: not safe at all: this writes through a null pointer on purpose, to
+        // crash the worker with SIGSEGV as a buggy C library would.
+        unsafe { std::ptr::null_mut::<u64>().write_volatile(x) };
+    }
+    x
+}
+
+#[parallel]
+fn out_of_memory_on_7(x: u64) -> u64 {
+    if x == 7 {
+        let limit = libc::rlimit {
+            rlim_cur: 256 << 20,
+            rlim_max: 256 << 20,
+        };
+        // SAFETY: lowering this worker's own address-space limit, to simulate an OOM.
+        unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) };
+        let mut hog: Vec<Vec<u8>> = Vec::new();
+        loop {
+            hog.push(vec![1u8; 64 << 20]);
+        }
+    }
+    x
+}
+
+fn assert_died_on_item_7(task: Task<u64, u64>, what: &str) {
+    let pool = Pool::builder().workers(2).build().unwrap();
+    let data: Vec<u64> = (0..16).collect();
+    let err = pool.map(task, &data).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::WorkerDied, "{err}");
+    assert_eq!(err.task_index(), Some(7), "{err}");
+    assert!(err.to_string().contains(what), "{err}");
+    // The worker was replaced: the pool still has two that work.
+    assert_eq!(pool.map(identity, &data).unwrap(), data);
+    // imap yields an error for the lost item and carries on with the rest. (A chunk lost
+    // with its worker fails all its items; with one item per chunk, only the culprit.)
+    let pool = Pool::builder().workers(2).chunk_size(1).build().unwrap();
+    let out: Vec<_> = pool.imap(task, 0u64..16).collect();
+    assert_eq!(out.len(), 16);
+    assert!(out[7].is_err());
+    assert!(
+        out.iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 7)
+            .all(|(i, r)| *r.as_ref().unwrap() == i as u64)
+    );
+}
+
+#[test]
+fn a_sigkilled_worker_is_reported_and_replaced() {
+    assert_died_on_item_7(sigkill_self_on_7, "SIGKILL");
+}
+
+#[test]
+fn a_segfault_is_reported_and_replaced() {
+    assert_died_on_item_7(segfault_on_7, "SIGSEGV");
+}
+
+#[test]
+fn an_out_of_memory_worker_is_reported_and_replaced() {
+    // Rust aborts when an allocation fails: the worker dies with SIGABRT.
+    assert_died_on_item_7(out_of_memory_on_7, "SIGABRT");
+}
+
+#[parallel]
+fn die_twice_then_work(dir: String) -> u32 {
+    // Each attempt leaves a mark; the first two die.
+    let marks = std::fs::read_dir(&dir).unwrap().count();
+    std::fs::write(format!("{dir}/{}", std::process::id()), b"").unwrap();
+    if marks < 2 {
+        std::process::abort();
+    }
+    marks as u32
+}
+
+#[test]
+fn retries_rerun_items_lost_to_dead_workers() {
+    let dir = std::env::temp_dir().join(format!("multiproc-retries-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let arg = dir.to_string_lossy().into_owned();
+    let pool = Pool::builder().workers(1).retries(2).build().unwrap();
+    assert_eq!(pool.apply(die_twice_then_work, arg.clone()).unwrap(), 2);
+    // Not enough retries: the error says how many attempts were made.
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    let pool = Pool::builder().workers(1).retries(1).build().unwrap();
+    let err = pool.apply(die_twice_then_work, arg).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::WorkerDied, "{err}");
+    assert!(err.to_string().contains("after 2 attempts"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn retries_do_not_rerun_panics() {
+    let pool = Pool::builder().workers(1).retries(3).build().unwrap();
+    let err = pool.apply(panics_always, 1).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Panicked);
+    assert!(!err.to_string().contains("attempts"), "{err}");
+}
+
+#[parallel]
+fn panics_always(_x: u64) -> u64 {
+    panic!("always")
+}
+
+/// A value whose serialization always fails.
+#[derive(Debug)]
+struct Unserializable;
+
+impl serde::Serialize for Unserializable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom(
+            "this value refuses to be serialized",
+        ))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Unserializable {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Ok(Unserializable)
+    }
+}
+
+/// Serializes fine, but refuses to be deserialized (in the parent).
+#[derive(Debug, serde::Serialize)]
+struct Undeserializable(u8);
+
+impl<'de> serde::Deserialize<'de> for Undeserializable {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom(
+            "this value refuses to be deserialized",
+        ))
+    }
+}
+
+#[parallel]
+fn make_unserializable(x: u64) -> Option<Unserializable> {
+    (x == 4).then_some(Unserializable)
+}
+
+#[parallel]
+fn make_undeserializable(x: u64) -> Undeserializable {
+    Undeserializable(x as u8)
+}
+
+#[test]
+fn results_that_fail_to_serialize_or_deserialize_are_errors_naming_the_item() {
+    let data: Vec<u64> = (0..8).collect();
+    let err = data.par_map(make_unserializable).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Serialization, "{err}");
+    assert_eq!(err.task_index(), Some(4), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("make_unserializable") && text.contains("could not be serialized"),
+        "{text}"
+    );
+
+    let err = data.par_map(make_undeserializable).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Serialization, "{err}");
+    assert_eq!(err.task_index(), Some(0), "{err}");
+    assert!(
+        err.to_string().contains("could not be deserialized"),
+        "{err}"
+    );
+    assert_pool_still_works();
+}
+
+#[parallel]
+fn takes_unserializable(_u: Unserializable) -> u8 {
+    0
+}
+
+#[test]
+fn arguments_that_fail_to_serialize_are_errors_naming_the_item() {
+    let items = [Unserializable, Unserializable];
+    let err = items.par_map(takes_unserializable).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Serialization, "{err}");
+    assert_eq!(err.task_index(), Some(0), "{err}");
+    assert!(err.to_string().contains("argument"), "{err}");
 }
 
 #[test]

@@ -60,13 +60,12 @@ struct Live {
 }
 
 impl Live {
-    /// The item of `chunk` the worker was running, if it recorded one.
-    fn item_of(&self, chunk: u64) -> Option<u32> {
+    /// The worker's last progress record: the chunk and item it started last.
+    fn progress_record(&self) -> Option<u64> {
         let ptr = self.progress.as_ref()?.as_mut_ptr()?;
         // SAFETY: the progress page is a live, page-aligned mapping of at least 8 bytes
         // that the worker only ever stores to atomically.
-        let record = unsafe { (*ptr.cast::<AtomicU64>()).load(Ordering::Acquire) };
-        crate::worker::progress_item(record, chunk)
+        Some(unsafe { (*ptr.cast::<AtomicU64>()).load(Ordering::Acquire) })
     }
 }
 
@@ -409,11 +408,29 @@ impl Driver<'_> {
         if !matches!(loss, Loss::Died) {
             let _ = live.process.child.kill();
         }
-        let item = self.inflight.front().and_then(|job| {
-            live.item_of(job.chunk)
-                .map(|i| job.first_index + i as usize)
+        // Which job was running: the one the worker's last progress record names. The
+        // ones before it ran, but their results were still held back in the worker (it
+        // batches quick results), so they run again elsewhere; the ones after never
+        // started. Without a record, the oldest is the one.
+        let record = live.progress_record();
+        let found = record.and_then(|r| {
+            self.inflight
+                .iter()
+                .enumerate()
+                .find_map(|(pos, job)| crate::worker::progress_item(r, job.chunk).map(|i| (pos, i)))
         });
+        let (pos, item) = match found {
+            Some((pos, i)) => (
+                pos,
+                self.inflight.get(pos).map(|j| j.first_index + i as usize),
+            ),
+            None => (0, None),
+        };
         let exit = close_and_reap(live);
+        let before: Vec<Job> = self.inflight.drain(..pos).collect();
+        if !before.is_empty() {
+            self.shared.requeue_front(before.into_iter());
+        }
         let Some(mut running) = self.inflight.pop_front() else {
             return;
         };
