@@ -55,6 +55,7 @@ pub struct PoolBuilder {
     shm_threshold: Option<usize>,
     shm_backend: Option<ShmBackend>,
     retries: u32,
+    program: Option<std::path::PathBuf>,
 }
 
 impl PoolBuilder {
@@ -116,6 +117,14 @@ impl PoolBuilder {
         self
     }
 
+    /// Starts workers from this executable instead of `/proc/self/exe`. It must be the
+    /// same build (the handshake checks); tests use it to make spawning fail.
+    #[doc(hidden)]
+    pub fn __program(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.program = Some(path.into());
+        self
+    }
+
     /// Starts the workers and waits until each has answered its handshake.
     pub fn build(self) -> Result<Pool> {
         let workers = match self.workers {
@@ -143,7 +152,7 @@ impl PoolBuilder {
         }
         let core = PoolCore::start(PoolConfig {
             workers,
-            program: crate::spawn::default_program(),
+            program: self.program.unwrap_or_else(crate::spawn::default_program),
             max_tasks_per_worker: self.max_tasks_per_worker,
             task_timeout: self.task_timeout,
             shm,

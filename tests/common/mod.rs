@@ -79,6 +79,17 @@ pub fn kill_child_test_after(
     keys: &[&str],
     until: &str,
 ) -> Vec<u32> {
+    signal_child_test_after(test, envs, keys, until, libc::SIGKILL).0
+}
+
+/// Like [`kill_child_test_after`], with any signal; also returns how the child ended.
+pub fn signal_child_test_after(
+    test: &str,
+    envs: &[(&str, &str)],
+    keys: &[&str],
+    until: &str,
+    signal: i32,
+) -> (Vec<u32>, std::process::ExitStatus) {
     let exe = std::env::current_exe().expect("the test binary's path");
     let mut cmd = Command::new(exe);
     cmd.args([test, "--exact", "--include-ignored", "--nocapture"])
@@ -103,9 +114,10 @@ pub fn kill_child_test_after(
             break;
         }
     }
-    child.kill().expect("killing the child"); // SIGKILL: no atexit, no destructors
-    child.wait().expect("reaping the child");
-    pids
+    // SAFETY: signalling our own child, which has not been reaped yet.
+    unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    let status = child.wait().expect("reaping the child");
+    (pids, status)
 }
 
 /// Waits (30 s at most, to detect a hang) until none of `pids` is running.
