@@ -74,8 +74,14 @@ fn rss_kb() -> u64 {
 
 #[test]
 fn recycled_workers_give_leaked_memory_back() {
-    let pool = Pool::builder().workers(1).max_tasks_per_worker(1).build().unwrap();
-    let out: Vec<(u32, u64)> = (0..4).map(|i| pool.apply(leak_64_mib, i).unwrap()).collect();
+    let pool = Pool::builder()
+        .workers(1)
+        .max_tasks_per_worker(1)
+        .build()
+        .unwrap();
+    let out: Vec<(u32, u64)> = (0..4)
+        .map(|i| pool.apply(leak_64_mib, i).unwrap())
+        .collect();
     let pids: std::collections::BTreeSet<u32> = out.iter().map(|o| o.0).collect();
     assert_eq!(pids.len(), 4, "each task ran in a fresh worker");
     // Each fresh worker holds one leak, never four.
@@ -101,7 +107,10 @@ fn children() -> Vec<u32> {
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }
 
@@ -124,7 +133,10 @@ fn child_kills_and_times_out_workers() {
         .unwrap();
     for _ in 0..3 {
         assert!(pool.apply(die, 0).is_err());
-        assert_eq!(pool.apply(sleep_ms, 10_000).unwrap_err().kind(), ErrorKind::Timeout);
+        assert_eq!(
+            pool.apply(sleep_ms, 10_000).unwrap_err().kind(),
+            ErrorKind::Timeout
+        );
     }
     let p = Process::spawn(die, 0).unwrap();
     assert!(p.join().is_err());
@@ -212,7 +224,10 @@ fn child_soaks() {
         match victim {
             Some(v) => {
                 let e = result.unwrap_err();
-                assert_eq!((e.kind(), e.task_index()), (ErrorKind::WorkerDied, Some(v as usize)));
+                assert_eq!(
+                    (e.kind(), e.task_index()),
+                    (ErrorKind::WorkerDied, Some(v as usize))
+                );
             }
             None => assert_eq!(result.unwrap().len(), 200),
         }
@@ -238,7 +253,11 @@ fn soak_with_killed_workers_leaks_nothing() {
     let rounds = std::env::var("MULTIPROC_SOAK").unwrap_or_else(|_| "60".to_owned());
     let out = common::run_child_test("child_soaks", &[("MULTIPROC_SOAK", &rounds)]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let pair = |key: &str| -> (u64, u64) {
         let line = stdout.lines().find(|l| l.starts_with(key)).unwrap();
         let n: Vec<u64> = line
@@ -250,7 +269,10 @@ fn soak_with_killed_workers_leaks_nothing() {
     let (fds50, fds_end) = pair("FDS");
     assert_eq!(fds50, fds_end, "file descriptors leaked");
     let (rss50, rss_end) = pair("RSS");
-    assert!(rss_end * 10 <= rss50 * 11, "resident memory grew: {rss50} kB -> {rss_end} kB");
+    assert!(
+        rss_end * 10 <= rss50 * 11,
+        "resident memory grew: {rss50} kB -> {rss_end} kB"
+    );
     assert!(stdout.contains("CHILDREN=2"), "{stdout}");
     assert!(stdout.contains("HELD=0"), "{stdout}");
 }

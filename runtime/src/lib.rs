@@ -51,6 +51,17 @@ pub mod __private {
         Ok(worker.pid)
     }
 
+    /// The handshake frame a parent sends a worker, with `token`. Lets tests play a
+    /// parent that does, or does not, know a worker's token.
+    pub fn parent_hello_frame(token: u64) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let hello =
+            crate::protocol::Hello::from_parent(crate::transport::ShmConfig::default(), token);
+        // Encoding a hello into a Vec cannot fail.
+        let _ = crate::protocol::hello_frame(&mut buf, &hello);
+        buf
+    }
+
     /// A type that can travel between processes. Only used to give the compile error
     /// for an argument or result type that cannot a clear message.
     #[diagnostic::on_unimplemented(

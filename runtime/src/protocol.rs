@@ -44,6 +44,8 @@ pub(crate) struct Hello {
     pub shm_threshold: u64,
     /// From the parent: create named POSIX segments rather than memfds.
     pub shm_posix: bool,
+    /// From the parent: the random token it put in the worker's environment marker.
+    pub token: u64,
 }
 
 impl Hello {
@@ -55,12 +57,14 @@ impl Hello {
             pid: std::process::id(),
             shm_threshold: crate::transport::DEFAULT_SHM_THRESHOLD as u64,
             shm_posix: false,
+            token: 0,
         }
     }
 
     /// The parent's hello, carrying the shared-memory settings its workers use.
-    pub(crate) fn from_parent(shm: crate::transport::ShmConfig) -> Self {
+    pub(crate) fn from_parent(shm: crate::transport::ShmConfig, token: u64) -> Self {
         Hello {
+            token,
             shm_threshold: shm.threshold as u64,
             shm_posix: shm.backend == crate::shm::ShmBackend::Posix,
             ..Hello::of_this_process()

@@ -29,6 +29,8 @@ pub(crate) struct WorkerProcess {
     pub child: Child,
     pub stream: UnixStream,
     pub pid: u32,
+    /// The random token in the worker's marker, which only the handshake reveals to it.
+    pub token: u64,
 }
 
 /// Starts one worker and shakes hands with it. Must be called from a thread that lives
@@ -48,7 +50,8 @@ pub(crate) fn start_worker(program: &Path) -> Result<WorkerProcess> {
     if let Some(arg0) = std::env::args_os().next() {
         cmd.arg0(arg0);
     }
-    cmd.env(MARKER, format!("fd={child_fd}"))
+    let token = crate::shm::segment::random_u64();
+    cmd.env(MARKER, format!("fd={child_fd},token={token:016x}"))
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit());
@@ -91,13 +94,14 @@ pub(crate) fn start_worker(program: &Path) -> Result<WorkerProcess> {
         child,
         stream: parent_end,
         pid,
+        token,
     })
 }
 
 /// Checks that a started worker runs the same build; reaps it and says why if not.
 pub(crate) fn handshake_with(mut worker: WorkerProcess, shm: ShmConfig) -> Result<WorkerProcess> {
     let pid = worker.pid;
-    match handshake(&mut worker.stream, shm) {
+    match handshake(&mut worker.stream, shm, worker.token) {
         Ok(()) => Ok(worker),
         Err(e) => {
             let status = reap(&mut worker.child, Duration::from_millis(500));
@@ -113,8 +117,8 @@ pub(crate) fn handshake_with(mut worker: WorkerProcess, shm: ShmConfig) -> Resul
     }
 }
 
-fn handshake(stream: &mut UnixStream, shm: ShmConfig) -> Result<()> {
-    let me = Hello::from_parent(shm);
+fn handshake(stream: &mut UnixStream, shm: ShmConfig, token: u64) -> Result<()> {
+    let me = Hello::from_parent(shm, token);
     let mut buf = Vec::new();
     protocol::hello_frame(&mut buf, &me)
         .map_err(|e| Error::new(ErrorKind::Spawn, e.to_string()))?;

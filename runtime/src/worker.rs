@@ -15,7 +15,8 @@ use crate::shm::Segment;
 use crate::transport::{self, FdReader, ShmConfig};
 
 /// The environment variable that marks a process as a worker. Its value names the
-/// inherited socket: `fd=<n>`. It is removed before any user code runs.
+/// inherited socket and the token the parent will send over it: `fd=<n>,token=<hex>`.
+/// It is removed before any user code runs.
 pub(crate) const MARKER: &str = "MULTIPROC_WORKER";
 
 /// The exit code of a worker that gives up (bad start, protocol error).
@@ -52,15 +53,34 @@ fn worker_entry() {
     std::process::exit(code);
 }
 
-/// Parses `fd=<n>` and checks that the descriptor is an inherited socket.
-fn inherited_socket(value: &str) -> Result<RawFd, String> {
-    let not_started_by_parent = "a worker is started by a multiproc parent process, with the \
-                                 socket it inherits; it cannot be started by hand";
-    let fd: RawFd = value
+/// The marker's contents: the inherited socket and the parent's token.
+#[derive(Debug, PartialEq, Eq)]
+struct Marker {
+    fd: RawFd,
+    token: u64,
+}
+
+const NOT_STARTED_BY_PARENT: &str = "a worker is started by a multiproc parent process, with \
+                                     the socket it inherits; it cannot be started by hand";
+
+fn parse_marker(value: &str) -> Result<Marker, String> {
+    let malformed = || format!("{MARKER}={value:?} is malformed; {NOT_STARTED_BY_PARENT}");
+    let (fd, token) = value.split_once(',').ok_or_else(malformed)?;
+    let fd: RawFd = fd
         .strip_prefix("fd=")
         .and_then(|n| n.parse().ok())
         .filter(|&fd| fd > 2)
-        .ok_or_else(|| format!("{MARKER}={value:?} is malformed; {not_started_by_parent}"))?;
+        .ok_or_else(malformed)?;
+    let token = token
+        .strip_prefix("token=")
+        .and_then(|t| u64::from_str_radix(t, 16).ok())
+        .ok_or_else(malformed)?;
+    Ok(Marker { fd, token })
+}
+
+/// Checks that the descriptor is an inherited socket and keeps it from tasks' children.
+fn inherited_socket(fd: RawFd) -> Result<RawFd, String> {
+    let not_started_by_parent = NOT_STARTED_BY_PARENT;
     // SAFETY: fstat only writes into the zeroed struct we pass; an fd that is not open
     // makes it fail with EBADF, which is handled.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -89,7 +109,8 @@ fn inherited_socket(value: &str) -> Result<RawFd, String> {
 }
 
 fn serve(marker: &str) -> Result<(), String> {
-    let fd = inherited_socket(marker)?;
+    let marker = parse_marker(marker)?;
+    let fd = inherited_socket(marker.fd)?;
     // SAFETY: `fd` is an open socket (checked above) that this process inherited for
     // exactly this purpose; nothing else in the process owns or closes it.
     let mut reader = unsafe { UnixStream::from_raw_fd(fd) };
@@ -99,7 +120,7 @@ fn serve(marker: &str) -> Result<(), String> {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 
     let mut buf = Vec::new();
-    let shm = handshake(&mut reader, &mut buf)?;
+    let shm = handshake(&mut reader, &mut buf, marker.token)?;
     let writer = reader
         .try_clone()
         .map_err(|e| format!("cannot duplicate the socket: {e}"))?;
@@ -119,6 +140,8 @@ fn serve(marker: &str) -> Result<(), String> {
         match protocol::read_frame(&mut reader, &mut frame) {
             Ok(true) => {}
             Ok(false) => exit_on_parent_gone(),
+            // A parent that exits with our results unread resets the connection.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => exit_on_parent_gone(),
             Err(e) => return Err(format!("protocol error: {e}")),
         }
         // Segments are opened here, as their descriptors arrive, before the executor
@@ -229,7 +252,7 @@ struct Incoming {
 
 /// Checks the parent's hello, answers it, and returns the shared-memory settings the
 /// parent chose.
-fn handshake(stream: &mut UnixStream, buf: &mut Vec<u8>) -> Result<ShmConfig, String> {
+fn handshake(stream: &mut UnixStream, buf: &mut Vec<u8>, token: u64) -> Result<ShmConfig, String> {
     let me = Hello::of_this_process();
     match protocol::read_frame(stream, buf) {
         Ok(true) => {}
@@ -238,6 +261,11 @@ fn handshake(stream: &mut UnixStream, buf: &mut Vec<u8>) -> Result<ShmConfig, St
     }
     let mut shm = ShmConfig::default();
     let reply = match protocol::parse(buf) {
+        // Only the process that started us knows the token: the environment marker
+        // alone (inherited by accident, or set by hand) does not make a worker.
+        Ok(Frame::Hello(parent)) if parent.token != token => {
+            Some("the handshake token does not match the one this worker was started with".into())
+        }
         Ok(Frame::Hello(parent)) => {
             shm = parent.shm();
             me.mismatch(&parent)
@@ -429,4 +457,31 @@ pub(crate) fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
             .with(|p| p.borrow_mut().take())
             .unwrap_or_else(|| payload_message(&*payload))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_marker_names_a_socket_and_a_token() {
+        assert_eq!(
+            parse_marker("fd=7,token=00ff").unwrap(),
+            Marker { fd: 7, token: 255 }
+        );
+        for bad in [
+            "fd=7",
+            "fd=1,token=ff",
+            "fd=x,token=ff",
+            "fd=7,token=zz",
+            "",
+            "token=1",
+        ] {
+            let e = parse_marker(bad).unwrap_err();
+            assert!(
+                e.contains("malformed") && e.contains("cannot be started by hand"),
+                "{e}"
+            );
+        }
+    }
 }

@@ -69,17 +69,24 @@ fn os_err(context: &str) -> Error {
     Error::io(ErrorKind::Io, context, std::io::Error::last_os_error())
 }
 
-fn fresh_id() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+/// 64 random bits from the kernel (or, if that fails, from the clock and the pid).
+pub(crate) fn random_u64() -> u64 {
     let mut random = [0u8; 8];
     // SAFETY: getrandom writes at most `len` bytes into the buffer we own.
     let got = unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
-    let salt = if got == 8 {
-        u64::from_le_bytes(random)
-    } else {
-        0
-    };
+    if got == 8 {
+        return u64::from_le_bytes(random);
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ u64::from(std::process::id()).rotate_left(32)
+}
+
+fn fresh_id() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let salt = random_u64();
     (u64::from(std::process::id()) << 40 ^ n).wrapping_add(salt.rotate_left(17)) ^ salt
 }
 
