@@ -276,3 +276,46 @@ fn soak_with_killed_workers_leaks_nothing() {
     assert!(stdout.contains("CHILDREN=2"), "{stdout}");
     assert!(stdout.contains("HELD=0"), "{stdout}");
 }
+
+/// Child half of `too_many_processes_is_a_spawn_error`.
+#[test]
+#[ignore = "run by its parent test in a fresh process"]
+fn child_with_no_processes_left() {
+    if !common::is_child() {
+        return;
+    }
+    // RLIMIT_NPROC does not bind root: become an ordinary user first, if we are root.
+    // SAFETY: plain credential and limit calls on this process; results are checked.
+    unsafe {
+        if libc::geteuid() == 0 {
+            assert_eq!(libc::setgid(65534), 0, "setgid");
+            assert_eq!(libc::setuid(65534), 0, "setuid");
+        }
+    }
+    let threads: u64 = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    // Room for the pool's two threads (results, one driver), none for a worker process.
+    let limit = libc::rlimit {
+        rlim_cur: threads + 2,
+        rlim_max: threads + 2,
+    };
+    // SAFETY: lowering this process's own limit.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NPROC, &limit) }, 0);
+    match Pool::new(1) {
+        Ok(_) => println!("\nSTARTED"),
+        Err(e) => println!("\nERROR={:?}: {e}", e.kind()),
+    }
+}
+
+#[test]
+fn too_many_processes_is_a_spawn_error() {
+    let out = common::run_child_test("child_with_no_processes_left", &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("ERROR=Spawn"), "{stdout}");
+    assert!(stdout.contains("Resource temporarily unavailable"), "{stdout}");
+}
