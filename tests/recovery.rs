@@ -315,7 +315,14 @@ fn child_with_no_processes_left() {
 fn too_many_processes_is_a_spawn_error() {
     let out = common::run_child_test("child_with_no_processes_left", &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("ERROR=Spawn"), "{stdout}");
-    assert!(stdout.contains("Resource temporarily unavailable"), "{stdout}");
+    assert!(
+        stdout.contains("Resource temporarily unavailable"),
+        "{stdout}"
+    );
 }
