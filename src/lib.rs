@@ -103,16 +103,16 @@
 
 pub use multiproc_macros::{parallel, with_pool};
 pub use multiproc_runtime::{
-    AsyncResult, Error, ErrorKind, IMap, IntoPool, ParMap, Pool, PoolBuilder, Process,
-    ProcessBuilder, Result, Shared, SharedChunkMut, SharedSlice, SharedSliceMut, ShmBackend, Task,
-    in_worker, segments_held,
+    AsyncResult, Error, ErrorKind, IMap, IntoPool, OkOnly, ParMap, Pipeline, Pool, PoolBuilder,
+    Process, ProcessBuilder, Queue, QueueIter, Result, Shared, SharedChunkMut, SharedSlice,
+    SharedSliceMut, ShmBackend, Source, Stage, Task, in_worker, pipeline, segments_held,
 };
 
 /// The everyday names: `use multiproc::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        AsyncResult, ParMap, Pool, Process, Shared, SharedChunkMut, SharedSlice, SharedSliceMut,
-        Task, parallel, with_pool,
+        AsyncResult, ParMap, Pool, Process, Queue, Shared, SharedChunkMut, SharedSlice,
+        SharedSliceMut, Task, parallel, with_pool,
     };
 }
 

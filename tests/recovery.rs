@@ -198,6 +198,29 @@ fn kill_self_if(x: u64, now: bool) -> u64 {
     x
 }
 
+/// Waits (to detect a hang: 30 s) until this process has `n` live children: a killed
+/// worker's replacement may still be starting when a map returns its error.
+fn wait_for_children(n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while children().iter().filter(|&&c| !is_zombie(c)).count() != n {
+        assert!(std::time::Instant::now() < deadline, "{:?}", children());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The fd count once two readings 20 ms apart agree (no worker mid-start).
+fn settled_fd_count() -> usize {
+    let mut last = fd_count();
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = fd_count();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
 fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
@@ -235,9 +258,17 @@ fn child_soaks() {
         let views = shared.chunks(1 << 12).unwrap();
         drop(views);
         if round == 49 {
-            fds_at_50 = fd_count();
+            wait_for_children(2);
+            fds_at_50 = settled_fd_count();
             rss_at_50 = rss_kb();
         }
+    }
+    wait_for_children(2);
+    // A replacement worker may still be starting (its socketpair and exec pipe are open
+    // for a moment): give the count time to settle back, and report what it settles at.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fd_count() != fds_at_50 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
     }
     println!("\nFDS at50={fds_at_50} end={}", fd_count());
     println!("RSS at50={rss_at_50} end={}", rss_kb());

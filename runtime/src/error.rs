@@ -97,6 +97,12 @@ impl Error {
         self
     }
 
+    /// Names the pipeline stage the error happened in.
+    pub(crate) fn in_stage(mut self, stage: usize) -> Self {
+        self.inner.message = format!("in pipeline stage {stage}: {}", self.inner.message);
+        self
+    }
+
     pub(crate) fn with_pid(mut self, pid: u32) -> Self {
         self.inner.pid = Some(pid);
         self

@@ -494,6 +494,9 @@ impl Driver<'_> {
             self.shared.requeue_front(self.inflight.drain(..));
         }
         self.note_if_idle();
+        // Replace the worker now, not when the next job comes: the pool keeps its size.
+        // (A failure is remembered; the next job tries again, after a pause.)
+        let _ = self.ensure_worker();
     }
 
     /// The pool is closed and drained (or never started): close the socket so the worker

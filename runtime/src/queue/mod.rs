@@ -1,0 +1,263 @@
+//! [`Queue<T>`]: a cross-process, multi-producer multi-consumer queue in shared memory.
+
+mod ring;
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use self::ring::{HEADER_BYTES, Ring, Stop};
+use crate::error::{Error, ErrorKind, Result};
+use crate::shm::{Entry, Segment, SegmentDesc, ShmBackend};
+
+/// Ring size of a queue made by [`Queue::new`]: its messages wait in this many bytes.
+const UNBOUNDED_RING: usize = 16 << 20;
+/// Ring size of a queue made by [`Queue::bounded`].
+const BOUNDED_RING: usize = 4 << 20;
+/// A message larger than this travels in a segment of its own; the ring holds its name.
+const INLINE_MAX: usize = 256 << 10;
+
+/// A queue that the parent, the workers of any pool and `Process` children share, like
+/// Python's `multiprocessing.Queue` (and unlike it, usable as an argument of a pool task).
+///
+/// ```ignore
+/// let q: Queue<u64> = Queue::bounded(1024)?;
+/// let p = Process::spawn(producer, (q.clone(), 10))?;   // Queue is Clone + serde
+/// for x in q.iter().take(10) { println!("{x}"); }
+/// ```
+///
+/// `put` waits while a bounded queue is full (that is its back-pressure); `get` waits
+/// while it is empty. After [`close`](Self::close), `put` is [`ErrorKind::Closed`] and
+/// `get` returns what is left, then [`ErrorKind::Closed`]. Messages are serde values of
+/// any size; large ones travel through shared memory of their own. The queue lives in a
+/// shared-memory ring; a process killed in the middle of a `put` or `get` leaves it
+/// consistent and unlocked (see the module documentation of the ring).
+pub struct Queue<T> {
+    entry: Arc<Entry>,
+    ring: Arc<Ring>,
+    _t: PhantomData<fn(T) -> T>,
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Queue {
+            entry: Arc::clone(&self.entry),
+            ring: Arc::clone(&self.ring),
+            _t: PhantomData,
+        }
+    }
+}
+
+fn stop_error(stop: Stop, what: &str) -> Error {
+    match stop {
+        Stop::Closed => Error::new(ErrorKind::Closed, format!("{what}: the queue is closed")),
+        Stop::TimedOut => Error::new(ErrorKind::Timeout, format!("{what}: timed out")),
+        Stop::TooLarge => Error::new(
+            ErrorKind::InvalidConfig,
+            format!("{what}: the message does not fit in the queue"),
+        ),
+    }
+}
+
+/// What a ring message holds: the value, or where a large value lies.
+#[derive(Serialize, Deserialize)]
+enum Slot<'a> {
+    Inline(#[serde(borrow)] &'a [u8]),
+    Segment(SegmentDesc),
+}
+
+impl<T: Serialize + DeserializeOwned> Queue<T> {
+    /// An unbounded queue: `put` never waits for a consumer, unless 16 MiB of messages
+    /// are waiting to be read.
+    pub fn new() -> Result<Queue<T>> {
+        Queue::with_ring(UNBOUNDED_RING, 0)
+    }
+
+    /// A queue of at most `n` messages: `put` waits while it is full. `0` is
+    /// [`ErrorKind::InvalidConfig`].
+    pub fn bounded(n: usize) -> Result<Queue<T>> {
+        if n == 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "Queue::bounded(0): a queue needs room for at least one message",
+            ));
+        }
+        Queue::with_ring(BOUNDED_RING, n as u64)
+    }
+
+    fn with_ring(bytes: usize, max_count: u64) -> Result<Queue<T>> {
+        let segment = Segment::create_writable(ShmBackend::Memfd, HEADER_BYTES + bytes)?;
+        let entry = Entry::new(segment);
+        crate::shm::register_created(&entry);
+        let queue = Queue::from_entry(entry)?;
+        queue.ring.init(max_count);
+        Ok(queue)
+    }
+
+    fn from_entry(entry: Arc<Entry>) -> Result<Queue<T>> {
+        let base = entry.segment.as_mut_ptr().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Protocol,
+                "a queue's segment is not writable here",
+            )
+        })?;
+        // SAFETY: the segment maps `len` writable, page-aligned bytes for as long as
+        // `entry` lives, which the queue keeps alive; only rings touch queue segments.
+        let ring = unsafe { Ring::new(base, entry.segment.len()) };
+        Ok(Queue {
+            entry,
+            ring: Arc::new(ring),
+            _t: PhantomData,
+        })
+    }
+
+    fn encode(&self, value: &T) -> Result<Vec<u8>> {
+        let bytes = postcard::to_stdvec(value).map_err(|e| {
+            Error::new(
+                ErrorKind::Serialization,
+                format!("a queue message could not be serialized: {e}"),
+            )
+        })?;
+        if bytes.len() <= INLINE_MAX {
+            return postcard::to_stdvec(&Slot::Inline(&bytes))
+                .map_err(|e| Error::new(ErrorKind::Serialization, e.to_string()));
+        }
+        let mut seg = Segment::create(ShmBackend::Posix, bytes.len(), |dst| {
+            dst.copy_from_slice(&bytes)
+        })?;
+        seg.leave_name_to_receiver();
+        postcard::to_stdvec(&Slot::Segment(seg.desc().clone()))
+            .map_err(|e| Error::new(ErrorKind::Serialization, e.to_string()))
+    }
+
+    fn decode(&self, msg: &[u8]) -> Result<T> {
+        let bad = |e: postcard::Error| {
+            Error::new(
+                ErrorKind::Serialization,
+                format!("a queue message could not be deserialized: {e}"),
+            )
+        };
+        match postcard::from_bytes::<Slot<'_>>(msg).map_err(bad)? {
+            Slot::Inline(bytes) => postcard::from_bytes(bytes).map_err(bad),
+            Slot::Segment(desc) => {
+                let mut seg = Segment::open(desc, None)?;
+                seg.unlink_now();
+                postcard::from_bytes(seg.bytes()).map_err(bad)
+            }
+        }
+    }
+
+    fn put_until(&self, value: &T, deadline: Option<Instant>) -> Result<()> {
+        let msg = self.encode(value)?;
+        self.ring
+            .put(&msg, deadline)
+            .map_err(|s| stop_error(s, "put"))
+    }
+
+    /// Appends `value`, waiting while a bounded queue is full. A closed queue is
+    /// [`ErrorKind::Closed`].
+    pub fn put(&self, value: T) -> Result<()> {
+        self.put_until(&value, None)
+    }
+
+    /// Like [`put`](Self::put), waiting at most `timeout` for room:
+    /// [`ErrorKind::Timeout`] if there was none.
+    pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<()> {
+        self.put_until(&value, Some(Instant::now() + timeout))
+    }
+
+    /// Takes the oldest message, waiting for one. A closed queue that is empty is
+    /// [`ErrorKind::Closed`].
+    pub fn get(&self) -> Result<T> {
+        let msg = self.ring.get(None).map_err(|s| stop_error(s, "get"))?;
+        self.decode(&msg)
+    }
+
+    /// Takes the oldest message if there is one now.
+    pub fn try_get(&self) -> Result<Option<T>> {
+        self.get_timeout(Duration::ZERO)
+    }
+
+    /// Takes the oldest message, waiting at most `timeout`; `None` if none came.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<Option<T>> {
+        match self.ring.get(Some(Instant::now() + timeout)) {
+            Ok(msg) => self.decode(&msg).map(Some),
+            Err(Stop::TimedOut) => Ok(None),
+            Err(s) => Err(stop_error(s, "get")),
+        }
+    }
+
+    /// The number of messages waiting.
+    pub fn len(&self) -> usize {
+        self.ring.len() as usize
+    }
+
+    /// True when no message is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Closes the queue for every process: `put` fails from now on, `get` drains what
+    /// is left, and everyone waiting wakes up.
+    pub fn close(&self) {
+        self.ring.close();
+    }
+
+    /// True once [`close`](Self::close) was called, by any process.
+    pub fn is_closed(&self) -> bool {
+        self.ring.is_closed()
+    }
+
+    /// The messages, in order, until the queue is closed and drained.
+    pub fn iter(&self) -> QueueIter<'_, T> {
+        QueueIter { queue: self }
+    }
+}
+
+/// Iterates a queue's messages until it is closed and drained; see [`Queue::iter`].
+pub struct QueueIter<'a, T> {
+    queue: &'a Queue<T>,
+}
+
+impl<T: Serialize + DeserializeOwned> Iterator for QueueIter<'_, T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        // A message that does not decode ends the iteration like a closed queue would
+        // not: it is skipped, and reported on stderr.
+        loop {
+            match self.queue.get() {
+                Ok(v) => return Some(v),
+                Err(e) if e.kind() == ErrorKind::Closed => return None,
+                Err(e) => eprintln!("multiproc: a queue message was skipped: {e}"),
+            }
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("len", &self.ring.len())
+            .field("closed", &self.ring.is_closed())
+            .finish()
+    }
+}
+
+impl<T> Serialize for Queue<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        crate::shm::note_outgoing(&self.entry);
+        self.entry.segment.id().serialize(s)
+    }
+}
+
+impl<'de, T: Serialize + DeserializeOwned> Deserialize<'de> for Queue<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let id = u64::deserialize(d)?;
+        let entry = crate::shm::resolve(id).ok_or_else(|| crate::shm::missing::<D::Error>(id))?;
+        Queue::from_entry(entry).map_err(<D::Error as serde::de::Error>::custom)
+    }
+}
