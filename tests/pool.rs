@@ -101,21 +101,43 @@ fn callbacks_run_in_the_parent_exactly_once_before_get_returns() {
     assert!(pids.iter().all(|&p| p == std::process::id()), "{pids:?}");
 }
 
+/// Item 0 waits (30 s at most, to detect a hang) until the parent signals through the
+/// queue; every other item returns at once. Completion order is then fixed: the others
+/// complete first, whatever the machine's load, or the test cannot progress.
+#[parallel]
+fn waits_for_signal(q: Queue<u8>, x: u64) -> u64 {
+    if x == 0 {
+        return match q.get_timeout(Duration::from_secs(30)) {
+            Ok(Some(_)) => 0,
+            _ => 999,
+        };
+    }
+    x
+}
+
 #[test]
 fn callbacks_run_in_completion_order() {
     let pool = Pool::new(2).unwrap();
+    let q: Queue<u8> = Queue::new().unwrap();
     let order = Arc::new(Mutex::new(Vec::new()));
     let mut handles = Vec::new();
-    for ms in [600u64, 10] {
+    for x in [0u64, 1] {
         let order = Arc::clone(&order);
-        handles.push(pool.apply_async(sleep_ms, ms).on_success(move |v| {
-            order.lock().unwrap().push(*v);
-        }));
+        let signal = q.clone();
+        handles.push(
+            pool.apply_async(waits_for_signal, (q.clone(), x))
+                .on_success(move |v| {
+                    order.lock().unwrap().push(*v);
+                    if *v == 1 {
+                        signal.put(1).unwrap(); // now item 0 may complete
+                    }
+                }),
+        );
     }
     for h in handles {
         h.get().unwrap();
     }
-    assert_eq!(*order.lock().unwrap(), [10, 600]);
+    assert_eq!(*order.lock().unwrap(), [1, 0]);
 }
 
 #[test]
@@ -258,15 +280,18 @@ fn imap_orders_and_imap_unordered_completes() {
     let input = [300u64, 1, 2, 3];
     let ordered: Vec<u64> = pool.imap(sleep_ms, input).map(Result::unwrap).collect();
     assert_eq!(ordered, input);
-    let unordered: Vec<u64> = pool
-        .imap_unordered(sleep_ms, input)
-        .map(Result::unwrap)
-        .collect();
-    assert_eq!(
-        unordered.iter().collect::<BTreeSet<_>>(),
-        input.iter().collect()
-    );
-    assert_ne!(unordered[0], 300, "the slow item came first: {unordered:?}");
+    // Item 0 completes only after the parent has seen another result: in input order
+    // this could not progress; unordered, it must.
+    let q: Queue<u8> = Queue::new().unwrap();
+    let args: Vec<(Queue<u8>, u64)> = (0..4).map(|x| (q.clone(), x)).collect();
+    let mut results = pool.imap_unordered(waits_for_signal, args);
+    let first = results.next().unwrap().unwrap();
+    assert_ne!(first, 0, "the waiting item came first");
+    q.put(1).unwrap();
+    let mut all: Vec<u64> = results.map(Result::unwrap).collect();
+    all.push(first);
+    all.sort_unstable();
+    assert_eq!(all, [0, 1, 2, 3]);
 }
 
 #[test]
@@ -303,7 +328,7 @@ fn max_tasks_per_worker_recycles_workers() {
 fn task_timeout_kills_the_worker_and_spares_the_others() {
     let pool = Pool::builder()
         .workers(2)
-        .task_timeout(Duration::from_millis(500))
+        .task_timeout(Duration::from_secs(2))
         .build()
         .unwrap();
     let out: Vec<_> = pool.imap(sleep_ms, [10u64, 60_000, 20, 30]).collect();

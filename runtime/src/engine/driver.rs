@@ -154,7 +154,7 @@ impl Driver<'_> {
                     Some(job) => job,
                     None => return false,
                 },
-                None => match self.shared.try_next_job() {
+                None => match self.shared.try_next_job(held) {
                     Some(job) => job,
                     None => break,
                 },

@@ -82,13 +82,15 @@ impl PoolShared {
         q.busy = q.busy.saturating_sub(1);
     }
 
-    /// Another job for a worker that is already busy, if more jobs are queued than there
-    /// are idle workers to take them: queuing work behind a busy worker hides latency,
-    /// but never at the cost of leaving another worker (or one still starting) without.
-    fn try_next_job(&self) -> Option<Job> {
+    /// Another job for a worker that already holds `held`, if more jobs are queued than
+    /// there are idle workers to take them, and no more than its fair share: queuing work
+    /// behind a busy worker hides latency, but never at the cost of leaving another
+    /// worker (or one still starting) without, or of piling a backlog onto one worker.
+    fn try_next_job(&self, held: usize) -> Option<Job> {
         let mut q = lock(&self.queue);
         let idle = self.config.workers.saturating_sub(q.busy);
-        while q.jobs.len() > idle {
+        let fair = 1 + q.jobs.len() / self.config.workers.max(1);
+        while q.jobs.len() > idle && held < fair {
             let job = q.jobs.pop_front()?;
             if !job.is_cancelled() {
                 return Some(job);

@@ -62,12 +62,9 @@ fn stop_error(stop: Stop, what: &str) -> Error {
     }
 }
 
-/// What a ring message holds: the value, or where a large value lies.
-#[derive(Serialize, Deserialize)]
-enum Slot<'a> {
-    Inline(#[serde(borrow)] &'a [u8]),
-    Segment(SegmentDesc),
-}
+/// The first byte of a ring message: the value follows, or where a large value lies.
+const INLINE: u8 = 0;
+const IN_SEGMENT: u8 = 1;
 
 impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// An unbounded queue: `put` never waits for a consumer, unless 16 MiB of messages
@@ -115,22 +112,26 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn encode(&self, value: &T) -> Result<Vec<u8>> {
-        let bytes = postcard::to_stdvec(value).map_err(|e| {
+        let ser = |e: postcard::Error| {
             Error::new(
                 ErrorKind::Serialization,
                 format!("a queue message could not be serialized: {e}"),
             )
-        })?;
-        if bytes.len() <= INLINE_MAX {
-            return postcard::to_stdvec(&Slot::Inline(&bytes))
-                .map_err(|e| Error::new(ErrorKind::Serialization, e.to_string()));
+        };
+        let mut msg = Vec::with_capacity(16);
+        msg.push(INLINE);
+        crate::protocol::encode_into(&mut msg, value).map_err(ser)?;
+        if msg.len() <= INLINE_MAX {
+            return Ok(msg);
         }
-        let mut seg = Segment::create(ShmBackend::Posix, bytes.len(), |dst| {
-            dst.copy_from_slice(&bytes)
+        let body = &msg[1..];
+        let mut seg = Segment::create(ShmBackend::Posix, body.len(), |dst| {
+            dst.copy_from_slice(body)
         })?;
         seg.leave_name_to_receiver();
-        postcard::to_stdvec(&Slot::Segment(seg.desc().clone()))
-            .map_err(|e| Error::new(ErrorKind::Serialization, e.to_string()))
+        let mut slot = vec![IN_SEGMENT];
+        crate::protocol::encode_into(&mut slot, seg.desc()).map_err(ser)?;
+        Ok(slot)
     }
 
     fn decode(&self, msg: &[u8]) -> Result<T> {
@@ -140,13 +141,18 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 format!("a queue message could not be deserialized: {e}"),
             )
         };
-        match postcard::from_bytes::<Slot<'_>>(msg).map_err(bad)? {
-            Slot::Inline(bytes) => postcard::from_bytes(bytes).map_err(bad),
-            Slot::Segment(desc) => {
+        match msg.split_first() {
+            Some((&INLINE, value)) => postcard::from_bytes(value).map_err(bad),
+            Some((&IN_SEGMENT, desc)) => {
+                let desc: SegmentDesc = postcard::from_bytes(desc).map_err(bad)?;
                 let mut seg = Segment::open(desc, None)?;
                 seg.unlink_now();
                 postcard::from_bytes(seg.bytes()).map_err(bad)
             }
+            _ => Err(Error::new(
+                ErrorKind::Protocol,
+                "a queue message of an unknown kind",
+            )),
         }
     }
 
