@@ -81,6 +81,13 @@
 //! workers write disjoint ranges of a result in place. On Linux segments are sealed
 //! memfds passed over the socket; `MULTIPROC_SHM=posix` selects named POSIX segments.
 //!
+//! //! ## Queues and pipelines
+//!
+//! [`Queue`] is a cross-process queue in shared memory that the parent, any pool's
+//! workers and [`Process`] children share; it is an ordinary argument of a `#[parallel]`
+//! function. [`pipeline`] chains stages, each with its own workers:
+//! `pipeline(items).stage(parse, 2).stage(score, 4).collect()`.
+//!
 //! //! ## Rules for `#[parallel]` functions
 //!
 //! Put the work in one free function whose arguments and result are owned and implement
