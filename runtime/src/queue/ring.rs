@@ -1,10 +1,12 @@
 //! The shared ring behind [`Queue`](super::Queue): a header and a byte ring in one
 //! writable shared-memory segment, mapped by every process that holds the queue.
 //!
-//! - A tiny lock (the holder's thread id in one word) guards each put and get. It is
-//!   only held while bytes are copied, never across a system call. A process killed
-//!   while holding it leaves its id behind; the next process that finds it held by a
-//!   thread that no longer exists takes it over.
+//! - Two tiny locks (the holder's thread id in one word each): one for producers, one
+//!   for consumers, so a put and a get never wait for each other. A lock is only held
+//!   while bytes are copied, never across a system call. A process killed while holding
+//!   one leaves its id behind; the next process that finds it held by a thread that no
+//!   longer exists takes it over. The producers' and the consumers' fields sit on cache
+//!   lines of their own.
 //! - Every change is committed by a single store at the end (`tail` for a put, `head`
 //!   for a get), so a process killed half-way leaves the ring as it was before: its
 //!   message was not put, or not taken (and another consumer gets it).
@@ -15,26 +17,37 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The header at the start of the segment. All fields are atomics in shared memory.
-#[repr(C)]
+#[repr(C, align(64))]
 pub(crate) struct Header {
+    /// Written by producers.
+    producers: Side,
+    /// Written by consumers.
+    consumers: Side,
+    common: Common,
+}
+
+/// One side's lock, its committed offset and its sequence counter.
+#[repr(C, align(64))]
+struct Side {
     lock: AtomicU32,
+    /// Bumped by every commit of this side; the other side waits on it.
+    seq: AtomicU32,
+    /// Threads of the other side waiting for this side's `seq`.
+    waiters: AtomicU32,
+    /// Monotonic byte offset: `tail` for producers, `head` for consumers.
+    offset: AtomicU64,
+}
+
+#[repr(C, align(64))]
+struct Common {
     closed: AtomicU32,
-    /// Bumped by every put; consumers wait on it.
-    put_seq: AtomicU32,
-    /// Bumped by every get (and close); producers wait on it.
-    get_seq: AtomicU32,
-    get_waiters: AtomicU32,
-    put_waiters: AtomicU32,
     /// Immutable after creation: the message limit (0: none) and the ring size.
     max_count: AtomicU64,
     capacity: AtomicU64,
-    /// Monotonic byte offsets into the ring; the position is the offset modulo capacity.
-    head: AtomicU64,
-    tail: AtomicU64,
     count: AtomicU64,
 }
 
-pub(crate) const HEADER_BYTES: usize = 128;
+pub(crate) const HEADER_BYTES: usize = 256;
 const _: () = assert!(size_of::<Header>() <= HEADER_BYTES);
 
 /// Why a put or get could not complete.
@@ -127,7 +140,7 @@ impl Ring {
 
     /// Lays out a fresh ring (zeroed memory) with these limits.
     pub(crate) fn init(&self, max_count: u64) {
-        let h = self.header();
+        let h = &self.header().common;
         h.max_count.store(max_count, Ordering::Relaxed);
         h.capacity
             .store((self.len - HEADER_BYTES) as u64, Ordering::Release);
@@ -140,11 +153,10 @@ impl Ring {
     }
 
     fn capacity(&self) -> u64 {
-        self.header().capacity.load(Ordering::Acquire)
+        self.header().common.capacity.load(Ordering::Acquire)
     }
 
-    fn lock(&self) -> Guard<'_> {
-        let word = &self.header().lock;
+    fn lock<'a>(&self, word: &'a AtomicU32) -> Guard<'a> {
         let me = gettid();
         let mut spins = 0u32;
         loop {
@@ -207,25 +219,26 @@ impl Ring {
     }
 
     pub(crate) fn len(&self) -> u64 {
-        self.header().count.load(Ordering::Acquire)
+        self.header().common.count.load(Ordering::Acquire)
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.header().closed.load(Ordering::Acquire) != 0
+        self.header().common.closed.load(Ordering::Acquire) != 0
     }
 
     pub(crate) fn close(&self) {
         let h = self.header();
-        h.closed.store(1, Ordering::Release);
-        h.put_seq.fetch_add(1, Ordering::AcqRel);
-        h.get_seq.fetch_add(1, Ordering::AcqRel);
-        futex_wake_all(&h.put_seq);
-        futex_wake_all(&h.get_seq);
+        h.common.closed.store(1, Ordering::Release);
+        for side in [&h.producers, &h.consumers] {
+            side.seq.fetch_add(1, Ordering::AcqRel);
+            futex_wake_all(&side.seq);
+        }
     }
 
     /// Appends one message, waiting for room until `deadline` (forever if `None`).
     pub(crate) fn put(&self, msg: &[u8], deadline: Option<Instant>) -> Result<(), Stop> {
         let h = self.header();
+        let (me, them) = (&h.producers, &h.consumers);
         let need = 4 + msg.len() as u64;
         if need > self.capacity() {
             return Err(Stop::TooLarge);
@@ -233,37 +246,37 @@ impl Ring {
         let len = u32::try_from(msg.len()).map_err(|_| Stop::TooLarge)?;
         loop {
             let seen = {
-                let _g = self.lock();
+                let _g = self.lock(&me.lock);
                 if self.is_closed() {
                     return Err(Stop::Closed);
                 }
-                let (head, tail) = (
-                    h.head.load(Ordering::Acquire),
-                    h.tail.load(Ordering::Acquire),
-                );
-                let max = h.max_count.load(Ordering::Relaxed);
-                let count = h.count.load(Ordering::Acquire);
+                // Read the consumers' side first: what they freed can only grow.
+                let seen = them.seq.load(Ordering::Acquire);
+                let head = them.offset.load(Ordering::Acquire);
+                let tail = me.offset.load(Ordering::Acquire);
+                let max = h.common.max_count.load(Ordering::Relaxed);
+                let count = h.common.count.load(Ordering::Acquire);
                 let fits = self.capacity() - (tail - head) >= need;
                 if fits && (max == 0 || count < max) {
                     self.write_at(tail, &len.to_le_bytes());
                     self.write_at(tail + 4, msg);
                     // The commit: the message exists once `tail` moves past it.
-                    h.tail.store(tail + need, Ordering::Release);
-                    h.count.fetch_add(1, Ordering::AcqRel);
-                    h.put_seq.fetch_add(1, Ordering::AcqRel);
+                    me.offset.store(tail + need, Ordering::Release);
+                    h.common.count.fetch_add(1, Ordering::AcqRel);
+                    me.seq.fetch_add(1, Ordering::AcqRel);
                     None
                 } else {
-                    Some(h.get_seq.load(Ordering::Acquire))
+                    Some(seen)
                 }
             };
             match seen {
                 None => {
-                    if h.get_waiters.load(Ordering::Acquire) > 0 {
-                        futex_wake_all(&h.put_seq);
+                    if me.waiters.load(Ordering::Acquire) > 0 {
+                        futex_wake_all(&me.seq);
                     }
                     return Ok(());
                 }
-                Some(seen) => wait(&h.get_seq, &h.put_waiters, seen, deadline)?,
+                Some(seen) => wait(&them.seq, &them.waiters, seen, deadline)?,
             }
         }
     }
@@ -272,13 +285,13 @@ impl Ring {
     /// A closed, empty queue is `Stop::Closed`.
     pub(crate) fn get(&self, deadline: Option<Instant>) -> Result<Vec<u8>, Stop> {
         let h = self.header();
+        let (me, them) = (&h.consumers, &h.producers);
         loop {
             let seen = {
-                let _g = self.lock();
-                let (head, tail) = (
-                    h.head.load(Ordering::Acquire),
-                    h.tail.load(Ordering::Acquire),
-                );
+                let _g = self.lock(&me.lock);
+                let seen = them.seq.load(Ordering::Acquire);
+                let tail = them.offset.load(Ordering::Acquire);
+                let head = me.offset.load(Ordering::Acquire);
                 if head != tail {
                     let mut len = [0u8; 4];
                     self.read_at(head, &mut len);
@@ -286,24 +299,24 @@ impl Ring {
                     let mut msg = vec![0u8; len as usize];
                     self.read_at(head + 4, &mut msg);
                     // The commit: the message is taken once `head` moves past it.
-                    h.head.store(head + 4 + len, Ordering::Release);
-                    h.count.fetch_sub(1, Ordering::AcqRel);
-                    h.get_seq.fetch_add(1, Ordering::AcqRel);
+                    me.offset.store(head + 4 + len, Ordering::Release);
+                    h.common.count.fetch_sub(1, Ordering::AcqRel);
+                    me.seq.fetch_add(1, Ordering::AcqRel);
                     Ok(msg)
                 } else if self.is_closed() {
                     return Err(Stop::Closed);
                 } else {
-                    Err(h.put_seq.load(Ordering::Acquire))
+                    Err(seen)
                 }
             };
             match seen {
                 Ok(msg) => {
-                    if h.put_waiters.load(Ordering::Acquire) > 0 {
-                        futex_wake_all(&h.get_seq);
+                    if me.waiters.load(Ordering::Acquire) > 0 {
+                        futex_wake_all(&me.seq);
                     }
                     return Ok(msg);
                 }
-                Err(seen) => wait(&h.put_seq, &h.get_waiters, seen, deadline)?,
+                Err(seen) => wait(&them.seq, &them.waiters, seen, deadline)?,
             }
         }
     }
