@@ -231,7 +231,7 @@ fn run_one(
         count,
         nanos,
         values_len,
-        trailer,
+        ..
     }) = protocol::parse(&buf)
     else {
         return None;
@@ -239,13 +239,8 @@ fn run_one(
     if chunk != enc.chunk {
         return None;
     }
-    let body_start = trailer.body.as_ptr() as usize - buf.as_ptr() as usize;
-    let range = body_start..body_start + trailer.body.len();
-    let body = match transport::open_segments(&mut reader, &trailer, false).ok()? {
-        Some(seg) => Body::Mapped(seg),
-        None => Body::Inline { frame: buf, range },
-    };
-    (values_len as usize <= body.bytes().len()).then_some((count, nanos, body, values_len as usize))
+    let body = Body::of_done(&mut reader, &mut buf, values_len).ok()?;
+    Some((count, nanos, body, values_len as usize))
 }
 
 impl Process<()> {

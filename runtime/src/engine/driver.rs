@@ -287,33 +287,22 @@ impl Driver<'_> {
                 count,
                 nanos,
                 values_len,
-                trailer,
+                ..
             }) if self
                 .inflight
                 .front()
                 .is_some_and(|j| j.chunk == chunk && count <= j.count) =>
             {
-                let body_start = trailer.body.as_ptr() as usize - rbuf.as_ptr() as usize;
-                let range = body_start..body_start + trailer.body.len();
                 let Some(live) = self.worker.as_mut() else {
                     return;
                 };
-                let body = match transport::open_segments(live.reader.get_mut(), &trailer, false) {
-                    Ok(Some(seg)) => Body::Mapped(seg),
-                    Ok(None) => Body::Inline {
-                        frame: std::mem::take(rbuf),
-                        range,
-                    },
+                let body = match Body::of_done(live.reader.get_mut(), rbuf, values_len) {
+                    Ok(body) => body,
                     Err(e) => {
-                        let why = e.to_string();
-                        self.lose_worker(Loss::Protocol(why));
+                        self.lose_worker(Loss::Protocol(e.message().to_owned()));
                         return;
                     }
                 };
-                if values_len as usize > body.bytes().len() {
-                    self.lose_worker(Loss::Protocol("values longer than the body".into()));
-                    return;
-                }
                 let pid = live.process.pid;
                 let Some(job) = self.inflight.pop_front() else {
                     return;

@@ -67,6 +67,40 @@ pub(crate) enum Body {
 }
 
 impl Body {
+    /// The body of a parsed `Done` frame held in `frame`: the frame itself, or the
+    /// one-shot segment it came in (opened here, its descriptor taken from `reader`).
+    /// Checks that the values fit in the body.
+    pub(crate) fn of_done(
+        reader: &mut crate::transport::FdReader,
+        frame: &mut Vec<u8>,
+        values_len: u32,
+    ) -> crate::error::Result<Body> {
+        let bad = |why: String| Error::new(ErrorKind::Protocol, why);
+        let (range, oneshot) = match crate::protocol::parse(frame) {
+            Ok(crate::protocol::Frame::Done { trailer, .. }) => {
+                let start = trailer.body.as_ptr() as usize - frame.as_ptr() as usize;
+                let range = start..start + trailer.body.len();
+                (
+                    range,
+                    crate::transport::open_segments(reader, &trailer, false)?,
+                )
+            }
+            Ok(other) => return Err(bad(format!("expected a Done frame, got {other:?}"))),
+            Err(e) => return Err(bad(e.to_string())),
+        };
+        let body = match oneshot {
+            Some(seg) => Body::Mapped(seg),
+            None => Body::Inline {
+                frame: std::mem::take(frame),
+                range,
+            },
+        };
+        if values_len as usize > body.bytes().len() {
+            return Err(bad("the values are longer than the body".into()));
+        }
+        Ok(body)
+    }
+
     pub(crate) fn bytes(&self) -> &[u8] {
         match self {
             Body::Inline { frame, range } => &frame[range.clone()],
