@@ -178,8 +178,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// Takes the oldest message, waiting for one. A closed queue that is empty is
     /// [`ErrorKind::Closed`].
     pub fn get(&self) -> Result<T> {
-        let msg = self.ring.get(None).map_err(|s| stop_error(s, "get"))?;
-        self.decode(&msg)
+        self.ring
+            .get_with(None, |msg| self.decode(msg))
+            .map_err(|s| stop_error(s, "get"))?
     }
 
     /// Takes the oldest message if there is one now.
@@ -189,8 +190,11 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// Takes the oldest message, waiting at most `timeout`; `None` if none came.
     pub fn get_timeout(&self, timeout: Duration) -> Result<Option<T>> {
-        match self.ring.get(Some(Instant::now() + timeout)) {
-            Ok(msg) => self.decode(&msg).map(Some),
+        match self
+            .ring
+            .get_with(Some(Instant::now() + timeout), |msg| self.decode(msg))
+        {
+            Ok(value) => value.map(Some),
             Err(Stop::TimedOut) => Ok(None),
             Err(s) => Err(stop_error(s, "get")),
         }

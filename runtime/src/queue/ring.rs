@@ -71,9 +71,13 @@ unsafe impl Send for Ring {}
 // SAFETY: see `Send`.
 unsafe impl Sync for Ring {}
 
+/// This thread's id, asked of the kernel once per thread.
 fn gettid() -> u32 {
-    // SAFETY: gettid has no preconditions.
-    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+    thread_local! {
+        // SAFETY: gettid has no preconditions.
+        static TID: u32 = unsafe { libc::syscall(libc::SYS_gettid) as u32 };
+    }
+    TID.with(|t| *t)
 }
 
 fn thread_alive(tid: u32) -> bool {
@@ -281,9 +285,29 @@ impl Ring {
         }
     }
 
-    /// Takes the oldest message, waiting for one until `deadline` (forever if `None`).
-    /// A closed, empty queue is `Stop::Closed`.
-    pub(crate) fn get(&self, deadline: Option<Instant>) -> Result<Vec<u8>, Stop> {
+    /// Takes the oldest message, waiting for one until `deadline` (forever if `None`),
+    /// and hands its bytes to `f` (after the lock is released; the buffer is reused by
+    /// the thread's next get). A closed, empty queue is `Stop::Closed`.
+    pub(crate) fn get_with<R>(
+        &self,
+        deadline: Option<Instant>,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, Stop> {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        SCRATCH.with(|scratch| {
+            let mut msg = scratch.take();
+            let got = self.get_into(deadline, &mut msg);
+            let result = got.map(|()| f(&msg));
+            if msg.capacity() <= 1 << 20 {
+                scratch.replace(msg);
+            }
+            result
+        })
+    }
+
+    fn get_into(&self, deadline: Option<Instant>, msg: &mut Vec<u8>) -> Result<(), Stop> {
         let h = self.header();
         let (me, them) = (&h.consumers, &h.producers);
         loop {
@@ -296,13 +320,14 @@ impl Ring {
                     let mut len = [0u8; 4];
                     self.read_at(head, &mut len);
                     let len = u32::from_le_bytes(len) as u64;
-                    let mut msg = vec![0u8; len as usize];
-                    self.read_at(head + 4, &mut msg);
+                    msg.clear();
+                    msg.resize(len as usize, 0);
+                    self.read_at(head + 4, msg);
                     // The commit: the message is taken once `head` moves past it.
                     me.offset.store(head + 4 + len, Ordering::Release);
                     h.common.count.fetch_sub(1, Ordering::AcqRel);
                     me.seq.fetch_add(1, Ordering::AcqRel);
-                    Ok(msg)
+                    Ok(())
                 } else if self.is_closed() {
                     return Err(Stop::Closed);
                 } else {
@@ -310,11 +335,11 @@ impl Ring {
                 }
             };
             match seen {
-                Ok(msg) => {
+                Ok(()) => {
                     if me.waiters.load(Ordering::Acquire) > 0 {
                         futex_wake_all(&me.seq);
                     }
-                    return Ok(msg);
+                    return Ok(());
                 }
                 Err(seen) => wait(&them.seq, &them.waiters, seen, deadline)?,
             }

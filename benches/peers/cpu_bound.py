@@ -1,0 +1,35 @@
+"""Python's multiprocessing.Pool(2) (fork) on 24 equal CPU-bound tasks, beside the same
+tasks run one after another. Prints `seq_s=<s> pool_s=<s>` (medians of 3)."""
+import statistics
+import sys
+import time
+from multiprocessing import get_context
+
+
+def burn(n):
+    h = 0
+    for i in range(n):
+        h = (h * 31 + i) & 0xFFFFFFFF
+    return h
+
+
+def main():
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 2_000_000
+    tasks = [n] * 24
+    seq = []
+    for _ in range(3):
+        t = time.perf_counter()
+        [burn(x) for x in tasks]
+        seq.append(time.perf_counter() - t)
+    par = []
+    with get_context("fork").Pool(2) as pool:
+        pool.map(burn, [10] * 4)
+        for _ in range(3):
+            t = time.perf_counter()
+            pool.map(burn, tasks, chunksize=1)
+            par.append(time.perf_counter() - t)
+    print(f"seq_s={statistics.median(seq):.4f} pool_s={statistics.median(par):.4f}")
+
+
+if __name__ == "__main__":
+    main()
