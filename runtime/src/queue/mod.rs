@@ -35,6 +35,9 @@ const INLINE_MAX: usize = 256 << 10;
 /// any size; large ones travel through shared memory of their own. The queue lives in a
 /// shared-memory ring; a process killed in the middle of a `put` or `get` leaves it
 /// consistent and unlocked (see the module documentation of the ring).
+///
+/// Create queues in the parent: a worker can use any queue it is given, but a handle to
+/// a queue made in a worker cannot be sent to another process (it is an error there).
 pub struct Queue<T> {
     entry: Arc<Entry>,
     ring: Arc<Ring>,
@@ -73,8 +76,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         Queue::with_ring(UNBOUNDED_RING, 0)
     }
 
-    /// A queue of at most `n` messages: `put` waits while it is full. `0` is
-    /// [`ErrorKind::InvalidConfig`].
+    /// A queue of at most `n` messages (and at most 4 MiB of them, large messages
+    /// aside): `put` waits while it is full. `0` is [`ErrorKind::InvalidConfig`].
     pub fn bounded(n: usize) -> Result<Queue<T>> {
         if n == 0 {
             return Err(Error::new(
