@@ -1,0 +1,131 @@
+//! How `par_map` scales with the input size and with the number of workers, and what it
+//! costs in memory: ns/item for 1k → 10M tiny items on 1, 2 and 4 workers; speedup on
+//! 24 CPU-bound tasks on 1, 2 and 4 workers; peak RSS of the parent and of each worker
+//! for a 1M-item map.
+//!
+//! Run: `cargo bench --bench scaling`. On a machine with more cores, set
+//! `SCALING_WORKERS=1,2,4,8,16`.
+
+use std::time::Instant;
+
+use multiproc::prelude::*;
+
+#[parallel]
+fn t1(x: u64) -> u64 {
+    x * 10
+}
+
+fn work(n: u64) -> u64 {
+    (0..n).fold(0u64, |h, i| {
+        std::hint::black_box(h.wrapping_mul(31).wrapping_add(i))
+    })
+}
+
+#[parallel]
+fn burn(n: u64) -> u64 {
+    work(n)
+}
+
+/// Peak RSS (kB) of this worker so far.
+#[parallel]
+fn worker_peak(_x: u8) -> (u32, u64) {
+    (std::process::id(), peak_kb("self"))
+}
+
+fn peak_kb(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn main() -> multiproc::Result<()> {
+    let workers: Vec<usize> = std::env::var("SCALING_WORKERS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|w| w.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 2, 4]);
+    let sizes = [1_000usize, 10_000, 100_000, 1_000_000, 10_000_000];
+
+    println!("## par_map of tiny items (u64 -> x * 10): ns/item, median of 5");
+    print!("{:>12}", "items");
+    for w in &workers {
+        print!("{:>14}", format!("{w} worker(s)"));
+    }
+    println!();
+    let data: Vec<u64> = (0..*sizes.last().unwrap_or(&0) as u64).collect();
+    let pools: Vec<Pool> = workers
+        .iter()
+        .map(|&w| Pool::new(w))
+        .collect::<Result<_, _>>()?;
+    for &n in &sizes {
+        print!("{n:>12}");
+        for pool in &pools {
+            let items = &data[..n];
+            pool.map(t1, &items[..n.min(1000)])?;
+            let runs = (0..5)
+                .map(|_| {
+                    let t = Instant::now();
+                    let out = pool.map(t1, items).expect("map");
+                    assert_eq!(out.len(), n);
+                    t.elapsed().as_secs_f64() * 1e9 / n as f64
+                })
+                .collect();
+            print!("{:>14.1}", median(runs));
+        }
+        println!();
+    }
+
+    println!("\n## 24 equal CPU-bound tasks: speedup vs one sequential loop (median of 3)");
+    const ROUNDS: u64 = 20_000_000;
+    let tasks = vec![ROUNDS; 24];
+    let seq = median(
+        (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(tasks.iter().map(|&n| work(n)).collect::<Vec<_>>());
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    );
+    for &w in &workers {
+        let pool = Pool::builder().workers(w).chunk_size(1).build()?;
+        let t = median(
+            (0..3)
+                .map(|_| {
+                    let t = Instant::now();
+                    pool.map(burn, &tasks).expect("map");
+                    t.elapsed().as_secs_f64()
+                })
+                .collect(),
+        );
+        println!("{w:>3} worker(s): {t:.3} s, speedup {:.2}x", seq / t);
+    }
+
+    println!("\n## peak RSS during a 1M-item map on 2 workers");
+    let before = peak_kb("self");
+    let pool = Pool::new(2)?;
+    pool.map(t1, &data[..1_000_000])?;
+    let parent = peak_kb("self");
+    let mut seen = std::collections::BTreeMap::new();
+    for (pid, kb) in pool.map(worker_peak, &[0u8; 64])? {
+        seen.insert(pid, kb);
+    }
+    println!(
+        "parent: {:.1} MiB peak ({:.1} MiB before the pool, the 10M-item input included)",
+        parent as f64 / 1024.0,
+        before as f64 / 1024.0
+    );
+    for (pid, kb) in seen {
+        println!("worker {pid}: {:.1} MiB peak", kb as f64 / 1024.0);
+    }
+    Ok(())
+}
