@@ -4,9 +4,12 @@
 //!
 //! Run: `cargo bench --bench cpu_bound`.
 
-use std::process::Command;
+#[path = "common/mod.rs"]
+mod common;
+
 use std::time::Instant;
 
+use common::median;
 use multiproc::prelude::*;
 use rayon::prelude::*;
 
@@ -26,11 +29,6 @@ fn burn(n: u64) -> u64 {
 
 fn procspawn_burn(n: u64) -> u64 {
     work(n)
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 fn secs(runs: usize, mut f: impl FnMut()) -> f64 {
@@ -79,21 +77,8 @@ fn main() -> multiproc::Result<()> {
         assert_eq!(out, expect);
     });
     spawn_pool.shutdown();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/peers/cpu_bound.py");
-    let python = Command::new("python3")
-        .arg(script)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    let field = |key: &str| -> Option<f64> {
-        python
-            .as_deref()?
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(key))?
-            .parse()
-            .ok()
-    };
+    let python = common::python("cpu_bound.py", &[]).ok();
+    let field = |key: &str| common::field(python.as_deref()?, key);
     println!("## 24 equal CPU-bound tasks on 2 workers (median of 3; speedup vs sequential)");
     println!("sequential Rust loop                {:>8.3} s", seq);
     println!(

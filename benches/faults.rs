@@ -4,8 +4,12 @@
 //! Run: `cargo bench --bench faults`. (Python's `Pool` never reports a killed worker: its
 //! `map` hangs, so there is no peer figure to set beside these.)
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::median;
 use multiproc::prelude::*;
 
 #[parallel]
@@ -30,11 +34,6 @@ fn work_or_die_once(x: u64, victim: u64, dir: String) -> u64 {
         }
     }
     (0..2_000u64).fold(x, |h, i| h.wrapping_mul(31).wrapping_add(i))
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 fn main() -> multiproc::Result<()> {

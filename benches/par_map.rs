@@ -4,9 +4,12 @@
 //! Run: `cargo bench --bench par_map` (set `BENCH_ITEMS`, `BENCH_RUNS` to change the size
 //! of the run). Python's figure is skipped, with a note, if `python3` is not installed.
 
-use std::process::Command;
+#[path = "common/mod.rs"]
+mod common;
+
 use std::time::Instant;
 
+use common::median;
 use multiproc::prelude::*;
 
 #[parallel]
@@ -19,11 +22,6 @@ fn env_or(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 fn main() -> multiproc::Result<()> {
@@ -74,41 +72,22 @@ fn main() -> multiproc::Result<()> {
     );
     println!("{:<34} {:>10.2} ns/item", "multiproc par_map", ours);
 
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/peers/pool_map.py");
-    match Command::new("python3")
-        .args([
-            script,
-            &n.to_string(),
-            &runs.to_string(),
-            &workers.to_string(),
-        ])
-        .output()
-    {
-        Ok(out) if out.status.success() => {
-            let text = String::from_utf8_lossy(&out.stdout);
-            let python: Option<f64> = text
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("ns_per_item="))
-                .and_then(|v| v.parse().ok());
-            match python {
-                Some(py) => {
-                    println!(
-                        "{:<34} {:>10.2} ns/item",
-                        "python multiprocessing.Pool.map", py
-                    );
-                    println!(
-                        "ratio: multiproc is {:.1}x faster than Python's Pool.map",
-                        py / ours
-                    );
-                }
-                None => println!("python: unexpected output: {text}"),
+    let args = [n.to_string(), runs.to_string(), workers.to_string()];
+    match common::python("pool_map.py", &args) {
+        Ok(text) => match common::field(&text, "ns_per_item=") {
+            Some(py) => {
+                println!(
+                    "{:<34} {:>10.2} ns/item",
+                    "python multiprocessing.Pool.map", py
+                );
+                println!(
+                    "ratio: multiproc is {:.1}x faster than Python's Pool.map",
+                    py / ours
+                );
             }
-        }
-        Ok(out) => println!(
-            "python: skipped, the script failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) => println!("python: skipped, python3 is not available ({e})"),
+            None => println!("python: unexpected output: {text}"),
+        },
+        Err(why) => println!("python: {why}"),
     }
     Ok(())
 }

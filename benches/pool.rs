@@ -5,9 +5,12 @@
 //! Run: `cargo bench --bench pool` (`MULTIPROC_WORKERS` changes the worker count).
 //! Python's figures are skipped, with a note, if `python3` is not installed.
 
-use std::process::Command;
+#[path = "common/mod.rs"]
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::median;
 use multiproc::prelude::*;
 
 #[parallel]
@@ -17,11 +20,6 @@ fn t1(x: u64) -> u64 {
 
 fn procspawn_t1(x: u64) -> u64 {
     x * 10
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 fn secs(d: Duration) -> f64 {
@@ -131,23 +129,9 @@ fn procspawn_figures(workers: usize) -> Result<Figures, String> {
 }
 
 fn python_figures(workers: usize) -> Result<Figures, String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/peers/pool_ops.py");
-    let out = Command::new("python3")
-        .args([script, &workers.to_string()])
-        .output()
-        .map_err(|e| format!("skipped, python3 is not available ({e})"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "skipped, the script failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = common::python("pool_ops.py", &[workers.to_string()])?;
     let get = |key: &str| -> Result<f64, String> {
-        text.split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("unexpected output: {text}"))
+        common::field(&text, key).ok_or_else(|| format!("unexpected output: {text}"))
     };
     Ok(Figures {
         start_ms: get("start_ms=")?,

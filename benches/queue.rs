@@ -4,9 +4,12 @@
 //!
 //! Run: `cargo bench --bench queue`.
 
-use std::process::Command;
+#[path = "common/mod.rs"]
+mod common;
+
 use std::time::Instant;
 
+use common::median;
 use multiproc::pipeline;
 use multiproc::prelude::*;
 
@@ -33,11 +36,6 @@ fn stage_b(x: u64) -> u64 {
     (0..200u64).fold(x, |h, i| h.rotate_left(7) ^ i)
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
-
 fn main() -> multiproc::Result<()> {
     const N: u64 = 1_000_000;
     let pool = Pool::new(2)?;
@@ -60,21 +58,8 @@ fn main() -> multiproc::Result<()> {
         rates.push(2.0 * N as f64 / elapsed);
     }
     let ours = median(rates);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/peers/queue_ops.py");
-    let python = Command::new("python3")
-        .arg(script)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    let field = |key: &str| -> Option<f64> {
-        python
-            .as_deref()?
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(key))?
-            .parse()
-            .ok()
-    };
+    let python = common::python("queue_ops.py", &[]).ok();
+    let field = |key: &str| common::field(python.as_deref()?, key);
     println!("## two producer workers -> parent, u64 messages (msgs/s, median of 3)");
     println!("multiproc Queue                  {:>14.0}", ours);
     match (field("mp_queue="), field("manager_queue=")) {

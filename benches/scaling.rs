@@ -6,8 +6,12 @@
 //! Run: `cargo bench --bench scaling`. On a machine with more cores, set
 //! `SCALING_WORKERS=1,2,4,8,16`.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::time::Instant;
 
+use common::median;
 use multiproc::prelude::*;
 
 #[parallel]
@@ -41,11 +45,6 @@ fn peak_kb(pid: &str) -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 fn main() -> multiproc::Result<()> {

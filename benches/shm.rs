@@ -5,9 +5,12 @@
 //!
 //! Run: `cargo bench --bench shm`.
 
-use std::process::Command;
+#[path = "common/mod.rs"]
+mod common;
+
 use std::time::Instant;
 
+use common::median;
 use multiproc::prelude::*;
 use rayon::prelude::*;
 use serde_bytes::ByteBuf;
@@ -41,11 +44,6 @@ fn pss_kb(pid: &str) -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 fn time_ms(runs: usize, mut f: impl FnMut()) -> f64 {
@@ -104,18 +102,9 @@ fn big_argument() -> multiproc::Result<()> {
     let make_shared = time_ms(5, || {
         drop(SharedSlice::from_slice(&data).expect("segment"));
     });
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/peers/pool_big.py");
-    let python = Command::new("python3")
-        .args([script, &MB.to_string()])
-        .output()
+    let python = common::python("pool_big.py", &[MB.to_string()])
         .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("big_ms="))
-                .and_then(|v| v.parse::<f64>().ok())
-        });
+        .and_then(|out| common::field(&out, "big_ms="));
     println!("\n## a {MB} MB argument to each of 2 workers (ms, median of 5)");
     let py = python.unwrap_or(f64::NAN);
     println!("python Pool.map(len, [data, data])          {py:>9.1}");
