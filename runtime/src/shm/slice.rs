@@ -69,18 +69,11 @@ impl<T: Pod> SharedSlice<T> {
     /// serializes to a few bytes and shares this slice's memory. `n == 0` is
     /// [`ErrorKind::InvalidConfig`].
     pub fn chunks(&self, n: usize) -> Result<Vec<SharedSlice<T>>> {
-        if n == 0 {
-            return Err(Error::new(
-                ErrorKind::InvalidConfig,
-                "SharedSlice::chunks(0): a chunk needs at least one element",
-            ));
-        }
-        Ok((0..self.len)
-            .step_by(n)
-            .map(|start| SharedSlice {
+        Ok(chunk_ranges(self.len, n, "SharedSlice::chunks")?
+            .map(|(start, len)| SharedSlice {
                 entry: Arc::clone(&self.entry),
                 offset: self.offset + start,
-                len: n.min(self.len - start),
+                len,
                 _t: PhantomData,
             })
             .collect())
@@ -113,6 +106,20 @@ impl<T: Pod + std::fmt::Debug> std::fmt::Debug for SharedSlice<T> {
             .field("len", &self.len)
             .finish()
     }
+}
+
+/// `(start, len)` of consecutive ranges of at most `n` of `len` elements; `n == 0` is
+/// [`ErrorKind::InvalidConfig`], named after the calling method `what`.
+fn chunk_ranges(len: usize, n: usize, what: &str) -> Result<impl Iterator<Item = (usize, usize)>> {
+    if n == 0 {
+        return Err(Error::new(
+            ErrorKind::InvalidConfig,
+            format!("{what}(0): a chunk needs at least one element"),
+        ));
+    }
+    Ok((0..len)
+        .step_by(n)
+        .map(move |start| (start, n.min(len - start))))
 }
 
 /// What a slice handle is on the wire.
@@ -237,24 +244,18 @@ impl<T: Pod> SharedSliceMut<T> {
     /// Disjoint ranges of at most `n` elements covering the slice, to hand to tasks.
     /// While any of them exists, [`as_slice`](Self::as_slice) is an error.
     pub fn chunks_mut(&mut self, n: usize) -> Result<Vec<SharedChunkMut<T>>> {
-        if n == 0 {
-            return Err(Error::new(
-                ErrorKind::InvalidConfig,
-                "SharedSliceMut::chunks_mut(0): a chunk needs at least one element",
-            ));
-        }
+        let ranges = chunk_ranges(self.len, n, "SharedSliceMut::chunks_mut")?;
         if Arc::strong_count(&self.lease) > 1 {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
                 "SharedSliceMut::chunks_mut: ranges from an earlier call still exist",
             ));
         }
-        Ok((0..self.len)
-            .step_by(n)
-            .map(|start| SharedChunkMut {
+        Ok(ranges
+            .map(|(start, len)| SharedChunkMut {
                 entry: Arc::clone(&self.entry),
                 offset: start,
-                len: n.min(self.len - start),
+                len,
                 _lease: Some(Arc::clone(&self.lease)),
                 claimed: false,
                 _t: PhantomData,
