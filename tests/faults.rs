@@ -465,3 +465,72 @@ fn a_program_that_is_not_a_worker_is_a_spawn_error() {
     assert_eq!(err.kind(), ErrorKind::Spawn, "{err}");
     assert!(err.to_string().contains("No such file"), "{err}");
 }
+
+/// A result whose destructor panics in a worker (after the value was encoded and sent).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct DropBomb(u64);
+
+impl Drop for DropBomb {
+    fn drop(&mut self) {
+        if self.0 == 5 && std::env::var_os("MULTIPROC_WORKER").is_some() {
+            panic!("the destructor of 5 panics");
+        }
+    }
+}
+
+#[parallel]
+fn bomb_or_panic(x: u64) -> DropBomb {
+    assert!(x % 3 != 1, "item {x} panics");
+    DropBomb(x)
+}
+
+/// An argument whose decoding panics in the worker when it holds 3.
+#[derive(Debug, serde::Serialize)]
+struct PanicsOnDecode(u64);
+
+impl<'de> serde::Deserialize<'de> for PanicsOnDecode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let x = <u64 as serde::Deserialize>::deserialize(d)?;
+        assert!(x != 3, "decoding 3 panics");
+        Ok(PanicsOnDecode(x))
+    }
+}
+
+#[parallel]
+fn decoded(x: PanicsOnDecode) -> u64 {
+    x.0
+}
+
+#[test]
+fn panics_inside_one_chunk_fail_only_their_items() {
+    // One worker and one chunk of 10, so every case below happens inside the same chunk.
+    let pool = Pool::builder().workers(1).chunk_size(10).build().unwrap();
+    let out: Vec<_> = pool.imap(bomb_or_panic, 0..10u64).collect();
+    for (x, r) in (0..10u64).zip(out) {
+        match r {
+            // 5's destructor panicked in the worker after it was sent: not a failure.
+            Ok(v) => assert!(x % 3 != 1 && v.0 == x, "{x}: {v:?}"),
+            Err(e) => {
+                assert!(x % 3 == 1, "{x}: {e}");
+                assert_eq!(e.kind(), ErrorKind::Panicked, "{e}");
+                assert_eq!(e.task_index(), Some(x as usize), "{e}");
+                assert!(e.to_string().contains(&format!("item {x} panics")), "{e}");
+            }
+        }
+    }
+
+    // A panic while decoding an argument ends the chunk: the items after it cannot be
+    // located, so they fail with the same error; the ones before it succeed.
+    let out: Vec<_> = pool.imap(decoded, (0..6).map(PanicsOnDecode)).collect();
+    for (x, r) in out.into_iter().enumerate() {
+        if x < 3 {
+            assert_eq!(r.unwrap(), x as u64);
+        } else {
+            let e = r.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Panicked, "{e}");
+            assert_eq!(e.task_index(), Some(3), "{e}");
+            assert!(e.to_string().contains("decoding 3 panics"), "{e}");
+        }
+    }
+    assert_eq!(pool.apply(identity, 7).unwrap(), 7);
+}

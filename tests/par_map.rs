@@ -5,8 +5,8 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use multiproc::ErrorKind;
 use multiproc::prelude::*;
+use multiproc::{ErrorKind, Pool, Process};
 use serde::{Deserialize, Serialize};
 
 #[parallel]
@@ -296,4 +296,93 @@ fn workers_are_gone_after_the_program_exits() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// Plain numbers travel as raw bytes; a type alias of one travels as postcard. Both
+/// layouts must give the same answers, down to the bits of a float.
+type Meters = f64;
+
+#[parallel]
+fn halve(x: f64) -> f64 {
+    x / 2.0
+}
+
+#[parallel]
+fn halve_alias(x: Meters) -> Meters {
+    x / 2.0
+}
+
+mod qualified {
+    // The qualified spelling of a primitive is what this test is about.
+    #![allow(unused_qualifications)]
+    use multiproc::prelude::*;
+
+    #[parallel]
+    pub fn negate_wide(x: core::primitive::i128) -> ::std::primitive::i128 {
+        x.wrapping_neg()
+    }
+}
+use qualified::negate_wide;
+
+#[parallel]
+fn rotate(x: [u16; 3]) -> [u16; 3] {
+    [x[1], x[2], x[0]]
+}
+
+#[parallel]
+fn byte_sum(x: [u8; 5]) -> u8 {
+    x.iter().fold(0u8, |a, b| a.wrapping_add(*b))
+}
+
+#[test]
+fn plain_numbers_and_arrays_round_trip_exactly() {
+    let floats = [
+        0.0,
+        -0.0,
+        1.5,
+        f64::MAX,
+        f64::MIN_POSITIVE,
+        f64::INFINITY,
+        3e-310,
+    ];
+    let raw = floats.par_map(halve).unwrap();
+    let alias = floats.par_map(halve_alias).unwrap();
+    for ((x, a), b) in floats.iter().zip(&raw).zip(&alias) {
+        assert_eq!((x / 2.0).to_bits(), a.to_bits());
+        assert_eq!(a.to_bits(), b.to_bits());
+    }
+    assert!([f64::NAN].par_map(halve).unwrap()[0].is_nan());
+
+    let wide = [0, 1, -1, i128::MAX, i128::MIN];
+    let expected: Vec<i128> = wide.iter().map(|x: &i128| x.wrapping_neg()).collect();
+    assert_eq!(wide.par_map(negate_wide).unwrap(), expected);
+
+    let arrays: Vec<[u16; 3]> = (0..10_000).map(|i| [i, i + 1, u16::MAX - i]).collect();
+    let out = arrays.par_map(rotate).unwrap();
+    assert!(
+        arrays
+            .iter()
+            .zip(&out)
+            .all(|(a, b)| *b == [a[1], a[2], a[0]])
+    );
+
+    // Odd sizes and alignment: 5-byte arguments, 1-byte results, through every entry point.
+    let bytes: Vec<[u8; 5]> = (0..1000u32)
+        .map(|i| [i as u8, 1, 2, 3, (i >> 8) as u8])
+        .collect();
+    let sums: Vec<u8> = bytes.iter().map(|b| byte_sum(*b)).collect();
+    assert_eq!(bytes.par_map(byte_sum).unwrap(), sums);
+    let pool = Pool::new(2).unwrap();
+    let streamed: Vec<u8> = pool
+        .imap(byte_sum, bytes.clone())
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(streamed, sums);
+    assert_eq!(pool.apply(byte_sum, bytes[7]).unwrap(), sums[7]);
+    assert_eq!(
+        pool.apply_async(negate_wide, i128::MIN + 1).get().unwrap(),
+        i128::MAX
+    );
+    let child = Process::spawn(rotate, [1, 2, 3]).unwrap();
+    assert_eq!(child.join().unwrap(), [2, 3, 1]);
 }

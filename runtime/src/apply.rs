@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::chunk;
+use crate::codec::Codec;
 use crate::engine::{Job, PoolCore, Reply, ReplyTo, lock};
 use crate::error::{Error, ErrorKind, Result};
 use crate::task::Task;
@@ -176,14 +177,25 @@ impl<R> std::fmt::Debug for AsyncResult<R> {
 }
 
 /// Encodes one argument as a one-item chunk.
-fn one_item<A: Serialize>(task: &'static str, arg: &A) -> Result<chunk::Encoded> {
+fn one_item<A: Serialize>(task: &'static str, codec: Codec<A>, arg: &A) -> Result<chunk::Encoded> {
     let mut bytes_per_item = 16;
-    chunk::encode_chunk(task, &mut std::iter::once(arg), 1, 0, &mut bytes_per_item)?
-        .ok_or_else(|| Error::new(ErrorKind::Protocol, "an empty chunk").with_task(task))
+    chunk::encode_chunk(
+        task,
+        codec,
+        &mut std::iter::once(arg),
+        1,
+        0,
+        &mut bytes_per_item,
+    )?
+    .ok_or_else(|| Error::new(ErrorKind::Protocol, "an empty chunk").with_task(task))
 }
 
-fn single_result<R: DeserializeOwned>(task: &'static str, reply: Reply) -> Result<R> {
-    let (_, mut items) = chunk::reply_items::<R>(task, reply);
+fn single_result<R: DeserializeOwned>(
+    task: &'static str,
+    codec: Codec<R>,
+    reply: Reply,
+) -> Result<R> {
+    let (_, mut items) = chunk::reply_items::<R>(task, codec, reply);
     items.pop().unwrap_or_else(|| {
         Err(Error::new(ErrorKind::Protocol, "the worker returned no result").with_task(task))
     })
@@ -195,14 +207,14 @@ where
     R: DeserializeOwned,
 {
     let name = task.name();
-    let enc = one_item(name, arg)?;
+    let enc = one_item(name, task.arg_codec(), arg)?;
     let (tx, rx) = mpsc::channel();
     let job = Job::new(enc, name, 0, None, ReplyTo::Channel(tx));
     pool.submit(job).map_err(|e| e.with_task(name))?;
     let reply = rx
         .recv()
         .map_err(|_| Error::new(ErrorKind::Closed, "the pool went away").with_task(name))?;
-    single_result(name, reply)
+    single_result(name, task.ret_codec(), reply)
 }
 
 pub(crate) fn apply_async<A, R, F>(pool: &PoolCore, task: &Task<A, R, F>, arg: &A) -> AsyncResult<R>
@@ -211,7 +223,7 @@ where
     R: DeserializeOwned + Send + 'static,
 {
     let name = task.name();
-    let enc = match one_item(name, arg) {
+    let enc = match one_item(name, task.arg_codec(), arg) {
         Ok(enc) => enc,
         Err(e) => return AsyncResult::failed(e),
     };
@@ -221,9 +233,10 @@ where
     };
     let slot = Slot::new();
     let target = Arc::clone(&slot);
+    let codec = task.ret_codec();
     let reply = ReplyTo::Handler {
         completions,
-        on_reply: Box::new(move |reply| target.complete(single_result(name, reply))),
+        on_reply: Box::new(move |reply| target.complete(single_result(name, codec, reply))),
     };
     let job = Job::new(enc, name, 0, None, reply);
     // On a closed pool the job is dropped, which completes the slot with `Closed`.

@@ -4,8 +4,12 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::borrow::Borrow;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use crate::codec::{Codec, Reader};
 
 use crate::engine::Reply;
 use crate::error::{Error, ErrorKind, Result};
@@ -30,7 +34,8 @@ pub(crate) struct Encoded {
 /// `bytes_per_item` is a running estimate used to size the buffer, updated here.
 pub(crate) fn encode_chunk<T: Serialize>(
     task: &'static str,
-    items: &mut impl Iterator<Item = T>,
+    codec: Codec<T>,
+    items: &mut impl Iterator<Item = impl Borrow<T>>,
     max: usize,
     first_index: usize,
     bytes_per_item: &mut usize,
@@ -44,7 +49,7 @@ pub(crate) fn encode_chunk<T: Serialize>(
     let mut count = 0usize;
     let (encoded, attachments) = crate::shm::collect(|| {
         for item in items.take(max) {
-            protocol::encode_into(&mut frame, &item).map_err(|e| {
+            codec.put(item.borrow(), &mut frame).map_err(|e| {
                 Error::new(
                     ErrorKind::Serialization,
                     format!("the argument could not be serialized: {e}"),
@@ -71,6 +76,46 @@ pub(crate) fn encode_chunk<T: Serialize>(
     }))
 }
 
+/// Like [`encode_chunk`] over the front of a slice; a raw layout copies the items' bytes
+/// into the frame at once instead of encoding them one by one.
+pub(crate) fn encode_slice<T: Serialize>(
+    task: &'static str,
+    codec: Codec<T>,
+    items: &[T],
+    max: usize,
+    first_index: usize,
+    bytes_per_item: &mut usize,
+) -> Result<Option<Encoded>> {
+    let items = &items[..max.clamp(1, u32::MAX as usize).min(items.len())];
+    let Some(bytes) = codec.slice_bytes(items) else {
+        let mut iter = items.iter();
+        return encode_chunk(task, codec, &mut iter, max, first_index, bytes_per_item);
+    };
+    if items.is_empty() {
+        return Ok(None);
+    }
+    let chunk = NEXT_CHUNK.fetch_add(1, Ordering::Relaxed);
+    let mut frame = Vec::with_capacity(64 + bytes.len());
+    protocol::begin_run(&mut frame, chunk, items.len() as u32, task);
+    let body_at = frame.len();
+    frame.extend_from_slice(bytes);
+    Ok(Some(Encoded {
+        chunk,
+        frame,
+        body_at,
+        count: items.len() as u32,
+        attachments: Vec::new(),
+    }))
+}
+
+/// The most items of `bytes_per_item` bytes that keep a chunk's body well under the
+/// default shared-memory threshold. A bigger body would travel through a fresh segment,
+/// whose page faults cost more than the socket's two copies at these sizes; more,
+/// smaller chunks cost nothing while every worker's window is full.
+pub(crate) fn max_items_inline(bytes_per_item: usize) -> usize {
+    (crate::transport::DEFAULT_SHM_THRESHOLD / 2 / bytes_per_item.max(1)).max(1)
+}
+
 /// Where a chunk's results came from, for error messages.
 pub(crate) struct ChunkOrigin {
     pub task: &'static str,
@@ -89,16 +134,31 @@ impl ChunkOrigin {
     /// Appends the chunk's `count` values to `out` (a chunk without failures).
     pub(crate) fn decode_values<R: DeserializeOwned>(
         &self,
+        codec: Codec<R>,
         bytes: &[u8],
         count: u32,
         out: &mut Vec<R>,
     ) -> Result<()> {
-        let mut de = postcard::Deserializer::from_bytes(bytes);
+        match codec.extend_raw(bytes, count, out) {
+            Some(true) => return Ok(()),
+            Some(false) => {
+                return Err(self.error(
+                    ErrorKind::Protocol,
+                    0,
+                    format!(
+                        "the worker sent {} result bytes for {count} results",
+                        bytes.len()
+                    ),
+                ));
+            }
+            None => {}
+        }
+        let mut reader = Reader::new(bytes);
         for k in 0..count as usize {
-            let value = R::deserialize(&mut de).map_err(|e| self.result_error(k, &e))?;
+            let value = reader.take(&codec).map_err(|e| self.result_error(k, &e))?;
             out.push(value);
         }
-        self.check_end(de)
+        self.check_end(&reader)
     }
 
     fn result_error(&self, k: usize, e: &postcard::Error) -> Error {
@@ -109,13 +169,10 @@ impl ChunkOrigin {
         )
     }
 
-    fn check_end<'de>(
-        &self,
-        de: postcard::Deserializer<'de, postcard::de_flavors::Slice<'de>>,
-    ) -> Result<()> {
-        match de.finalize() {
-            Ok([]) => Ok(()),
-            _ => Err(self.error(
+    fn check_end(&self, reader: &Reader<'_>) -> Result<()> {
+        match reader.is_empty() {
+            true => Ok(()),
+            false => Err(self.error(
                 ErrorKind::Protocol,
                 0,
                 "the worker sent more result bytes than results".to_owned(),
@@ -155,6 +212,7 @@ impl ChunkOrigin {
     /// Items the worker never reached get the error of the item that stopped it.
     pub(crate) fn decode_items<R: DeserializeOwned>(
         &self,
+        codec: Codec<R>,
         values: &[u8],
         failures: &[u8],
         count: u32,
@@ -169,7 +227,7 @@ impl ChunkOrigin {
             }
         };
         let mut failures = failures.into_iter().peekable();
-        let mut de = postcard::Deserializer::from_bytes(values);
+        let mut reader = Reader::new(values);
         let mut last_error = None;
         for k in 0..count {
             if failures.peek().is_some_and(|f| f.index == k) {
@@ -180,7 +238,7 @@ impl ChunkOrigin {
                 }
                 continue;
             }
-            match R::deserialize(&mut de) {
+            match reader.take(&codec) {
                 Ok(v) => out.push(Ok(v)),
                 Err(e) => {
                     // The values after a bad one cannot be located: fail the rest.
@@ -203,6 +261,7 @@ fn fill_with<R>(out: &mut Vec<Result<R>>, e: &Error, n: usize) {
 /// Splits a reply into one `Result` per item.
 pub(crate) fn reply_items<R: DeserializeOwned>(
     task: &'static str,
+    codec: Codec<R>,
     reply: Reply,
 ) -> (usize, Vec<Result<R>>) {
     match reply {
@@ -222,7 +281,7 @@ pub(crate) fn reply_items<R: DeserializeOwned>(
             };
             let mut out = Vec::with_capacity(expected as usize);
             let (values, failures) = body.bytes().split_at(values_len);
-            origin.decode_items(values, failures, count, expected, &mut out);
+            origin.decode_items(codec, values, failures, count, expected, &mut out);
             (first_index, out)
         }
         Reply::Failed {
@@ -354,7 +413,7 @@ mod tests {
         };
         protocol::encode_into(&mut failures, &f).unwrap();
         let mut out: Vec<Result<u32>> = Vec::new();
-        origin.decode_items(&values, &failures, 3, 3, &mut out);
+        origin.decode_items(Codec::POSTCARD, &values, &failures, 3, 3, &mut out);
         assert_eq!(out.len(), 3);
         assert_eq!(*out[0].as_ref().unwrap(), 1);
         let e = out[1].as_ref().unwrap_err();

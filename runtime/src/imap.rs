@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::chunk::{self, ChunkSizer};
+use crate::codec::Codec;
 use crate::engine::{Job, PoolCore, Reply, ReplyTo};
 use crate::error::{Error, ErrorKind, Result};
 use crate::map::{CancelOnDrop, MapSettings};
@@ -27,6 +28,8 @@ use crate::progress::Progress;
 pub struct IMap<I: Iterator, R> {
     pool: Arc<PoolCore>,
     task: &'static str,
+    arg: Codec<I::Item>,
+    ret: Codec<R>,
     input: Fuse<I>,
     ordered: bool,
     sizer: ChunkSizer,
@@ -58,6 +61,7 @@ where
     pub(crate) fn new(
         pool: Arc<PoolCore>,
         task: &'static str,
+        (arg, ret): (Codec<I::Item>, Codec<R>),
         input: I,
         ordered: bool,
         settings: &MapSettings,
@@ -73,6 +77,8 @@ where
             window: pool.workers() * 2 + 1,
             pool,
             task,
+            arg,
+            ret,
             input: input.fuse(),
             ordered,
             inflight: 0,
@@ -97,6 +103,7 @@ where
             let first = self.next_index;
             let encoded = chunk::encode_chunk(
                 self.task,
+                self.arg,
                 &mut self.input,
                 size,
                 first,
@@ -127,7 +134,7 @@ where
         if let Reply::Done { nanos, count, .. } = &reply {
             self.sizer.observe(*nanos, *count);
         }
-        let (first, items) = chunk::reply_items::<R>(self.task, reply);
+        let (first, items) = chunk::reply_items::<R>(self.task, self.ret, reply);
         if !self.ordered {
             self.ready.extend(items);
             return;

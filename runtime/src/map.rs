@@ -83,8 +83,11 @@ where
         .iter()
         .enumerate()
         .map(|(index, item)| {
-            let arg = postcard::to_stdvec(item)
-                .and_then(|bytes| postcard::from_bytes::<A>(&bytes))
+            let codec = task.arg_codec();
+            let mut bytes = Vec::new();
+            let arg = codec
+                .put(item, &mut bytes)
+                .and_then(|()| crate::codec::Reader::new(&bytes).take(&codec))
                 .map_err(|e| {
                     Error::new(
                         ErrorKind::Serialization,
@@ -158,14 +161,19 @@ where
     let (tx, rx) = mpsc::channel();
     let mut out: Vec<R> = Vec::with_capacity(len);
     let mut pending: BTreeMap<usize, Vec<R>> = BTreeMap::new();
-    let mut input = items.iter();
+    let arg_codec = task.arg_codec();
+    let ret_codec = task.ret_codec();
     let mut next = 0;
     let mut inflight = 0;
     let mut bytes_per_item = 8;
     loop {
         while inflight < window && next < len {
-            let size = sizer.next_size();
-            let Some(enc) = chunk::encode_chunk(name, &mut input, size, next, &mut bytes_per_item)?
+            let size = sizer
+                .next_size()
+                .min(chunk::max_items_inline(bytes_per_item));
+            let rest = &items[next..];
+            let Some(enc) =
+                chunk::encode_slice(name, arg_codec, rest, size, next, &mut bytes_per_item)?
             else {
                 break;
             };
@@ -207,13 +215,13 @@ where
                 }
                 progress.inc(count as usize);
                 if first_index == out.len() {
-                    origin.decode_values(values, count, &mut out)?;
+                    origin.decode_values(ret_codec, values, count, &mut out)?;
                     while let Some(values) = pending.remove(&out.len()) {
                         out.extend(values);
                     }
                 } else {
                     let mut decoded = Vec::with_capacity(count as usize);
-                    origin.decode_values(values, count, &mut decoded)?;
+                    origin.decode_values(ret_codec, values, count, &mut decoded)?;
                     pending.insert(first_index, decoded);
                 }
             }

@@ -207,6 +207,7 @@ impl Pool {
         IMap::new(
             Arc::clone(&self.core),
             task.name(),
+            (task.arg_codec(), task.ret_codec()),
             items.into_iter(),
             true,
             &self.settings,
@@ -223,6 +224,7 @@ impl Pool {
         IMap::new(
             Arc::clone(&self.core),
             task.name(),
+            (task.arg_codec(), task.ret_codec()),
             items.into_iter(),
             false,
             &self.settings,

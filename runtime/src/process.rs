@@ -1,7 +1,6 @@
 //! [`Process`]: one task in its own worker process, like Python's
 //! `multiprocessing.Process`.
 
-use std::marker::PhantomData;
 use std::sync::{Arc, Condvar, Mutex, Once, mpsc};
 use std::time::Duration;
 
@@ -9,6 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::chunk;
+use crate::codec::Codec;
 use crate::engine::{Body, Reply, lock};
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::{self, Frame};
@@ -30,7 +30,7 @@ use crate::transport::{self, ShmConfig};
 /// outlives a parent that was killed.
 pub struct Process<R> {
     shared: Arc<Shared>,
-    _result: PhantomData<fn() -> R>,
+    codec: Codec<R>,
 }
 
 /// Builds a [`Process`]: `Process::builder().daemon(true).spawn(t1, 5)?`.
@@ -105,8 +105,15 @@ impl ProcessBuilder {
     {
         let name = task.name();
         let mut bytes_per_item = 16;
-        let enc = chunk::encode_chunk(name, &mut std::iter::once(&arg), 1, 0, &mut bytes_per_item)?
-            .ok_or_else(|| Error::new(ErrorKind::Protocol, "an empty chunk").with_task(name))?;
+        let enc = chunk::encode_chunk(
+            name,
+            task.arg_codec(),
+            &mut std::iter::once(&arg),
+            1,
+            0,
+            &mut bytes_per_item,
+        )?
+        .ok_or_else(|| Error::new(ErrorKind::Protocol, "an empty chunk").with_task(name))?;
         let daemon = self.daemon;
         let (started_tx, started_rx) = mpsc::channel::<Result<Arc<Shared>>>();
         // The keeper thread spawns the child, so the child's parent-death signal is tied
@@ -125,7 +132,7 @@ impl ProcessBuilder {
         drop(children);
         Ok(Process {
             shared,
-            _result: PhantomData,
+            codec: task.ret_codec(),
         })
     }
 }
@@ -290,7 +297,7 @@ impl<R: DeserializeOwned> Process<R> {
     /// Waits for the child to finish and returns the task's result.
     pub fn join(self) -> Result<R> {
         let reply = self.shared.wait_take();
-        let (_, mut items) = chunk::reply_items::<R>(self.shared.task, reply);
+        let (_, mut items) = chunk::reply_items::<R>(self.shared.task, self.codec, reply);
         items.pop().unwrap_or_else(|| {
             Err(Error::new(ErrorKind::Protocol, "no result").with_task(self.shared.task))
         })

@@ -1,15 +1,16 @@
 //! Task values, the link-time task registry and the code a worker runs for one chunk.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::ops::Deref;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
 
+pub use crate::protocol::Failure;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use crate::protocol::Failure;
-use crate::protocol::{FailureKind, encode_into};
+use crate::codec::{Codec, Layout, Reader};
+use crate::protocol::FailureKind;
 
 /// A `#[parallel]` function, as a value.
 ///
@@ -22,6 +23,8 @@ pub struct Task<A, R, F = fn(A) -> R> {
     name: &'static str,
     func: F,
     invoke: fn(A) -> R,
+    arg: Codec<A>,
+    ret: Codec<R>,
 }
 
 impl<A, R, F: Copy> Clone for Task<A, R, F> {
@@ -35,8 +38,30 @@ impl<A, R, F: Copy> Copy for Task<A, R, F> {}
 impl<A, R, F> Task<A, R, F> {
     /// Used by `#[parallel]`; not part of the public API.
     #[doc(hidden)]
-    pub const fn __new(name: &'static str, func: F, invoke: fn(A) -> R) -> Self {
-        Task { name, func, invoke }
+    pub const fn __new(
+        name: &'static str,
+        func: F,
+        invoke: fn(A) -> R,
+        arg: Codec<A>,
+        ret: Codec<R>,
+    ) -> Self {
+        Task {
+            name,
+            func,
+            invoke,
+            arg,
+            ret,
+        }
+    }
+
+    /// How the argument travels.
+    pub(crate) fn arg_codec(&self) -> Codec<A> {
+        self.arg
+    }
+
+    /// How the result travels.
+    pub(crate) fn ret_codec(&self) -> Codec<R> {
+        self.ret
     }
 
     /// The task's registered name: `module::path::function`.
@@ -138,38 +163,50 @@ impl Fnv {
     }
 }
 
-/// The body of every generated chunk runner: decode, call under `catch_unwind`, encode.
+/// The body of every generated chunk runner: decode, call, encode, with panics caught.
 ///
 /// The values of the items that succeed are appended to `out`, back to back; an item that
 /// panics, or whose result does not encode, becomes a [`Failure`] and the next item runs.
-/// An argument that does not decode ends the chunk (the items after it cannot be located).
-/// Returns the number of items that ran.
+/// An argument that does not decode (or whose decoding panics) ends the chunk: the items
+/// after it cannot be located. Returns the number of items that ran.
+///
+/// Items run in stretches under one `catch_unwind` each, not one per item: a stretch ends
+/// only at a panic, so a chunk without panics pays for one.
 #[doc(hidden)]
-pub fn run_chunk<A: DeserializeOwned, R: Serialize>(
+pub fn run_chunk<A: DeserializeOwned, R: Serialize, LA: Layout<A>, LR: Layout<R>>(
     invoke: fn(A) -> R,
     input: &[u8],
     count: u32,
     out: &mut Vec<u8>,
     failures: &mut Vec<Failure>,
 ) -> u32 {
-    let mut de = postcard::Deserializer::from_bytes(input);
-    for index in 0..count {
-        crate::worker::note_progress(index);
-        let arg = match A::deserialize(&mut de) {
-            Ok(arg) => arg,
-            Err(e) => {
-                failures.push(Failure {
-                    index,
-                    kind: FailureKind::Serialization,
-                    message: format!("the argument could not be deserialized in the worker: {e}"),
-                });
-                return index + 1;
-            }
-        };
-        match crate::worker::guarded(|| invoke(arg)) {
-            Ok(result) => {
-                let mark = out.len();
-                if let Err(e) = encode_into(out, &result) {
+    /// Where the current item was when a panic ended a stretch.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Step {
+        Decoding,
+        Running,
+        /// Its value is in `out`; only its destructor was left.
+        Encoded,
+    }
+    let progress = crate::worker::ProgressNote::current();
+    let mut reader = Reader::new(input);
+    let mut index = 0;
+    while index < count {
+        // A `Cell`: the last step written before a panic is read after it.
+        let step = Cell::new(Step::Decoding);
+        let mut mark = out.len();
+        let stretch = crate::worker::guarded(|| {
+            while index < count {
+                progress.note(index);
+                step.set(Step::Decoding);
+                mark = out.len();
+                let value = match LA::take(&mut reader) {
+                    Ok(value) => value,
+                    Err(e) => return Err(e),
+                };
+                step.set(Step::Running);
+                let result = invoke(value);
+                if let Err(e) = LR::put(&result, out) {
                     out.truncate(mark);
                     failures.push(Failure {
                         index,
@@ -177,14 +214,36 @@ pub fn run_chunk<A: DeserializeOwned, R: Serialize>(
                         message: format!("the result could not be serialized in the worker: {e}"),
                     });
                 }
-                // A destructor that panics must not take the worker down with it.
-                let _ = catch_unwind(AssertUnwindSafe(move || drop(result)));
+                step.set(Step::Encoded);
+                drop(result);
+                index += 1;
             }
-            Err(message) => failures.push(Failure {
-                index,
-                kind: FailureKind::Panicked,
-                message,
-            }),
+            Ok(())
+        });
+        match stretch {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failures.push(Failure {
+                    index,
+                    kind: FailureKind::Serialization,
+                    message: format!("the argument could not be deserialized in the worker: {e}"),
+                });
+                return index + 1;
+            }
+            // A destructor that panics after its value was sent does not fail the item.
+            Err(_) if step.get() == Step::Encoded => index += 1,
+            Err(message) => {
+                out.truncate(mark);
+                failures.push(Failure {
+                    index,
+                    kind: FailureKind::Panicked,
+                    message,
+                });
+                index += 1;
+                if step.get() == Step::Decoding {
+                    return index;
+                }
+            }
         }
     }
     count

@@ -216,15 +216,31 @@ fn install_progress(mut fds: Vec<std::os::fd::OwnedFd>) -> Result<(), String> {
 /// The size of the progress page.
 pub(crate) const PROGRESS_BYTES: usize = 4096;
 
-/// Records that item `index` of the current chunk starts: the low 32 bits of the chunk
-/// id, then the index. One relaxed store; read by the parent only after a death.
-pub(crate) fn note_progress(index: u32) {
-    let p = PROGRESS.load(Ordering::Relaxed);
-    if !p.is_null() {
+/// Where a worker records which item of its chunk is running: read once per chunk, so
+/// that recording an item is one relaxed store.
+pub(crate) struct ProgressNote {
+    slot: Option<&'static AtomicU64>,
+    chunk: u64,
+}
+
+impl ProgressNote {
+    /// The progress page of this worker (none outside a worker) and the current chunk.
+    pub(crate) fn current() -> Self {
+        let p = PROGRESS.load(Ordering::Acquire);
+        // SAFETY: a non-null `p` points at the start of a live, page-aligned shared mapping
+        // that is never unmapped, so it is a valid, aligned `AtomicU64` for 'static.
+        let slot = unsafe { p.as_ref() };
         let chunk = CURRENT_CHUNK.load(Ordering::Relaxed) & 0xffff_ffff;
-        // SAFETY: `p` points at the start of a live, page-aligned shared mapping (never
-        // unmapped), so it is a valid, aligned `AtomicU64`.
-        unsafe { (*p).store(chunk << 32 | u64::from(index), Ordering::Relaxed) };
+        ProgressNote { slot, chunk }
+    }
+
+    /// Records that item `index` of the chunk starts: the low 32 bits of the chunk id,
+    /// then the index. Read by the parent only after a death.
+    #[inline(always)]
+    pub(crate) fn note(&self, index: u32) {
+        if let Some(slot) = self.slot {
+            slot.store(self.chunk << 32 | u64::from(index), Ordering::Relaxed);
+        }
     }
 }
 

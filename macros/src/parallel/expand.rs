@@ -20,6 +20,8 @@ pub(crate) fn expand(task: &TaskFn) -> TokenStream {
         func,
         args,
         ret,
+        raw_arg,
+        raw_ret,
     } = task;
     let private = quote!(#krate::__private);
     let name = &func.sig.ident;
@@ -55,6 +57,15 @@ pub(crate) fn expand(task: &TaskFn) -> TokenStream {
         .iter()
         .map(|ty| quote_spanned!(ty.span()=> #private::assert_argument::<#ty>();));
     let ret_check = quote_spanned!(ret.span()=> #private::assert_result::<#ret>(););
+    // How each side travels: plain numbers as raw bytes, anything else as postcard.
+    let layout = |raw: bool| {
+        if raw {
+            quote!(#private::RawLayout)
+        } else {
+            quote!(#private::PostcardLayout)
+        }
+    };
+    let (arg_layout, ret_layout) = (layout(*raw_arg), layout(*raw_ret));
 
     quote! {
         #(#const_attrs)*
@@ -82,7 +93,7 @@ pub(crate) fn expand(task: &TaskFn) -> TokenStream {
                 __multiproc_out: &mut #private::Vec<::core::primitive::u8>,
                 __multiproc_failures: &mut #private::Vec<#private::Failure>,
             ) -> ::core::primitive::u32 {
-                #private::run_chunk::<#arg_ty, #ret>(
+                #private::run_chunk::<#arg_ty, #ret, #arg_layout, #ret_layout>(
                     __multiproc_invoke,
                     __multiproc_input,
                     __multiproc_count,
@@ -98,7 +109,13 @@ pub(crate) fn expand(task: &TaskFn) -> TokenStream {
                 run: __multiproc_run,
             };
 
-            #private::Task::__new(__MULTIPROC_NAME, #name as #fn_ptr, __multiproc_invoke)
+            #private::Task::__new(
+                __MULTIPROC_NAME,
+                #name as #fn_ptr,
+                __multiproc_invoke,
+                <#arg_layout as #private::Layout<#arg_ty>>::CODEC,
+                <#ret_layout as #private::Layout<#ret>>::CODEC,
+            )
         };
     }
 }

@@ -14,6 +14,11 @@ pub(crate) struct TaskFn {
     pub args: Vec<syn::Type>,
     /// The declared result type, `()` when there is none.
     pub ret: syn::Type,
+    /// The argument (the only one) is a plain number, or an array of them, and travels as
+    /// its raw bytes.
+    pub raw_arg: bool,
+    /// The result is a plain number, or an array of them.
+    pub raw_ret: bool,
 }
 
 /// Returns the task, or the original item (to re-emit) and every error found.
@@ -99,6 +104,8 @@ pub(crate) fn validate(parsed: Parsed) -> Result<TaskFn, (TokenStream, syn::Erro
         None => Ok(TaskFn {
             krate,
             func,
+            raw_arg: matches!(args.as_slice(), [ty] if is_plain_number(ty)),
+            raw_ret: is_plain_number(&ret),
             args,
             ret,
         }),
@@ -138,5 +145,78 @@ fn check_type(ty: &syn::Type, role: &str, fail: &mut impl FnMut(&dyn ToTokens, &
         syn::Type::Paren(p) => check_type(&p.elem, role, fail),
         syn::Type::Group(g) => check_type(&g.elem, role, fail),
         _ => true,
+    }
+}
+
+/// Whether `ty` names a primitive number type (`u64`, `core::primitive::f64`, ...) or an
+/// array of one. Recognised by name: a type alias is not followed, and simply travels as
+/// postcard. A local type that shadows a primitive's name fails to compile (it is not one
+/// of the runtime's raw types) rather than being sent as bytes.
+fn is_plain_number(ty: &syn::Type) -> bool {
+    const NUMBERS: [&str; 14] = [
+        "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64", "i128", "isize",
+        "f32", "f64",
+    ];
+    match ty {
+        syn::Type::Path(p) if p.qself.is_none() => {
+            let segs: Vec<String> = p
+                .path
+                .segments
+                .iter()
+                .map(|s| s.ident.to_string())
+                .collect();
+            let plain = p.path.segments.iter().all(|s| s.arguments.is_none());
+            let name_ok = |name: &String| NUMBERS.contains(&name.as_str());
+            plain
+                && match segs.as_slice() {
+                    [name] => p.path.leading_colon.is_none() && name_ok(name),
+                    [krate, module, name] => {
+                        (krate == "core" || krate == "std")
+                            && module == "primitive"
+                            && name_ok(name)
+                    }
+                    _ => false,
+                }
+        }
+        syn::Type::Array(a) => is_plain_number(&a.elem),
+        syn::Type::Paren(p) => is_plain_number(&p.elem),
+        syn::Type::Group(g) => is_plain_number(&g.elem),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_plain_number;
+
+    #[test]
+    fn plain_numbers_are_recognised_by_name() {
+        for yes in [
+            "u64",
+            "f32",
+            "isize",
+            "[u8; 32]",
+            "[[f64; 3]; 4]",
+            "core::primitive::u32",
+            "::std::primitive::i128",
+            "(u16)",
+        ] {
+            assert!(is_plain_number(&syn::parse_str(yes).unwrap()), "{yes}");
+        }
+        for no in [
+            "bool",
+            "char",
+            "String",
+            "Vec<u64>",
+            "(u64, u64)",
+            "()",
+            "[bool; 4]",
+            "my::u64",
+            "::u64",
+            "Option<u8>",
+            "u64<T>",
+        ] {
+            assert!(!is_plain_number(&syn::parse_str(no).unwrap()), "{no}");
+        }
     }
 }

@@ -161,9 +161,9 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
 
     #[inline(always)]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        // Most calls carry one varint (1–10 bytes). Writing those into the spare capacity
-        // with a local length is ~40% cheaper than a `memcpy` call or a `push` per byte
-        // (measured on 1M u64s: 12.6 → 7.6 ns each).
+        // Most calls carry one varint (1–10 bytes). A loop or `extend_from_slice` compiles
+        // to a `memcpy` call, which cost 40% of the caller's time in a map of 1M `u64`s;
+        // two overlapping fixed-size copies cover every length up to 16 without one.
         let n = data.len();
         if n > 16 {
             self.0.extend_from_slice(data);
@@ -171,13 +171,31 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
         }
         self.0.reserve(16);
         let len = self.0.len();
-        let spare = self.0.spare_capacity_mut();
-        for (dst, &src) in spare.iter_mut().zip(data) {
-            dst.write(src);
+        let dst = self.0.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+        let src = data.as_ptr();
+        // SAFETY: `reserve(16)` leaves at least 16 writable bytes at `dst`, and `n <= 16`.
+        // Each branch reads only inside `data` (its two copies overlap when `n` is not a
+        // power of two) and writes only inside `dst[..n]`, so every byte of `dst[..n]` is
+        // written before `set_len` makes it part of the vector.
+        unsafe {
+            if n >= 8 {
+                let a = src.cast::<u64>().read_unaligned();
+                let b = src.add(n - 8).cast::<u64>().read_unaligned();
+                dst.cast::<u64>().write_unaligned(a);
+                dst.add(n - 8).cast::<u64>().write_unaligned(b);
+            } else if n >= 4 {
+                let a = src.cast::<u32>().read_unaligned();
+                let b = src.add(n - 4).cast::<u32>().read_unaligned();
+                dst.cast::<u32>().write_unaligned(a);
+                dst.add(n - 4).cast::<u32>().write_unaligned(b);
+            } else if n > 0 {
+                // 1 to 3 bytes: the first, the middle and the last (some coincide).
+                *dst = *src;
+                *dst.add(n / 2) = *src.add(n / 2);
+                *dst.add(n - 1) = *src.add(n - 1);
+            }
+            self.0.set_len(len + n);
         }
-        // SAFETY: `reserve(16)` guarantees at least 16 spare slots, `n <= 16`, and the
-        // loop above initialised the first `n` of them.
-        unsafe { self.0.set_len(len + n) };
         Ok(())
     }
 

@@ -128,3 +128,29 @@ fn truncated_streams_are_errors_and_clean_eof_is_not() {
     let err = read_frame(&mut short, &mut buf).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
 }
+
+#[test]
+fn append_matches_postcard_for_every_short_length() {
+    // Covers each branch of the small-copy path (0, 1–3, 4–7, 8–16 bytes) and the long one,
+    // appended after other bytes so that unaligned destinations are exercised too.
+    let mut buf = vec![0xAA];
+    let mut expected = vec![0xAA];
+    for len in 0..40usize {
+        let value: String = (0..len as u8).map(|b| char::from(b'a' + b % 26)).collect();
+        encode_into(&mut buf, &value).unwrap();
+        expected.extend(postcard::to_stdvec(&value).unwrap());
+        for x in [
+            0u64,
+            127,
+            128,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            encode_into(&mut buf, &x).unwrap();
+            expected.extend(postcard::to_stdvec(&x).unwrap());
+        }
+    }
+    assert_eq!(buf, expected);
+}

@@ -1,0 +1,281 @@
+//! How one task's arguments and results are laid out in a chunk body.
+//!
+//! Any serde type travels as postcard, one encoding after another. Plain numbers (`u64`,
+//! `f64`, `[u8; 32]`, ...) travel as their raw bytes instead: a slice of them is one
+//! copy into the frame, and a chunk of results is one copy out of it, where postcard
+//! costs a varint encode and decode per item. `#[parallel]` picks the raw layout when it
+//! sees such a type in the signature; both processes run the same binary, so they agree.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::protocol::encode_into;
+
+/// Types whose bytes are the whole of their value: no padding, every bit pattern valid,
+/// and serde encodes them as just their number. Sealed.
+pub trait RawItem: bytemuck::Pod + private::Sealed {}
+
+mod private {
+    pub trait Sealed {}
+}
+
+macro_rules! raw_items {
+    ($($t:ty)*) => {$(
+        impl private::Sealed for $t {}
+        impl RawItem for $t {}
+    )*};
+}
+raw_items!(u8 u16 u32 u64 u128 usize i8 i16 i32 i64 i128 isize f32 f64);
+
+impl<T: RawItem, const N: usize> private::Sealed for [T; N] where [T; N]: bytemuck::Pod {}
+impl<T: RawItem, const N: usize> RawItem for [T; N] where [T; N]: bytemuck::Pod {}
+
+/// The raw layout of `T`: typed operations, made only for a [`RawItem`] type.
+pub struct Raw<T> {
+    size: usize,
+    as_bytes: fn(&[T]) -> &[u8],
+    read: fn(&[u8]) -> T,
+    extend: fn(&[u8], &mut Vec<T>),
+}
+
+impl<T> Clone for Raw<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Raw<T> {}
+
+impl<T: RawItem> Raw<T> {
+    /// The raw layout of `T`.
+    pub const fn new() -> Self {
+        Raw {
+            size: size_of::<T>(),
+            as_bytes: bytemuck::cast_slice::<T, u8>,
+            read: bytemuck::pod_read_unaligned::<T>,
+            extend: extend_raw::<T>,
+        }
+    }
+}
+
+impl<T: RawItem> Default for Raw<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Appends the values held in `bytes` (a whole number of them) to `out`, with one copy.
+fn extend_raw<T: RawItem>(bytes: &[u8], out: &mut Vec<T>) {
+    let start = out.len();
+    out.resize(start + bytes.len() / size_of::<T>(), T::zeroed());
+    bytemuck::cast_slice_mut::<T, u8>(&mut out[start..]).copy_from_slice(bytes);
+}
+
+/// A task's layout for one side (its argument or its result): raw or postcard.
+pub struct Codec<T> {
+    raw: Option<Raw<T>>,
+}
+
+impl<T> Clone for Codec<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Codec<T> {}
+
+impl<T> Codec<T> {
+    /// Postcard, for any serde type.
+    pub const POSTCARD: Self = Codec { raw: None };
+
+    /// Raw bytes, for plain numbers.
+    pub const fn raw(raw: Raw<T>) -> Self {
+        Codec { raw: Some(raw) }
+    }
+
+    /// The bytes of a whole slice, when the layout is raw.
+    pub(crate) fn slice_bytes<'a>(&self, items: &'a [T]) -> Option<&'a [u8]> {
+        self.raw.map(|raw| (raw.as_bytes)(items))
+    }
+
+    /// Appends all `count` values held in `bytes` to `out`, when the layout is raw; `Some(false)`
+    /// if `bytes` is not exactly that many values.
+    pub(crate) fn extend_raw(&self, bytes: &[u8], count: u32, out: &mut Vec<T>) -> Option<bool> {
+        let raw = self.raw?;
+        if bytes.len() != raw.size * count as usize {
+            return Some(false);
+        }
+        (raw.extend)(bytes, out);
+        Some(true)
+    }
+}
+
+impl<T: Serialize> Codec<T> {
+    /// Appends one value to `out`.
+    #[inline]
+    pub(crate) fn put(&self, value: &T, out: &mut Vec<u8>) -> postcard::Result<()> {
+        match self.raw {
+            Some(raw) => {
+                out.extend_from_slice((raw.as_bytes)(std::slice::from_ref(value)));
+                Ok(())
+            }
+            None => encode_into(out, value),
+        }
+    }
+}
+
+/// A layout as a type: what `#[parallel]` names for each side of a task, so that the
+/// parent's [`Codec`] and the worker's per-item loop (inlined, no indirect calls) come
+/// from one choice.
+///
+/// The serde bounds sit on the methods, not on the impls: a type that is not
+/// serializable is reported as such, not again as a type without a `Layout`.
+pub trait Layout<T> {
+    /// The layout as a value, for the parent's side.
+    const CODEC: Codec<T>;
+    /// Appends one value to `out`.
+    fn put(value: &T, out: &mut Vec<u8>) -> postcard::Result<()>
+    where
+        T: Serialize;
+    /// Reads the next value.
+    fn take(reader: &mut Reader<'_>) -> postcard::Result<T>
+    where
+        T: DeserializeOwned;
+}
+
+/// The raw bytes of plain numbers.
+#[derive(Debug, Clone, Copy)]
+pub struct RawLayout;
+
+/// Postcard, for any serde type.
+#[derive(Debug, Clone, Copy)]
+pub struct PostcardLayout;
+
+impl<T: RawItem> Layout<T> for RawLayout {
+    const CODEC: Codec<T> = Codec::raw(Raw::new());
+
+    #[inline(always)]
+    fn put(value: &T, out: &mut Vec<u8>) -> postcard::Result<()> {
+        out.extend_from_slice(bytemuck::bytes_of(value));
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn take(reader: &mut Reader<'_>) -> postcard::Result<T> {
+        match reader.rest.split_at_checked(size_of::<T>()) {
+            Some((value, rest)) => {
+                reader.rest = rest;
+                Ok(bytemuck::pod_read_unaligned(value))
+            }
+            None => Err(postcard::Error::DeserializeUnexpectedEnd),
+        }
+    }
+}
+
+impl<T> Layout<T> for PostcardLayout {
+    const CODEC: Codec<T> = Codec::POSTCARD;
+
+    #[inline(always)]
+    fn put(value: &T, out: &mut Vec<u8>) -> postcard::Result<()>
+    where
+        T: Serialize,
+    {
+        encode_into(out, value)
+    }
+
+    #[inline(always)]
+    fn take(reader: &mut Reader<'_>) -> postcard::Result<T>
+    where
+        T: DeserializeOwned,
+    {
+        let (value, rest) = postcard::take_from_bytes(reader.rest)?;
+        reader.rest = rest;
+        Ok(value)
+    }
+}
+
+/// Reads values one after another from a chunk body.
+pub struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        Reader { rest: bytes }
+    }
+
+    /// The next value.
+    #[inline]
+    pub(crate) fn take<T: DeserializeOwned>(&mut self, codec: &Codec<T>) -> postcard::Result<T> {
+        match codec.raw {
+            Some(raw) => match self.rest.split_at_checked(raw.size) {
+                Some((value, rest)) => {
+                    self.rest = rest;
+                    Ok((raw.read)(value))
+                }
+                None => Err(postcard::Error::DeserializeUnexpectedEnd),
+            },
+            None => {
+                let (value, rest) = postcard::take_from_bytes(self.rest)?;
+                self.rest = rest;
+                Ok(value)
+            }
+        }
+    }
+
+    /// Whether every byte has been read.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rest.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_values_round_trip_one_by_one_and_in_bulk() {
+        let codec = Codec::raw(Raw::<u64>::new());
+        let items = [0u64, 1, u64::MAX, 1 << 40];
+        let mut body = Vec::new();
+        for x in &items {
+            codec.put(x, &mut body).unwrap();
+        }
+        assert_eq!(codec.slice_bytes(&items), Some(&body[..]));
+        let mut reader = Reader::new(&body);
+        for x in items {
+            assert_eq!(reader.take(&codec).unwrap(), x);
+        }
+        assert!(reader.is_empty());
+        assert!(matches!(
+            reader.take(&codec),
+            Err(postcard::Error::DeserializeUnexpectedEnd)
+        ));
+        let mut out = vec![7u64];
+        assert_eq!(codec.extend_raw(&body, 4, &mut out), Some(true));
+        assert_eq!(out, [7, 0, 1, u64::MAX, 1 << 40]);
+        // A body that is not exactly `count` values is refused, and nothing is added.
+        assert_eq!(codec.extend_raw(&body[1..], 4, &mut out), Some(false));
+        assert_eq!(codec.extend_raw(&body, 3, &mut out), Some(false));
+        assert_eq!(out.len(), 5);
+    }
+
+    #[test]
+    fn arrays_and_floats_are_raw_and_postcard_is_postcard() {
+        let codec = Codec::raw(Raw::<[f32; 3]>::new());
+        let mut body = Vec::new();
+        codec.put(&[1.5, -0.0, f32::NAN], &mut body).unwrap();
+        assert_eq!(body.len(), 12);
+        let v = Reader::new(&body).take(&codec).unwrap();
+        assert_eq!(v[0], 1.5);
+        assert!(v[1].is_sign_negative() && v[2].is_nan());
+
+        let codec = Codec::<u64>::POSTCARD;
+        let mut body = Vec::new();
+        codec.put(&300, &mut body).unwrap();
+        assert_eq!(body, postcard::to_stdvec(&300u64).unwrap());
+        assert_eq!(codec.slice_bytes(&[1, 2]), None);
+        assert_eq!(codec.extend_raw(&body, 1, &mut Vec::new()), None);
+        assert_eq!(Reader::new(&body).take(&codec).unwrap(), 300);
+    }
+}
