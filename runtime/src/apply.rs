@@ -201,6 +201,25 @@ fn single_result<R: DeserializeOwned>(
     })
 }
 
+/// How long a blocking `apply` polls for its answer before it sleeps. Only the caller
+/// polls: the threads that carry the task wake as usual, so they never compete with a
+/// spinner for a core they need.
+const APPLY_SPIN: Duration = Duration::from_micros(100);
+
+fn spin_then_recv<T>(rx: &mpsc::Receiver<T>) -> std::result::Result<T, mpsc::RecvError> {
+    let start = Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(v) => return Ok(v),
+            Err(mpsc::TryRecvError::Disconnected) => return Err(mpsc::RecvError),
+            Err(mpsc::TryRecvError::Empty) if start.elapsed() < APPLY_SPIN => {
+                std::hint::spin_loop();
+            }
+            Err(mpsc::TryRecvError::Empty) => return rx.recv(),
+        }
+    }
+}
+
 pub(crate) fn apply<A, R, F>(pool: &PoolCore, task: &Task<A, R, F>, arg: &A) -> Result<R>
 where
     A: Serialize,
@@ -211,8 +230,7 @@ where
     let (tx, rx) = mpsc::channel();
     let job = Job::new(enc, name, 0, None, ReplyTo::Channel(tx));
     pool.submit(job).map_err(|e| e.with_task(name))?;
-    let reply = rx
-        .recv()
+    let reply = spin_then_recv(&rx)
         .map_err(|_| Error::new(ErrorKind::Closed, "the pool went away").with_task(name))?;
     single_result(name, task.ret_codec(), reply)
 }

@@ -129,7 +129,9 @@ fn serve(marker: &str) -> Result<(), String> {
     // Frames are read on this thread and run on another, so a parent's end of stream
     // is noticed even while a task runs, and the parent's writes never wait on our
     // compute (which could otherwise deadlock two processes writing big frames).
-    let (tx, rx) = mpsc::sync_channel::<Incoming>(4);
+    // Room for every frame a parent sends ahead (its window of small jobs), so that a
+    // burst of tiny tasks does not make the two threads wake each other per frame.
+    let (tx, rx) = mpsc::sync_channel::<Incoming>(256);
     let executor = std::thread::Builder::new()
         .name("multiproc-worker".into())
         .stack_size(main_stack_size())

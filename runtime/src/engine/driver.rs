@@ -21,7 +21,7 @@ use crate::transport::{self, FdReader};
 const WINDOW: usize = 2;
 /// Small jobs (single `apply`s) are held up to this many at a time, and written with
 /// one system call, so that a stream of tiny tasks is not one round trip each.
-const SMALL_WINDOW: usize = 32;
+const SMALL_WINDOW: usize = 128;
 /// How long a worker that closed its socket gets to finish exiting before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(1);
 
@@ -111,7 +111,13 @@ impl Driver<'_> {
     fn serve(&mut self) {
         let mut rbuf = Vec::new();
         loop {
-            if !self.fill_window() {
+            // Answers already received are handled first, all of them, so that the jobs
+            // that replace them go out together in one write, not one write per answer.
+            let buffered = self
+                .worker
+                .as_ref()
+                .is_some_and(|live| !live.reader.buffer().is_empty());
+            if !(buffered && !self.inflight.is_empty()) && !self.fill_window() {
                 return;
             }
             if self.inflight.is_empty() {
