@@ -113,11 +113,12 @@ impl Driver<'_> {
         loop {
             // Answers already received are handled first, all of them, so that the jobs
             // that replace them go out together in one write, not one write per answer.
-            let buffered = self
-                .worker
-                .as_ref()
-                .is_some_and(|live| !live.reader.buffer().is_empty());
-            if !(buffered && !self.inflight.is_empty()) && !self.fill_window() {
+            let answers_waiting = !self.inflight.is_empty()
+                && self
+                    .worker
+                    .as_ref()
+                    .is_some_and(|live| !live.reader.buffer().is_empty());
+            if !answers_waiting && !self.fill_window() {
                 return;
             }
             if self.inflight.is_empty() {
