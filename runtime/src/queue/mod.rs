@@ -114,27 +114,29 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         })
     }
 
-    fn encode(&self, value: &T) -> Result<Vec<u8>> {
+    /// Encodes `value` as a message into `msg` (cleared first): inline, or the descriptor
+    /// of a segment holding it.
+    fn encode(&self, value: &T, msg: &mut Vec<u8>) -> Result<()> {
         let ser = |e: postcard::Error| {
             Error::new(
                 ErrorKind::Serialization,
                 format!("a queue message could not be serialized: {e}"),
             )
         };
-        let mut msg = Vec::with_capacity(16);
+        msg.clear();
         msg.push(INLINE);
-        crate::protocol::encode_into(&mut msg, value).map_err(ser)?;
+        crate::protocol::encode_into(msg, value).map_err(ser)?;
         if msg.len() <= INLINE_MAX {
-            return Ok(msg);
+            return Ok(());
         }
         let body = &msg[1..];
         let mut seg = Segment::create(ShmBackend::Posix, body.len(), |dst| {
             dst.copy_from_slice(body)
         })?;
         seg.leave_name_to_receiver();
-        let mut slot = vec![IN_SEGMENT];
-        crate::protocol::encode_into(&mut slot, seg.desc()).map_err(ser)?;
-        Ok(slot)
+        msg.clear();
+        msg.push(IN_SEGMENT);
+        crate::protocol::encode_into(msg, seg.desc()).map_err(ser)
     }
 
     fn decode(&self, msg: &[u8]) -> Result<T> {
@@ -160,10 +162,23 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn put_until(&self, value: &T, deadline: Option<Instant>) -> Result<()> {
-        let msg = self.encode(value)?;
-        self.ring
-            .put(&msg, deadline)
-            .map_err(|s| stop_error(s, "put"))
+        thread_local! {
+            /// Each thread encodes its messages here: no allocation per `put`.
+            static SCRATCH: std::cell::RefCell<Vec<u8>> =
+                const { std::cell::RefCell::new(Vec::new()) };
+        }
+        SCRATCH.with(|scratch| {
+            let mut msg = scratch.take();
+            let result = self.encode(value, &mut msg).and_then(|()| {
+                self.ring
+                    .put(&msg, deadline)
+                    .map_err(|s| stop_error(s, "put"))
+            });
+            if msg.capacity() <= 1 << 20 {
+                scratch.replace(msg);
+            }
+            result
+        })
     }
 
     /// Appends `value`, waiting while a bounded queue is full. A closed queue is
