@@ -1,7 +1,8 @@
-//! How `par_map` scales with the input size and with the number of workers, and what it
-//! costs in memory: ns/item for 1k → 10M tiny items on 1, 2 and 4 workers; speedup on
-//! 24 CPU-bound tasks on 1, 2 and 4 workers; peak RSS of the parent and of each worker
-//! for a 1M-item map.
+//! How the figures of `cargo bench --bench peers` scale with the input size and with the
+//! number of workers, and what a map costs in memory: ns/item for 1k → 10M tiny items
+//! on 1, 2 and 4 workers; `apply` round trip and 50k `apply_async` on 1, 2 and 4
+//! workers; `Queue` throughput with 1, 2 and 4 producers; speedup on 24 CPU-bound tasks
+//! on 1, 2 and 4 workers; peak RSS of the parent and of each worker for a 1M-item map.
 //!
 //! Run: `cargo bench --bench scaling`. On a machine with more cores, set
 //! `SCALING_WORKERS=1,2,4,8,16`.
@@ -59,7 +60,7 @@ fn main() -> multiproc::Result<()> {
     for w in &workers {
         print!("{:>14}", format!("{w} worker(s)"));
     }
-    println!();
+    println!("{:>14}", "sequential");
     let data: Vec<u64> = (0..*sizes.last().unwrap_or(&0) as u64).collect();
     let pools: Vec<Pool> = workers
         .iter()
@@ -80,8 +81,23 @@ fn main() -> multiproc::Result<()> {
                 .collect();
             print!("{:>14.1}", median(runs));
         }
-        println!();
+        let items = &data[..n];
+        let runs = (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                let out: Vec<u64> = std::hint::black_box(items)
+                    .iter()
+                    .map(|&x| x * 10)
+                    .collect();
+                assert_eq!(out.len(), n);
+                t.elapsed().as_secs_f64() * 1e9 / n as f64
+            })
+            .collect();
+        println!("{:>14.1}", median(runs));
     }
+
+    small_tasks(&workers)?;
+    queue(&workers)?;
 
     println!("\n## 24 equal CPU-bound tasks: speedup vs one sequential loop (median of 3)");
     const ROUNDS: u64 = 20_000_000;
@@ -125,6 +141,79 @@ fn main() -> multiproc::Result<()> {
     );
     for (pid, kb) in seen {
         println!("worker {pid}: {:.1} MiB peak", kb as f64 / 1024.0);
+    }
+    Ok(())
+}
+
+fn small_tasks(workers: &[usize]) -> multiproc::Result<()> {
+    println!("\n## small tasks: apply round trip (us) and 50k apply_async + get (us/task)");
+    for &w in workers {
+        let pool = Pool::new(w)?;
+        for i in 0..200 {
+            pool.apply(t1, i)?;
+        }
+        let trip = median(
+            (0..2000u64)
+                .map(|i| {
+                    let t = Instant::now();
+                    pool.apply(t1, i).expect("apply");
+                    t.elapsed().as_secs_f64() * 1e6
+                })
+                .collect(),
+        );
+        let per_task = median(
+            (0..3)
+                .map(|_| {
+                    let t = Instant::now();
+                    let hs: Vec<_> = (0..50_000).map(|i| pool.apply_async(t1, i)).collect();
+                    for h in hs {
+                        h.get().expect("get");
+                    }
+                    t.elapsed().as_secs_f64() * 1e6 / 50_000.0
+                })
+                .collect(),
+        );
+        println!("{w:>3} worker(s): round trip {trip:>7.1} us, async {per_task:>6.2} us/task");
+    }
+    Ok(())
+}
+
+#[parallel]
+fn produce(q: Queue<u64>, n: u64) -> u64 {
+    for i in 0..n {
+        if q.put(i).is_err() {
+            return i;
+        }
+    }
+    n
+}
+
+fn queue(producers: &[usize]) -> multiproc::Result<()> {
+    println!("\n## Queue: N producer workers -> parent, 2M u64 messages in all (msgs/s)");
+    const TOTAL: u64 = 2_000_000;
+    for &p in producers {
+        let pool = Pool::new(p)?;
+        let n = TOTAL / p as u64;
+        let rate = median(
+            (0..3)
+                .map(|_| {
+                    let q: Queue<u64> = Queue::bounded(1 << 16).expect("queue");
+                    let t = Instant::now();
+                    let hs: Vec<_> = (0..p)
+                        .map(|_| pool.apply_async(produce, (q.clone(), n)))
+                        .collect();
+                    for _ in 0..n * p as u64 {
+                        q.get().expect("get");
+                    }
+                    let rate = (n * p as u64) as f64 / t.elapsed().as_secs_f64();
+                    for h in hs {
+                        assert_eq!(h.get().expect("producer"), n);
+                    }
+                    rate
+                })
+                .collect(),
+        );
+        println!("{p:>3} producer(s): {:>10.0} msgs/s", rate);
     }
     Ok(())
 }

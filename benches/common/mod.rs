@@ -34,3 +34,30 @@ pub fn field(text: &str, key: &str) -> Option<f64> {
         .parse()
         .ok()
 }
+
+/// Peak resident set (`VmHWM`, kB) of process `pid` (`"self"` for this one).
+pub fn peak_kb(pid: &str) -> u64 {
+    status_kb(pid, "status", "VmHWM:")
+}
+
+/// Proportional set size (kB) of process `pid`: shared pages split between their users.
+pub fn pss_kb(pid: &str) -> u64 {
+    status_kb(pid, "smaps_rollup", "Pss:")
+}
+
+fn status_kb(pid: &str, file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Resets this process's peak resident set to its current size (Linux 4.0+), so that the
+/// next `peak_kb` reading is about what happens from now on.
+pub fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}

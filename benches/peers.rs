@@ -1,0 +1,778 @@
+//! The one-command comparison: every figure of the design's performance table, for
+//! multiproc and its peers, measured in one run on this machine, printed as one table
+//! with ratios, then the peak memory of the parent and of each worker.
+//!
+//! Run: `cargo bench --bench peers`. Peers: Python's `multiprocessing.Pool` (fork) through
+//! the scripts in `benches/peers/` (skipped with a note if `python3` is missing),
+//! procspawn's `Pool`, rayon with as many threads as workers (the floor: no processes,
+//! no copies), and plain sequential code.
+//!
+//! The multiproc figures are compared with the last recorded ones in
+//! `benches/peers-baseline.txt`; one worse by more than 20% prints a warning.
+//! `BENCH_RECORD=1` records this run's figures as the new baseline.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use common::{median, peak_kb, python, reset_peak};
+use multiproc::prelude::*;
+use rayon::prelude::*;
+use serde_bytes::ByteBuf;
+
+const WORKERS: usize = 2;
+
+#[parallel]
+fn t1(x: u64) -> u64 {
+    x * 10
+}
+
+fn procspawn_t1(x: u64) -> u64 {
+    x * 10
+}
+
+fn procspawn_t1_chunk(xs: Vec<u64>) -> Vec<u64> {
+    xs.into_iter().map(|x| x * 10).collect()
+}
+
+/// About 20 ms of integer work per task here.
+const ROUNDS: u64 = 40_000_000;
+
+fn work(n: u64) -> u64 {
+    (0..n).fold(0u64, |h, i| {
+        std::hint::black_box(h.wrapping_mul(31).wrapping_add(i))
+    })
+}
+
+#[parallel]
+fn burn(n: u64) -> u64 {
+    work(n)
+}
+
+fn procspawn_burn(n: u64) -> u64 {
+    work(n)
+}
+
+#[parallel]
+fn byte_len(data: ByteBuf) -> usize {
+    data.len()
+}
+
+fn procspawn_byte_len(data: ByteBuf) -> usize {
+    data.len()
+}
+
+#[parallel]
+fn slice_len(data: SharedSlice<u8>) -> usize {
+    data.len()
+}
+
+#[parallel]
+fn sum_view(part: SharedSlice<f64>) -> f64 {
+    part.iter().sum()
+}
+
+#[parallel]
+fn produce(q: Queue<u64>, n: u64) -> u64 {
+    for i in 0..n {
+        if q.put(i).is_err() {
+            return i;
+        }
+    }
+    n
+}
+
+/// Resets this worker's peak RSS, so the next figure is about what follows.
+#[parallel]
+fn worker_reset_peak(_x: u8) -> u32 {
+    reset_peak();
+    std::process::id()
+}
+
+/// This worker's pid and peak RSS (kB).
+#[parallel]
+fn worker_peak(_x: u8) -> (u32, u64) {
+    (std::process::id(), peak_kb("self"))
+}
+
+/// One cell of the table: a figure, not applicable, or why it is missing.
+enum Cell {
+    Value(f64),
+    NotApplicable,
+    Missing(String),
+}
+
+struct Row {
+    name: &'static str,
+    /// Key in the baseline file.
+    key: &'static str,
+    unit: &'static str,
+    lower_is_better: bool,
+    ours: f64,
+    peers: [Cell; 4],
+}
+
+const PEERS: [&str; 4] = ["Python Pool", "procspawn", "rayon/threads", "sequential"];
+
+/// Median seconds of `runs` timed calls of `f`, after one untimed call.
+fn secs(runs: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    median(
+        (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
+fn from_python(text: &Result<String, String>, key: &str) -> Cell {
+    match text {
+        Ok(t) => common::field(t, key).map_or_else(
+            || Cell::Missing(format!("no {key} in: {}", t.trim())),
+            Cell::Value,
+        ),
+        Err(e) => Cell::Missing(e.clone()),
+    }
+}
+
+fn start_and_apply() -> multiproc::Result<(Row, Row, Row)> {
+    // Start to first result.
+    let ours_start = median(
+        (0..10)
+            .map(|_| {
+                let t = Instant::now();
+                let pool = Pool::new(WORKERS).expect("pool");
+                assert_eq!(pool.apply(t1, 1).expect("apply"), 10);
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect(),
+    );
+    let spawn_start = median(
+        (0..10)
+            .map(|_| {
+                let t = Instant::now();
+                let pool = procspawn::Pool::new(WORKERS).expect("procspawn pool");
+                assert_eq!(pool.spawn(1, procspawn_t1).join().expect("join"), 10);
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                pool.shutdown();
+                ms
+            })
+            .collect(),
+    );
+    let rayon_start = median(
+        (0..10)
+            .map(|_| {
+                let t = Instant::now();
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(WORKERS)
+                    .build()
+                    .expect("rayon pool");
+                assert_eq!(pool.install(|| t1(1)), 10);
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect(),
+    );
+
+    // Round trips on a warm pool.
+    let pool = Pool::new(WORKERS)?;
+    for i in 0..200 {
+        pool.apply(t1, i)?;
+    }
+    let trip = |f: &mut dyn FnMut(u64)| {
+        median(
+            (0..2000u64)
+                .map(|i| {
+                    let t = Instant::now();
+                    f(i);
+                    t.elapsed().as_secs_f64() * 1e6
+                })
+                .collect(),
+        )
+    };
+    let ours_trip = trip(&mut |i| {
+        pool.apply(t1, i).expect("apply");
+    });
+    let spawn_pool = procspawn::Pool::new(WORKERS).expect("procspawn pool");
+    for i in 0..200 {
+        spawn_pool.spawn(i, procspawn_t1).join().expect("join");
+    }
+    let spawn_trip = trip(&mut |i| {
+        spawn_pool.spawn(i, procspawn_t1).join().expect("join");
+    });
+    let rayon_pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(WORKERS)
+        .build()
+        .expect("rayon pool");
+    let rayon_trip = trip(&mut |i| {
+        std::hint::black_box(rayon_pool.install(|| t1(i)));
+    });
+
+    // 50k apply_async, then get.
+    let ours_async = median(
+        (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                let handles: Vec<_> = (0..50_000).map(|i| pool.apply_async(t1, i)).collect();
+                for h in handles {
+                    h.get().expect("get");
+                }
+                t.elapsed().as_secs_f64() * 1e6 / 50_000.0
+            })
+            .collect(),
+    );
+    let spawn_async = procspawn_50k(&spawn_pool);
+    spawn_pool.shutdown();
+    let rayon_async = {
+        let t = Instant::now();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for i in 0..50_000u64 {
+            let tx = tx.clone();
+            rayon_pool.spawn(move || {
+                let _ = tx.send(t1(i));
+            });
+        }
+        drop(tx);
+        assert_eq!(rx.iter().count(), 50_000);
+        t.elapsed().as_secs_f64() * 1e6 / 50_000.0
+    };
+
+    let py = python("pool_ops.py", &[WORKERS.to_string()]);
+    Ok((
+        Row {
+            name: "pool start to first result",
+            key: "start_ms",
+            unit: "ms",
+            lower_is_better: true,
+            ours: ours_start,
+            peers: [
+                from_python(&py, "start_ms="),
+                Cell::Value(spawn_start),
+                Cell::Value(rayon_start),
+                Cell::NotApplicable,
+            ],
+        },
+        Row {
+            name: "apply round trip, warm pool",
+            key: "apply_us",
+            unit: "us",
+            lower_is_better: true,
+            ours: ours_trip,
+            peers: [
+                from_python(&py, "apply_us="),
+                Cell::Value(spawn_trip),
+                Cell::Value(rayon_trip),
+                Cell::NotApplicable,
+            ],
+        },
+        Row {
+            name: "50k apply_async, then get",
+            key: "async_us",
+            unit: "us/task",
+            lower_is_better: true,
+            ours: ours_async,
+            peers: [
+                from_python(&py, "async_us="),
+                spawn_async,
+                Cell::Value(rayon_async),
+                Cell::NotApplicable,
+            ],
+        },
+    ))
+}
+
+/// procspawn keeps a channel open per task in flight; at 50k it runs out of file
+/// descriptors and panics inside `spawn`, which is caught and reported.
+fn procspawn_50k(pool: &procspawn::Pool) -> Cell {
+    let t = Instant::now();
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let handles: Vec<_> = (0..50_000).map(|i| pool.spawn(i, procspawn_t1)).collect();
+        handles.into_iter().find_map(|h| h.join().err())
+    }));
+    match run {
+        Ok(None) => Cell::Value(t.elapsed().as_secs_f64() * 1e6 / 50_000.0),
+        Ok(Some(e)) => Cell::Missing(format!("fails: {e}")),
+        Err(panic) => {
+            let text = panic
+                .downcast_ref::<String>()
+                .map_or("panicked", String::as_str);
+            if text.contains("Too many open files") {
+                Cell::Missing("fails: EMFILE".to_owned())
+            } else {
+                Cell::Missing(format!("fails: {text}"))
+            }
+        }
+    }
+}
+
+fn bulk_map(memory: &mut Vec<String>) -> multiproc::Result<Row> {
+    const N: usize = 1_000_000;
+    let data: Vec<u64> = (0..N as u64).collect();
+    let expect: Vec<u64> = data.iter().map(|&x| x * 10).collect();
+    let ns = |s: f64| s * 1e9 / N as f64;
+    let seq = secs(5, || {
+        let out: Vec<u64> = std::hint::black_box(&data)
+            .iter()
+            .map(|&x| x * 10)
+            .collect();
+        assert_eq!(out, expect);
+    });
+    let pool = Pool::new(WORKERS)?;
+    pool.map(t1, &data[..1000])?;
+    // Peak memory of the map itself: parent and workers start from their current size.
+    pool.map(worker_reset_peak, &[0u8; 64])?;
+    reset_peak();
+    let parent_before = peak_kb("self");
+    let ours = secs(5, || {
+        assert_eq!(pool.map(t1, &data).expect("map"), expect);
+    });
+    memory.push(format!(
+        "1M-item map: parent peak {:.1} MiB (it holds the 8 MB input and the 8 MB output; \
+         {:.1} MiB before)",
+        peak_kb("self") as f64 / 1024.0,
+        parent_before as f64 / 1024.0
+    ));
+    memory.extend(worker_peaks(&pool)?);
+
+    let rayon_pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(WORKERS)
+        .build()
+        .expect("rayon pool");
+    let with_rayon = secs(5, || {
+        let out: Vec<u64> = rayon_pool.install(|| data.par_iter().map(|&x| x * 10).collect());
+        assert_eq!(out, expect);
+    });
+    // procspawn has no map: split by hand into a few chunks per worker.
+    let spawn_pool = procspawn::Pool::new(WORKERS).expect("procspawn pool");
+    let with_procspawn = secs(5, || {
+        let handles: Vec<_> = data
+            .chunks(N / (WORKERS * 4))
+            .map(|c| spawn_pool.spawn(c.to_vec(), procspawn_t1_chunk))
+            .collect();
+        let out: Vec<u64> = handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("join"))
+            .collect();
+        assert_eq!(out, expect);
+    });
+    spawn_pool.shutdown();
+    let py = python(
+        "pool_map.py",
+        &[N.to_string(), "5".to_owned(), WORKERS.to_string()],
+    );
+    Ok(Row {
+        name: "map of 1M tiny items",
+        key: "map_ns",
+        unit: "ns/item",
+        lower_is_better: true,
+        ours: ns(ours),
+        peers: [
+            from_python(&py, "ns_per_item="),
+            Cell::Value(ns(with_procspawn)),
+            Cell::Value(ns(with_rayon)),
+            Cell::Value(ns(seq)),
+        ],
+    })
+}
+
+/// Peak RSS of each worker of `pool` since its last reset.
+fn worker_peaks(pool: &Pool) -> multiproc::Result<Vec<String>> {
+    let mut seen = BTreeMap::new();
+    for (pid, kb) in pool.map(worker_peak, &[0u8; 64])? {
+        seen.insert(pid, kb);
+    }
+    Ok(seen
+        .into_iter()
+        .map(|(pid, kb)| format!("  worker {pid}: peak {:.1} MiB", kb as f64 / 1024.0))
+        .collect())
+}
+
+fn cpu_bound() -> multiproc::Result<Row> {
+    let tasks = vec![ROUNDS; 24];
+    let expect: Vec<u64> = tasks.iter().map(|&n| work(n)).collect();
+    let seq = secs(3, || {
+        let out: Vec<u64> = tasks.iter().map(|&n| work(n)).collect();
+        assert_eq!(out, expect);
+    });
+    let pool = Pool::builder().workers(WORKERS).chunk_size(1).build()?;
+    let ours = secs(3, || {
+        assert_eq!(pool.map(burn, &tasks).expect("map"), expect);
+    });
+    let rayon_pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(WORKERS)
+        .build()
+        .expect("rayon pool");
+    let with_rayon = secs(3, || {
+        let out: Vec<u64> = rayon_pool.install(|| tasks.par_iter().map(|&n| work(n)).collect());
+        assert_eq!(out, expect);
+    });
+    let spawn_pool = procspawn::Pool::new(WORKERS).expect("procspawn pool");
+    let with_procspawn = secs(3, || {
+        let handles: Vec<_> = tasks
+            .iter()
+            .map(|&n| spawn_pool.spawn(n, procspawn_burn))
+            .collect();
+        let out: Vec<u64> = handles
+            .into_iter()
+            .map(|h| h.join().expect("join"))
+            .collect();
+        assert_eq!(out, expect);
+    });
+    spawn_pool.shutdown();
+    let py = python("cpu_bound.py", &[]);
+    let py_speedup = match (&py, from_python(&py, "seq_s="), from_python(&py, "pool_s=")) {
+        (_, Cell::Value(s), Cell::Value(p)) => Cell::Value(s / p),
+        (Err(e), ..) => Cell::Missing(e.clone()),
+        (Ok(t), ..) => Cell::Missing(format!("unexpected output: {t}")),
+    };
+    Ok(Row {
+        name: "CPU-bound speedup, 24 tasks",
+        key: "cpu_speedup",
+        unit: "x",
+        lower_is_better: false,
+        ours: seq / ours,
+        peers: [
+            py_speedup,
+            Cell::Value(seq / with_procspawn),
+            Cell::Value(seq / with_rayon),
+            Cell::Value(1.0),
+        ],
+    })
+}
+
+fn big_argument() -> multiproc::Result<(Row, Row)> {
+    const MB: usize = 200;
+    let data = vec![b'x'; MB * 1000 * 1000];
+    let pool = Pool::new(WORKERS)?;
+    let bytes = [ByteBuf::from(data.clone()), ByteBuf::from(data.clone())];
+    let automatic = secs(5, || {
+        assert_eq!(pool.map(byte_len, &bytes).expect("map"), [data.len(); 2]);
+    }) * 1e3;
+    let shared = SharedSlice::from_slice(&data)?;
+    let handles = [shared.clone(), shared.clone()];
+    let handle = secs(5, || {
+        assert_eq!(pool.map(slice_len, &handles).expect("map"), [data.len(); 2]);
+    }) * 1e3;
+    // procspawn takes its arguments by value: the copies are made before the clock starts.
+    let spawn_pool = procspawn::Pool::new(WORKERS).expect("procspawn pool");
+    let with_procspawn = median(
+        (0..3)
+            .map(|_| {
+                let owned = bytes.clone();
+                let t = Instant::now();
+                let hs: Vec<_> = owned
+                    .into_iter()
+                    .map(|b| spawn_pool.spawn(b, procspawn_byte_len))
+                    .collect();
+                for h in hs {
+                    assert_eq!(h.join().expect("join"), data.len());
+                }
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect(),
+    );
+    spawn_pool.shutdown();
+    let py = python("pool_big.py", &[MB.to_string()]);
+    let peers = || {
+        [
+            from_python(&py, "big_ms="),
+            Cell::Value(with_procspawn),
+            Cell::NotApplicable,
+            Cell::NotApplicable,
+        ]
+    };
+    Ok((
+        Row {
+            name: "200 MB argument to 2 workers",
+            key: "big_ms",
+            unit: "ms",
+            lower_is_better: true,
+            ours: automatic,
+            peers: peers(),
+        },
+        Row {
+            name: "  same, as a SharedSlice handle",
+            key: "big_handle_ms",
+            unit: "ms",
+            lower_is_better: true,
+            ours: handle,
+            peers: peers(),
+        },
+    ))
+}
+
+fn slice_sum(memory: &mut Vec<String>) -> multiproc::Result<Row> {
+    const N: usize = 512 << 20 >> 3; // 512 MiB of f64
+    let xs = {
+        let data: Vec<f64> = (0..N).map(|i| (i % 1000) as f64).collect();
+        SharedSlice::from_slice(&data)?
+    };
+    let expect: f64 = xs.iter().sum();
+    let close = |s: f64| (s - expect).abs() < 1e-3 * expect.abs().max(1.0);
+    let views = xs.chunks(N / 64)?;
+    let pool = Pool::new(WORKERS)?;
+    pool.map(worker_reset_peak, &[0u8; 64])?;
+    reset_peak();
+    let ours = secs(5, || {
+        let out = pool.map(sum_view, &views).expect("map");
+        assert!(close(out.iter().sum()));
+    }) * 1e3;
+    memory.push(format!(
+        "512 MiB SharedSlice sum: parent peak {:.1} MiB (it holds the slice: shared pages \
+         count in every process that touches them; PSS below splits them)",
+        peak_kb("self") as f64 / 1024.0
+    ));
+    memory.extend(worker_peaks(&pool)?);
+    let pss: u64 = std::iter::once("self".to_owned())
+        .chain(pool_pids(&pool)?.iter().map(u32::to_string))
+        .map(|p| common::pss_kb(&p))
+        .sum();
+    memory.push(format!(
+        "  PSS of parent + workers during the map: {:.0} MiB for 512 MiB of data",
+        pss as f64 / 1024.0
+    ));
+    let seq = secs(5, || assert!(close(xs.iter().sum()))) * 1e3;
+    let rayon_pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(WORKERS)
+        .build()
+        .expect("rayon pool");
+    let with_rayon = secs(5, || {
+        let s: f64 =
+            rayon_pool.install(|| xs.par_chunks(N / 64).map(|c| c.iter().sum::<f64>()).sum());
+        assert!(close(s));
+    }) * 1e3;
+    Ok(Row {
+        name: "512 MiB SharedSlice<f64> sum",
+        key: "sum_ms",
+        unit: "ms",
+        lower_is_better: true,
+        ours,
+        peers: [
+            Cell::NotApplicable,
+            Cell::NotApplicable,
+            Cell::Value(with_rayon),
+            Cell::Value(seq),
+        ],
+    })
+}
+
+fn pool_pids(pool: &Pool) -> multiproc::Result<Vec<u32>> {
+    let mut pids: Vec<u32> = pool
+        .map(worker_peak, &[0u8; 64])?
+        .iter()
+        .map(|p| p.0)
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    Ok(pids)
+}
+
+fn queue() -> multiproc::Result<Row> {
+    const N: u64 = 1_000_000;
+    let pool = Pool::new(WORKERS)?;
+    let rates: Vec<f64> = (0..3)
+        .map(|_| {
+            let q: Queue<u64> = Queue::bounded(1 << 16).expect("queue");
+            let t = Instant::now();
+            let producers: Vec<_> = (0..2)
+                .map(|_| pool.apply_async(produce, (q.clone(), N)))
+                .collect();
+            let mut sum = 0u64;
+            for _ in 0..2 * N {
+                sum = sum.wrapping_add(q.get().expect("get"));
+            }
+            let rate = 2.0 * N as f64 / t.elapsed().as_secs_f64();
+            for p in producers {
+                assert_eq!(p.get().expect("producer"), N);
+            }
+            assert_eq!(sum, 2 * (N * (N - 1) / 2));
+            rate
+        })
+        .collect();
+    // The floor: the same between threads of one process, through a bounded channel.
+    let threads = median(
+        (0..3)
+            .map(|_| {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<u64>(1 << 16);
+                let t = Instant::now();
+                let producers: Vec<_> = (0..2)
+                    .map(|_| {
+                        let tx = tx.clone();
+                        std::thread::spawn(move || {
+                            for i in 0..N {
+                                tx.send(i).expect("send");
+                            }
+                        })
+                    })
+                    .collect();
+                drop(tx);
+                assert_eq!(rx.iter().count() as u64, 2 * N);
+                for p in producers {
+                    p.join().expect("producer thread");
+                }
+                2.0 * N as f64 / t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    );
+    let py = python("queue_ops.py", &[]);
+    Ok(Row {
+        name: "Queue, 2 producers -> parent",
+        key: "queue_msgs",
+        unit: "msgs/s",
+        lower_is_better: false,
+        ours: median(rates),
+        peers: [
+            from_python(&py, "mp_queue="),
+            Cell::NotApplicable,
+            Cell::Value(threads),
+            Cell::NotApplicable,
+        ],
+    })
+}
+
+fn fmt(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.0}k", v / 1e3)
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// How many times better multiproc is than `peer` on this row (>1: multiproc better).
+fn advantage(row: &Row, peer: f64) -> f64 {
+    if row.lower_is_better {
+        peer / row.ours
+    } else {
+        row.ours / peer
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "{:<32} {:>8} {:>10} {:>19} {:>19} {:>19} {:>19}",
+        "figure", "unit", "multiproc", PEERS[0], PEERS[1], PEERS[2], PEERS[3]
+    );
+    for row in rows {
+        let cells: Vec<String> = row
+            .peers
+            .iter()
+            .map(|c| match c {
+                Cell::Value(v) => format!("{} ({}x)", fmt(*v), fmt(advantage(row, *v))),
+                Cell::NotApplicable => "-".to_owned(),
+                Cell::Missing(why) => why.chars().take(19).collect(),
+            })
+            .collect();
+        println!(
+            "{:<32} {:>8} {:>10} {:>19} {:>19} {:>19} {:>19}",
+            row.name,
+            row.unit,
+            fmt(row.ours),
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3]
+        );
+    }
+    println!(
+        "(x) = how many times better multiproc is than that peer on that figure \
+         (>1: multiproc wins)"
+    );
+    for row in rows {
+        for (peer, cell) in PEERS.iter().zip(&row.peers) {
+            if let Cell::Missing(why) = cell {
+                println!("note: {} / {peer}: {why}", row.name.trim());
+            }
+        }
+    }
+}
+
+const BASELINE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/peers-baseline.txt");
+
+/// Warns about every figure worse than the recorded one by more than 20%; records this
+/// run instead when `BENCH_RECORD=1`.
+fn compare_with_baseline(rows: &[Row]) {
+    if std::env::var("BENCH_RECORD").is_ok_and(|v| v == "1") {
+        let text: String = rows
+            .iter()
+            .map(|r| format!("{} {}\n", r.key, r.ours))
+            .collect();
+        match std::fs::write(BASELINE, text) {
+            Ok(()) => println!("recorded this run as the baseline in {BASELINE}"),
+            Err(e) => println!("cannot record the baseline in {BASELINE}: {e}"),
+        }
+        return;
+    }
+    let Ok(text) = std::fs::read_to_string(BASELINE) else {
+        println!("no baseline at {BASELINE}; BENCH_RECORD=1 records one");
+        return;
+    };
+    let recorded: BTreeMap<&str, f64> = text
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k, v.trim().parse().ok()?))
+        })
+        .collect();
+    let mut warned = false;
+    for row in rows {
+        let Some(&before) = recorded.get(row.key) else {
+            continue;
+        };
+        let worse = if row.lower_is_better {
+            row.ours / before
+        } else {
+            before / row.ours
+        };
+        if worse > 1.2 {
+            warned = true;
+            println!(
+                "WARNING: {} regressed: {} {} now, {} {} recorded ({:.0}% worse)",
+                row.name.trim(),
+                fmt(row.ours),
+                row.unit,
+                fmt(before),
+                row.unit,
+                (worse - 1.0) * 100.0
+            );
+        }
+    }
+    if !warned {
+        println!("no figure is more than 20% worse than the recorded baseline");
+    }
+}
+
+fn main() -> multiproc::Result<()> {
+    procspawn::init();
+    // procspawn's EMFILE panic is expected and reported in the table.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !info.to_string().contains("Too many open files") {
+            default_hook(info);
+        }
+    }));
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    println!("# multiproc and its peers: {WORKERS} workers/threads, {cores} cores; medians");
+    let mut memory = Vec::new();
+    let (start, apply, asyncs) = start_and_apply()?;
+    let map = bulk_map(&mut memory)?;
+    let cpu = cpu_bound()?;
+    let (big, big_handle) = big_argument()?;
+    let sum = slice_sum(&mut memory)?;
+    let queue = queue()?;
+    let rows = [start, apply, asyncs, map, cpu, big, big_handle, sum, queue];
+    println!();
+    print_table(&rows);
+    println!("\n# peak resident memory (VmHWM, reset before each workload)");
+    for line in &memory {
+        println!("{line}");
+    }
+    println!();
+    compare_with_baseline(&rows);
+    Ok(())
+}
