@@ -17,7 +17,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use common::{median, peak_kb, python, reset_peak};
+use common::{median, median_secs, peak_kb, python, reset_peak, work};
 use multiproc::prelude::*;
 use rayon::prelude::*;
 use serde_bytes::ByteBuf;
@@ -37,14 +37,8 @@ fn procspawn_t1_chunk(xs: Vec<u64>) -> Vec<u64> {
     xs.into_iter().map(|x| x * 10).collect()
 }
 
-/// About 20 ms of integer work per task here.
+/// 40M multiply-adds: 30–60 ms of work per task here, depending on the load.
 const ROUNDS: u64 = 40_000_000;
-
-fn work(n: u64) -> u64 {
-    (0..n).fold(0u64, |h, i| {
-        std::hint::black_box(h.wrapping_mul(31).wrapping_add(i))
-    })
-}
 
 #[parallel]
 fn burn(n: u64) -> u64 {
@@ -116,20 +110,6 @@ struct Row {
 
 const PEERS: [&str; 4] = ["Python Pool", "procspawn", "rayon/threads", "sequential"];
 
-/// Median seconds of `runs` timed calls of `f`, after one untimed call.
-fn secs(runs: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    median(
-        (0..runs)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64()
-            })
-            .collect(),
-    )
-}
-
 fn from_python(text: &Result<String, String>, key: &str) -> Cell {
     match text {
         Ok(t) => common::field(t, key).map_or_else(
@@ -180,9 +160,7 @@ fn start_and_apply() -> multiproc::Result<(Row, Row, Row)> {
 
     // Round trips on a warm pool.
     let pool = Pool::new(WORKERS)?;
-    for i in 0..200 {
-        pool.apply(t1, i)?;
-    }
+    let ours_trip = common::round_trip_us(&pool, t1);
     let trip = |f: &mut dyn FnMut(u64)| {
         median(
             (0..2000u64)
@@ -194,9 +172,6 @@ fn start_and_apply() -> multiproc::Result<(Row, Row, Row)> {
                 .collect(),
         )
     };
-    let ours_trip = trip(&mut |i| {
-        pool.apply(t1, i).expect("apply");
-    });
     let spawn_pool = procspawn::Pool::new(WORKERS).expect("procspawn pool");
     for i in 0..200 {
         spawn_pool.spawn(i, procspawn_t1).join().expect("join");
@@ -213,18 +188,7 @@ fn start_and_apply() -> multiproc::Result<(Row, Row, Row)> {
     });
 
     // 50k apply_async, then get.
-    let ours_async = median(
-        (0..3)
-            .map(|_| {
-                let t = Instant::now();
-                let handles: Vec<_> = (0..50_000).map(|i| pool.apply_async(t1, i)).collect();
-                for h in handles {
-                    h.get().expect("get");
-                }
-                t.elapsed().as_secs_f64() * 1e6 / 50_000.0
-            })
-            .collect(),
-    );
+    let ours_async = common::async_50k_us(&pool, t1);
     let spawn_async = procspawn_50k(&spawn_pool);
     spawn_pool.shutdown();
     let rayon_async = {
@@ -314,7 +278,7 @@ fn bulk_map(memory: &mut Vec<String>) -> multiproc::Result<Row> {
     let data: Vec<u64> = (0..N as u64).collect();
     let expect: Vec<u64> = data.iter().map(|&x| x * 10).collect();
     let ns = |s: f64| s * 1e9 / N as f64;
-    let seq = secs(5, || {
+    let seq = median_secs(5, || {
         let out: Vec<u64> = std::hint::black_box(&data)
             .iter()
             .map(|&x| x * 10)
@@ -327,7 +291,7 @@ fn bulk_map(memory: &mut Vec<String>) -> multiproc::Result<Row> {
     pool.map(worker_reset_peak, &[0u8; 64])?;
     reset_peak();
     let parent_before = peak_kb("self");
-    let ours = secs(5, || {
+    let ours = median_secs(5, || {
         assert_eq!(pool.map(t1, &data).expect("map"), expect);
     });
     memory.push(format!(
@@ -342,13 +306,13 @@ fn bulk_map(memory: &mut Vec<String>) -> multiproc::Result<Row> {
         .num_threads(WORKERS)
         .build()
         .expect("rayon pool");
-    let with_rayon = secs(5, || {
+    let with_rayon = median_secs(5, || {
         let out: Vec<u64> = rayon_pool.install(|| data.par_iter().map(|&x| x * 10).collect());
         assert_eq!(out, expect);
     });
     // procspawn has no map: split by hand into a few chunks per worker.
     let spawn_pool = procspawn::Pool::new(WORKERS).expect("procspawn pool");
-    let with_procspawn = secs(5, || {
+    let with_procspawn = median_secs(5, || {
         let handles: Vec<_> = data
             .chunks(N / (WORKERS * 4))
             .map(|c| spawn_pool.spawn(c.to_vec(), procspawn_t1_chunk))
@@ -394,24 +358,24 @@ fn worker_peaks(pool: &Pool) -> multiproc::Result<Vec<String>> {
 fn cpu_bound() -> multiproc::Result<Row> {
     let tasks = vec![ROUNDS; 24];
     let expect: Vec<u64> = tasks.iter().map(|&n| work(n)).collect();
-    let seq = secs(3, || {
+    let seq = median_secs(3, || {
         let out: Vec<u64> = tasks.iter().map(|&n| work(n)).collect();
         assert_eq!(out, expect);
     });
     let pool = Pool::builder().workers(WORKERS).chunk_size(1).build()?;
-    let ours = secs(3, || {
+    let ours = median_secs(3, || {
         assert_eq!(pool.map(burn, &tasks).expect("map"), expect);
     });
     let rayon_pool = rayon::ThreadPoolBuilder::new()
         .num_threads(WORKERS)
         .build()
         .expect("rayon pool");
-    let with_rayon = secs(3, || {
+    let with_rayon = median_secs(3, || {
         let out: Vec<u64> = rayon_pool.install(|| tasks.par_iter().map(|&n| work(n)).collect());
         assert_eq!(out, expect);
     });
     let spawn_pool = procspawn::Pool::new(WORKERS).expect("procspawn pool");
-    let with_procspawn = secs(3, || {
+    let with_procspawn = median_secs(3, || {
         let handles: Vec<_> = tasks
             .iter()
             .map(|&n| spawn_pool.spawn(n, procspawn_burn))
@@ -449,12 +413,12 @@ fn big_argument() -> multiproc::Result<(Row, Row)> {
     let data = vec![b'x'; MB * 1000 * 1000];
     let pool = Pool::new(WORKERS)?;
     let bytes = [ByteBuf::from(data.clone()), ByteBuf::from(data.clone())];
-    let automatic = secs(5, || {
+    let automatic = median_secs(5, || {
         assert_eq!(pool.map(byte_len, &bytes).expect("map"), [data.len(); 2]);
     }) * 1e3;
     let shared = SharedSlice::from_slice(&data)?;
     let handles = [shared.clone(), shared.clone()];
-    let handle = secs(5, || {
+    let handle = median_secs(5, || {
         assert_eq!(pool.map(slice_len, &handles).expect("map"), [data.len(); 2]);
     }) * 1e3;
     // procspawn takes its arguments by value: the copies are made before the clock starts.
@@ -517,7 +481,7 @@ fn slice_sum(memory: &mut Vec<String>) -> multiproc::Result<Row> {
     let pool = Pool::new(WORKERS)?;
     pool.map(worker_reset_peak, &[0u8; 64])?;
     reset_peak();
-    let ours = secs(5, || {
+    let ours = median_secs(5, || {
         let out = pool.map(sum_view, &views).expect("map");
         assert!(close(out.iter().sum()));
     }) * 1e3;
@@ -535,12 +499,12 @@ fn slice_sum(memory: &mut Vec<String>) -> multiproc::Result<Row> {
         "  PSS of parent + workers during the map: {:.0} MiB for 512 MiB of data",
         pss as f64 / 1024.0
     ));
-    let seq = secs(5, || assert!(close(xs.iter().sum()))) * 1e3;
+    let seq = median_secs(5, || assert!(close(xs.iter().sum()))) * 1e3;
     let rayon_pool = rayon::ThreadPoolBuilder::new()
         .num_threads(WORKERS)
         .build()
         .expect("rayon pool");
-    let with_rayon = secs(5, || {
+    let with_rayon = median_secs(5, || {
         let s: f64 =
             rayon_pool.install(|| xs.par_chunks(N / 64).map(|c| c.iter().sum::<f64>()).sum());
         assert!(close(s));
@@ -574,25 +538,7 @@ fn pool_pids(pool: &Pool) -> multiproc::Result<Vec<u32>> {
 fn queue() -> multiproc::Result<Row> {
     const N: u64 = 1_000_000;
     let pool = Pool::new(WORKERS)?;
-    let rates: Vec<f64> = (0..3)
-        .map(|_| {
-            let q: Queue<u64> = Queue::bounded(1 << 16).expect("queue");
-            let t = Instant::now();
-            let producers: Vec<_> = (0..2)
-                .map(|_| pool.apply_async(produce, (q.clone(), N)))
-                .collect();
-            let mut sum = 0u64;
-            for _ in 0..2 * N {
-                sum = sum.wrapping_add(q.get().expect("get"));
-            }
-            let rate = 2.0 * N as f64 / t.elapsed().as_secs_f64();
-            for p in producers {
-                assert_eq!(p.get().expect("producer"), N);
-            }
-            assert_eq!(sum, 2 * (N * (N - 1) / 2));
-            rate
-        })
-        .collect();
+    let ours = common::queue_rate(&pool, produce, 2, N);
     // The floor: the same between threads of one process, through a bounded channel.
     let threads = median(
         (0..3)
@@ -624,7 +570,7 @@ fn queue() -> multiproc::Result<Row> {
         key: "queue_msgs",
         unit: "msgs/s",
         lower_is_better: false,
-        ours: median(rates),
+        ours,
         peers: [
             from_python(&py, "mp_queue="),
             Cell::NotApplicable,
@@ -700,7 +646,7 @@ fn compare_with_baseline(rows: &[Row]) {
     if std::env::var("BENCH_RECORD").is_ok_and(|v| v == "1") {
         let text: String = rows
             .iter()
-            .map(|r| format!("{} {}\n", r.key, r.ours))
+            .map(|r| format!("{} {:.4}\n", r.key, r.ours))
             .collect();
         match std::fs::write(BASELINE, text) {
             Ok(()) => println!("recorded this run as the baseline in {BASELINE}"),

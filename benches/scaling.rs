@@ -12,18 +12,12 @@ mod common;
 
 use std::time::Instant;
 
-use common::median;
+use common::{median, work};
 use multiproc::prelude::*;
 
 #[parallel]
 fn t1(x: u64) -> u64 {
     x * 10
-}
-
-fn work(n: u64) -> u64 {
-    (0..n).fold(0u64, |h, i| {
-        std::hint::black_box(h.wrapping_mul(31).wrapping_add(i))
-    })
 }
 
 #[parallel]
@@ -149,30 +143,8 @@ fn small_tasks(workers: &[usize]) -> multiproc::Result<()> {
     println!("\n## small tasks: apply round trip (us) and 50k apply_async + get (us/task)");
     for &w in workers {
         let pool = Pool::new(w)?;
-        for i in 0..200 {
-            pool.apply(t1, i)?;
-        }
-        let trip = median(
-            (0..2000u64)
-                .map(|i| {
-                    let t = Instant::now();
-                    pool.apply(t1, i).expect("apply");
-                    t.elapsed().as_secs_f64() * 1e6
-                })
-                .collect(),
-        );
-        let per_task = median(
-            (0..3)
-                .map(|_| {
-                    let t = Instant::now();
-                    let hs: Vec<_> = (0..50_000).map(|i| pool.apply_async(t1, i)).collect();
-                    for h in hs {
-                        h.get().expect("get");
-                    }
-                    t.elapsed().as_secs_f64() * 1e6 / 50_000.0
-                })
-                .collect(),
-        );
+        let trip = common::round_trip_us(&pool, t1);
+        let per_task = common::async_50k_us(&pool, t1);
         println!("{w:>3} worker(s): round trip {trip:>7.1} us, async {per_task:>6.2} us/task");
     }
     Ok(())
@@ -193,27 +165,8 @@ fn queue(producers: &[usize]) -> multiproc::Result<()> {
     const TOTAL: u64 = 2_000_000;
     for &p in producers {
         let pool = Pool::new(p)?;
-        let n = TOTAL / p as u64;
-        let rate = median(
-            (0..3)
-                .map(|_| {
-                    let q: Queue<u64> = Queue::bounded(1 << 16).expect("queue");
-                    let t = Instant::now();
-                    let hs: Vec<_> = (0..p)
-                        .map(|_| pool.apply_async(produce, (q.clone(), n)))
-                        .collect();
-                    for _ in 0..n * p as u64 {
-                        q.get().expect("get");
-                    }
-                    let rate = (n * p as u64) as f64 / t.elapsed().as_secs_f64();
-                    for h in hs {
-                        assert_eq!(h.get().expect("producer"), n);
-                    }
-                    rate
-                })
-                .collect(),
-        );
-        println!("{p:>3} producer(s): {:>10.0} msgs/s", rate);
+        let rate = common::queue_rate(&pool, produce, p, TOTAL / p as u64);
+        println!("{p:>3} producer(s): {rate:>10.0} msgs/s");
     }
     Ok(())
 }

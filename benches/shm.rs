@@ -8,9 +8,6 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use std::time::Instant;
-
-use common::median;
 use multiproc::prelude::*;
 use serde_bytes::ByteBuf;
 
@@ -24,17 +21,8 @@ fn vec_len(data: Vec<u8>) -> usize {
     data.len()
 }
 
-fn time_ms(runs: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    median(
-        (0..runs)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64() * 1e3
-            })
-            .collect(),
-    )
+fn time_ms(runs: usize, f: impl FnMut()) -> f64 {
+    common::median_secs(runs, f) * 1e3
 }
 
 fn threshold_table() -> multiproc::Result<()> {

@@ -2,6 +2,9 @@
 #![allow(dead_code)] // each benchmark uses some of them
 
 use std::process::Command;
+use std::time::Instant;
+
+use multiproc::{Pool, Queue, Task};
 
 /// The median of `xs` (the upper one for an even count).
 pub fn median(mut xs: Vec<f64>) -> f64 {
@@ -60,4 +63,90 @@ fn status_kb(pid: &str, file: &str, key: &str) -> u64 {
 /// next `peak_kb` reading is about what happens from now on.
 pub fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Median seconds of `runs` timed calls of `f`, after one untimed warm-up call.
+pub fn median_secs(runs: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    median(
+        (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
+/// A `u64 -> u64` task.
+pub type U64Task = Task<u64, u64, fn(u64) -> u64>;
+
+/// One `apply` round trip on a warm `pool`: median of 2,000, in µs.
+pub fn round_trip_us(pool: &Pool, task: U64Task) -> f64 {
+    for i in 0..200 {
+        pool.apply(task, i).expect("apply");
+    }
+    median(
+        (0..2000u64)
+            .map(|i| {
+                let t = Instant::now();
+                pool.apply(task, i).expect("apply");
+                t.elapsed().as_secs_f64() * 1e6
+            })
+            .collect(),
+    )
+}
+
+/// 50,000 `apply_async`, then each `get`: µs per task, median of 3.
+pub fn async_50k_us(pool: &Pool, task: U64Task) -> f64 {
+    median(
+        (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                let handles: Vec<_> = (0..50_000).map(|i| pool.apply_async(task, i)).collect();
+                for h in handles {
+                    h.get().expect("get");
+                }
+                t.elapsed().as_secs_f64() * 1e6 / 50_000.0
+            })
+            .collect(),
+    )
+}
+
+/// A producer task: puts `0..n` into the queue, returns how many it put.
+pub type ProduceTask = Task<(Queue<u64>, u64), u64, fn(Queue<u64>, u64) -> u64>;
+
+/// `producers` workers of `pool` each put `n` messages; the parent gets them all.
+/// Messages per second, median of 3.
+pub fn queue_rate(pool: &Pool, produce: ProduceTask, producers: usize, n: u64) -> f64 {
+    median(
+        (0..3)
+            .map(|_| {
+                let q: Queue<u64> = Queue::bounded(1 << 16).expect("queue");
+                let t = Instant::now();
+                let hs: Vec<_> = (0..producers)
+                    .map(|_| pool.apply_async(produce, (q.clone(), n)))
+                    .collect();
+                let total = n * producers as u64;
+                let mut sum = 0u64;
+                for _ in 0..total {
+                    sum = sum.wrapping_add(q.get().expect("get"));
+                }
+                let rate = total as f64 / t.elapsed().as_secs_f64();
+                for h in hs {
+                    assert_eq!(h.get().expect("producer"), n);
+                }
+                assert_eq!(sum, producers as u64 * (n * (n - 1) / 2));
+                rate
+            })
+            .collect(),
+    )
+}
+
+/// Integer work that the optimiser cannot skip: `n` multiply-adds (~0.75 ns each here).
+pub fn work(n: u64) -> u64 {
+    (0..n).fold(0u64, |h, i| {
+        std::hint::black_box(h.wrapping_mul(31).wrapping_add(i))
+    })
 }

@@ -1,5 +1,5 @@
 """Python's multiprocessing.Pool(2).map over 1,000,000 ints (x * 10), the peer figure for
-`cargo bench --bench par_map`. Prints one line: `python_pool_map ns_per_item=<median>`."""
+`cargo bench --bench peers`. Prints one line: `python_pool_map ns_per_item=<median>`."""
 import os
 import statistics
 import sys

@@ -1,4 +1,4 @@
-"""Python's multiprocessing.Pool (fork) on the workloads of `cargo bench --bench pool`.
+"""Python's multiprocessing.Pool (fork) on the workloads of `cargo bench --bench peers`.
 
 Prints `key=value` figures: start_ms (Pool(2) created to first apply result, median),
 apply_us (one apply round trip on a warm pool, median), async_us (50k apply_async then

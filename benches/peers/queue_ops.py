@@ -1,4 +1,4 @@
-"""Python's queues on the workload of `cargo bench --bench queue`: two producer processes
+"""Python's queues on the workload of `cargo bench --bench peers`: two producer processes
 put N ints each; the parent gets all 2N. Prints `mp_queue=<msgs/s> manager_queue=<msgs/s>`
 (medians of 3). `mp.Queue` cannot be passed to a Pool, so its producers are Processes;
 `Manager().Queue()` is what a Pool needs."""

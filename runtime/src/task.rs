@@ -200,10 +200,7 @@ pub fn run_chunk<A: DeserializeOwned, R: Serialize, LA: Layout<A>, LR: Layout<R>
                 progress.note(index);
                 step.set(Step::Decoding);
                 mark = out.len();
-                let value = match LA::take(&mut reader) {
-                    Ok(value) => value,
-                    Err(e) => return Err(e),
-                };
+                let value = LA::take(&mut reader)?;
                 step.set(Step::Running);
                 let result = invoke(value);
                 if let Err(e) = LR::put(&result, out) {
@@ -218,7 +215,7 @@ pub fn run_chunk<A: DeserializeOwned, R: Serialize, LA: Layout<A>, LR: Layout<R>
                 drop(result);
                 index += 1;
             }
-            Ok(())
+            Ok::<(), postcard::Error>(())
         });
         match stretch {
             Ok(Ok(())) => {}
