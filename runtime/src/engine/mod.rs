@@ -9,7 +9,7 @@ mod job;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
@@ -49,7 +49,18 @@ pub(crate) struct PoolShared {
     /// The pid of each slot's current worker, for `terminate` and kills at exit.
     pids: Mutex<Vec<Option<u32>>>,
     terminated: AtomicBool,
+    /// Bumped by every change a waiting driver must see (a job queued, the pool
+    /// closed), so that a driver can poll it without the queue's lock.
+    changes: AtomicU64,
+    /// Held by the one driver allowed to poll for its next job before sleeping.
+    polling: AtomicBool,
 }
+
+/// How long an idle driver polls for a new job before it sleeps on the queue. One
+/// driver at a time: a second spinner would take the core the work needs on a small
+/// machine. It saves the caller's wake-up of a sleeping driver in a stream of
+/// `apply`s.
+const DRIVER_POLL: Duration = Duration::from_micros(50);
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding these locks leaves the data consistent (every critical
@@ -62,6 +73,7 @@ impl PoolShared {
     /// it has it. `None` once the pool is closed and drained.
     fn next_job(&self) -> Option<Job> {
         let mut q = lock(&self.queue);
+        let mut polled = false;
         loop {
             while let Some(job) = q.jobs.pop_front() {
                 if !job.is_cancelled() {
@@ -72,8 +84,33 @@ impl PoolShared {
             if q.closed {
                 return None;
             }
+            if !polled {
+                polled = true;
+                let seen = self.changes.load(Ordering::Acquire);
+                drop(q);
+                self.poll_for_change(seen);
+                q = lock(&self.queue);
+                continue;
+            }
             q = self.ready.wait(q).unwrap_or_else(PoisonError::into_inner);
         }
+    }
+
+    /// Spins for up to `DRIVER_POLL` until `changes` moves on from `seen`, if no other
+    /// driver is polling; returns at once otherwise.
+    fn poll_for_change(&self, seen: u64) {
+        if self
+            .polling
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let start = Instant::now();
+        while self.changes.load(Ordering::Acquire) == seen && start.elapsed() < DRIVER_POLL {
+            std::hint::spin_loop();
+        }
+        self.polling.store(false, Ordering::Release);
     }
 
     /// A driver's worker finished everything it held.
@@ -106,6 +143,7 @@ impl PoolShared {
             q.jobs.push_front(job);
         }
         drop(q);
+        self.changes.fetch_add(1, Ordering::Release);
         self.ready.notify_all();
     }
 
@@ -170,6 +208,8 @@ impl PoolCore {
             config,
             pids: Mutex::new(vec![None; workers]),
             terminated: AtomicBool::new(false),
+            changes: AtomicU64::new(0),
+            polling: AtomicBool::new(false),
         });
         let (completions, completed) = mpsc::channel::<Completion>();
         let completion_thread = std::thread::Builder::new()
@@ -241,6 +281,7 @@ impl PoolCore {
         }
         q.jobs.push_back(job);
         drop(q);
+        self.shared.changes.fetch_add(1, Ordering::Release);
         self.shared.ready.notify_one();
         Ok(())
     }
@@ -252,6 +293,7 @@ impl PoolCore {
     /// Stops taking work; queued jobs still run.
     pub(crate) fn close(&self) {
         lock(&self.shared.queue).closed = true;
+        self.shared.changes.fetch_add(1, Ordering::Release);
         self.shared.ready.notify_all();
     }
 
@@ -280,6 +322,7 @@ impl PoolCore {
             q.closed = true;
             q.jobs.drain(..).collect()
         };
+        self.shared.changes.fetch_add(1, Ordering::Release);
         self.shared.ready.notify_all();
         drop(dropped); // each replies Closed
         self.shared.kill_workers();
