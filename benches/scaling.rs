@@ -93,30 +93,34 @@ fn main() -> multiproc::Result<()> {
     small_tasks(&workers)?;
     queue(&workers)?;
 
-    println!("\n## 24 equal CPU-bound tasks: speedup vs one sequential loop (median of 3)");
+    println!(
+        "\n## 24 equal CPU-bound tasks: speedup vs one sequential loop \
+         (sequential and parallel runs alternate, 3 of each, medians)"
+    );
     const ROUNDS: u64 = 20_000_000;
     let tasks = vec![ROUNDS; 24];
-    let seq = median(
-        (0..3)
-            .map(|_| {
-                let t = Instant::now();
-                std::hint::black_box(tasks.iter().map(|&n| work(n)).collect::<Vec<_>>());
-                t.elapsed().as_secs_f64()
-            })
-            .collect(),
-    );
+    let timed = |f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        f();
+        t.elapsed().as_secs_f64()
+    };
     for &w in &workers {
         let pool = Pool::builder().workers(w).chunk_size(1).build()?;
-        let t = median(
-            (0..3)
-                .map(|_| {
-                    let t = Instant::now();
-                    pool.map(burn, &tasks).expect("map");
-                    t.elapsed().as_secs_f64()
-                })
-                .collect(),
+        pool.map(burn, &[1, 1])?;
+        let (mut seq, mut par) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            seq.push(timed(&mut || {
+                std::hint::black_box(tasks.iter().map(|&n| work(n)).collect::<Vec<_>>());
+            }));
+            par.push(timed(&mut || {
+                pool.map(burn, &tasks).expect("map");
+            }));
+        }
+        let (seq, par) = (median(seq), median(par));
+        println!(
+            "{w:>3} worker(s): {par:.3} s (sequential {seq:.3} s), speedup {:.2}x",
+            seq / par
         );
-        println!("{w:>3} worker(s): {t:.3} s, speedup {:.2}x", seq / t);
     }
 
     println!("\n## peak RSS during a 1M-item map on 2 workers");
