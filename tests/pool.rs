@@ -404,3 +404,77 @@ fn the_global_pool_shows_progress_when_asked() {
     let stderr = String::from_utf8_lossy(&on.stderr);
     assert!(stderr.contains("1500/1500 items"), "{stderr}");
 }
+
+/// Echoes its bytes back, after `ms` milliseconds.
+#[parallel]
+fn echo_after(ms: u64, bytes: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf {
+    std::thread::sleep(Duration::from_millis(ms));
+    bytes
+}
+
+/// Runs `f` on another thread; fails the test if it takes longer than `limit` (a hang).
+fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("hung: no answer within {limit:?}"))
+}
+
+#[test]
+fn big_frames_both_ways_through_the_socket_do_not_deadlock() {
+    // Everything through the socket, frames of several socket buffers each way, and a
+    // worker busy while the parent still has frames to write: neither side may wait for
+    // the other to read.
+    let out = within(Duration::from_secs(120), || {
+        let pool = Pool::builder()
+            .workers(1)
+            .chunk_size(1)
+            .shm_threshold(usize::MAX)
+            .build()
+            .unwrap();
+        let items: Vec<(u64, serde_bytes::ByteBuf)> = (0..12u8)
+            .map(|i| {
+                (
+                    u64::from(i % 3),
+                    serde_bytes::ByteBuf::from(vec![i; 3 << 20]),
+                )
+            })
+            .collect();
+        pool.map(echo_after, &items).unwrap()
+    });
+    assert_eq!(out.len(), 12);
+    for (i, b) in out.iter().enumerate() {
+        assert!(
+            b.len() == 3 << 20 && b.iter().all(|&x| x == i as u8),
+            "item {i}"
+        );
+    }
+}
+
+#[test]
+fn a_time_limit_holds_while_frames_wait_to_be_written() {
+    // The first item never ends; the ones behind it are big frames the busy worker does
+    // not read. The driver must still notice the time limit, not wait in a write.
+    let out = within(Duration::from_secs(120), || {
+        let pool = Pool::builder()
+            .workers(1)
+            .task_timeout(Duration::from_secs(1))
+            .shm_threshold(usize::MAX)
+            .build()
+            .unwrap();
+        let mut items = vec![(600_000u64, serde_bytes::ByteBuf::from(vec![1u8; 16]))];
+        items.extend((0..3).map(|_| (0u64, serde_bytes::ByteBuf::from(vec![2u8; 4 << 20]))));
+        pool.imap(echo_after, items).collect::<Vec<_>>()
+    });
+    let e = out[0].as_ref().unwrap_err();
+    assert_eq!(
+        (e.kind(), e.task_index()),
+        (ErrorKind::Timeout, Some(0)),
+        "{e}"
+    );
+    for r in &out[1..] {
+        assert_eq!(r.as_ref().unwrap().len(), 4 << 20);
+    }
+}

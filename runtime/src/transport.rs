@@ -102,16 +102,29 @@ pub(crate) fn send(stream: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> io::Resu
     if fds.is_empty() {
         return (&*stream).write_all(bytes);
     }
+    let sent = sendmsg(stream, bytes, fds, 0)?;
+    (&*stream).write_all(&bytes[sent..])
+}
+
+/// Writes as much of `bytes` as the socket takes now, with `fds` attached to the first
+/// byte, without waiting: the number of bytes written, or `WouldBlock` if none were.
+pub(crate) fn send_now(stream: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> io::Result<usize> {
+    sendmsg(stream, bytes, fds, libc::MSG_DONTWAIT)
+}
+
+/// One `sendmsg` of `bytes` with `fds` attached (none: no control message).
+fn sendmsg(
+    stream: &UnixStream,
+    bytes: &[u8],
+    fds: &[RawFd],
+    flags: libc::c_int,
+) -> io::Result<usize> {
     if fds.len() > MAX_FDS {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("a frame may carry at most {MAX_FDS} shared-memory segments"),
         ));
     }
-    let fd_bytes = size_of_val(fds);
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
-    let mut control = vec![0u64; space.div_ceil(8)];
     let mut iov = libc::iovec {
         iov_base: bytes.as_ptr().cast_mut().cast(),
         iov_len: bytes.len(),
@@ -120,33 +133,38 @@ pub(crate) fn send(stream: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> io::Resu
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    // SAFETY: filling the one control message the buffer was sized for.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
-        std::ptr::copy_nonoverlapping(
-            fds.as_ptr(),
-            libc::CMSG_DATA(cmsg).cast::<RawFd>(),
-            fds.len(),
-        );
+    let fd_bytes = size_of_val(fds);
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
+    let mut control = vec![0u64; if fds.is_empty() { 0 } else { space.div_ceil(8) }];
+    if !fds.is_empty() {
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: filling the one control message the buffer was sized for.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr(),
+                libc::CMSG_DATA(cmsg).cast::<RawFd>(),
+                fds.len(),
+            );
+        }
     }
-    let sent = loop {
+    loop {
         // SAFETY: sendmsg from the buffers described by `msg`; the kernel duplicates the
         // descriptors, which stay ours.
-        let n = unsafe { libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        let n = unsafe { libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL | flags) };
         if n >= 0 {
-            break n as usize;
+            return Ok(n as usize);
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
         }
-    };
-    (&*stream).write_all(&bytes[sent..])
+    }
 }
 
 use std::sync::Arc;

@@ -6,8 +6,8 @@ use std::io::Write;
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Once;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
-use std::sync::{Once, mpsc};
 use std::time::{Duration, Instant};
 
 use crate::protocol::{self, Frame, Hello};
@@ -121,68 +121,49 @@ fn serve(marker: &str) -> Result<(), String> {
 
     let mut buf = Vec::new();
     let shm = handshake(&mut reader, &mut buf, marker.token)?;
-    let writer = reader
+    let watcher = reader
         .try_clone()
         .map_err(|e| format!("cannot duplicate the socket: {e}"))?;
-    let mut reader = std::io::BufReader::with_capacity(256 << 10, FdReader::new(reader));
 
-    // Frames are read on this thread and run on another, so a parent's end of stream
-    // is noticed even while a task runs, and the parent's writes never wait on our
-    // compute (which could otherwise deadlock two processes writing big frames).
-    // Room for every frame a parent sends ahead (its window of small jobs), so that a
-    // burst of tiny tasks does not make the two threads wake each other per frame.
-    let (tx, rx) = mpsc::sync_channel::<Incoming>(256);
-    let executor = std::thread::Builder::new()
+    // One thread reads the frames, runs them and writes the answers: no hand-off between
+    // threads on the way (a wake-up each, the largest part of a round trip). The
+    // parent's driver never blocks on a write, so a worker that blocks writing an answer
+    // while frames are still coming cannot deadlock with it. This thread only watches
+    // for the parent hanging up, so that happens at once even while a task runs.
+    std::thread::Builder::new()
         .name("multiproc-worker".into())
         .stack_size(main_stack_size())
-        .spawn(move || execute(rx, writer, shm))
-        .map_err(|e| format!("cannot start the executor thread: {e}"))?;
+        .spawn(move || {
+            let Err(why) = work(reader, shm);
+            eprintln!("multiproc worker {}: {why}", std::process::id());
+            let _ = std::io::stdout().flush();
+            std::process::exit(EXIT_FAILURE);
+        })
+        .map_err(|e| format!("cannot start the worker thread: {e}"))?;
+    watch_for_hang_up(&watcher)
+}
+
+/// Returns only by ending the process, when the parent closes its end of the socket.
+fn watch_for_hang_up(socket: &UnixStream) -> ! {
     loop {
-        let mut frame = Vec::new();
-        match protocol::read_frame(&mut reader, &mut frame) {
-            Ok(true) => {}
-            Ok(false) => exit_on_parent_gone(),
-            // A parent that exits with our results unread resets the connection.
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => exit_on_parent_gone(),
-            Err(e) => return Err(format!("protocol error: {e}")),
-        }
-        // Segments are opened here, as their descriptors arrive, before the executor
-        // decodes any handle that refers to them.
-        let body = match protocol::parse(&frame) {
-            Ok(Frame::Run { trailer, .. }) => {
-                transport::open_segments(reader.get_mut(), &trailer, true)
-                    .map_err(|e| format!("protocol error: {e}"))?
-            }
-            Ok(Frame::Release(ids)) => {
-                crate::shm::release(&ids);
-                continue;
-            }
-            Ok(Frame::Setup) => {
-                let fd = reader
-                    .get_mut()
-                    .take_fds(1)
-                    .map_err(|e| format!("protocol error: {e}"))?;
-                install_progress(fd)?;
-                continue;
-            }
-            Ok(other) => return Err(format!("protocol error: unexpected frame {other:?}")),
-            Err(e) => return Err(format!("protocol error: {e}")),
+        let mut pfd = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(socket),
+            events: libc::POLLRDHUP,
+            revents: 0,
         };
-        if tx.send(Incoming { frame, body }).is_err() {
-            // The executor stopped; it says why when it joins.
-            drop(tx);
-            return match executor.join() {
-                Ok(result) => result,
-                Err(_) => Err("the executor thread panicked".into()),
-            };
+        // SAFETY: `pfd` is one valid pollfd and we pass a count of 1. Data waiting to be
+        // read does not wake it: only a hang-up (or an error) does.
+        let n = unsafe { libc::poll(&mut pfd, 1, -1) };
+        if n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+            exit_on_parent_gone();
         }
     }
 }
 
-/// Set while the executor runs a chunk.
+/// Set while the worker thread runs a chunk.
 static BUSY: AtomicBool = AtomicBool::new(false);
 
-/// The chunk the executor runs, for progress records.
+/// The chunk the worker thread runs, for progress records.
 static CURRENT_CHUNK: AtomicU64 = AtomicU64::new(0);
 
 /// Where this worker records the item it is running (a word in a memfd the parent also
@@ -312,33 +293,22 @@ const BATCH_FOR: Duration = Duration::from_micros(200);
 /// ...and up to this many bytes.
 const BATCH_BYTES: usize = 1 << 20;
 
-fn execute(
-    rx: mpsc::Receiver<Incoming>,
-    mut writer: UnixStream,
-    shm: ShmConfig,
-) -> Result<(), String> {
+/// Serves the parent: reads frames, runs the chunks, writes the answers. Returns only
+/// with the reason the worker gives up.
+fn work(socket: UnixStream, shm: ShmConfig) -> Result<std::convert::Infallible, String> {
+    let mut writer = socket
+        .try_clone()
+        .map_err(|e| format!("cannot duplicate the socket: {e}"))?;
+    let mut reader = std::io::BufReader::with_capacity(256 << 10, FdReader::new(socket));
     let mut out = Vec::new();
     let mut failures = Vec::new();
     let mut batch_started: Option<Instant> = None;
     loop {
-        let incoming = if out.is_empty() {
-            match rx.recv() {
-                Ok(incoming) => incoming,
-                Err(_) => return Ok(()),
-            }
-        } else {
-            match rx.try_recv() {
-                Ok(incoming) => incoming,
-                Err(mpsc::TryRecvError::Empty) => {
-                    flush(&mut writer, &mut out, &mut batch_started);
-                    continue;
-                }
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    flush(&mut writer, &mut out, &mut batch_started);
-                    return Ok(());
-                }
-            }
-        };
+        // Answers held back go out as soon as no frame is waiting to be run.
+        if !out.is_empty() && !input_waiting(&reader) {
+            flush(&mut writer, &mut out, &mut batch_started);
+        }
+        let incoming = next_run(&mut reader)?;
         let Ok(Frame::Run {
             chunk,
             count,
@@ -384,6 +354,59 @@ fn execute(
         if batch_age >= BATCH_FOR || out.len() >= BATCH_BYTES {
             flush(&mut writer, &mut out, &mut batch_started);
         }
+    }
+}
+
+/// Whether a frame is already waiting: received, or ready to be read.
+fn input_waiting(reader: &std::io::BufReader<FdReader>) -> bool {
+    if !reader.buffer().is_empty() {
+        return true;
+    }
+    let mut pfd = libc::pollfd {
+        fd: reader.get_ref().raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is one valid pollfd and we pass a count of 1; a zero timeout only
+    // asks, it does not wait.
+    unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
+}
+
+/// Reads frames until a `Run` frame, handling the others (segment releases, the
+/// progress page) on the way. The parent's end of stream ends the worker.
+fn next_run(reader: &mut std::io::BufReader<FdReader>) -> Result<Incoming, String> {
+    loop {
+        let mut frame = Vec::new();
+        match protocol::read_frame(reader, &mut frame) {
+            Ok(true) => {}
+            Ok(false) => exit_on_parent_gone(),
+            // A parent that exits with our results unread resets the connection.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => exit_on_parent_gone(),
+            Err(e) => return Err(format!("protocol error: {e}")),
+        }
+        // Segments are opened as their descriptors arrive, before any handle that refers
+        // to them is decoded.
+        let body = match protocol::parse(&frame) {
+            Ok(Frame::Run { trailer, .. }) => {
+                transport::open_segments(reader.get_mut(), &trailer, true)
+                    .map_err(|e| format!("protocol error: {e}"))?
+            }
+            Ok(Frame::Release(ids)) => {
+                crate::shm::release(&ids);
+                continue;
+            }
+            Ok(Frame::Setup) => {
+                let fd = reader
+                    .get_mut()
+                    .take_fds(1)
+                    .map_err(|e| format!("protocol error: {e}"))?;
+                install_progress(fd)?;
+                continue;
+            }
+            Ok(other) => return Err(format!("protocol error: unexpected frame {other:?}")),
+            Err(e) => return Err(format!("protocol error: {e}")),
+        };
+        return Ok(Incoming { frame, body });
     }
 }
 

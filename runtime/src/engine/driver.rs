@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::BufReader;
+use std::os::fd::RawFd;
 use std::sync::{Arc, Weak, mpsc};
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,8 @@ pub(super) fn run(slot: usize, shared: &PoolShared, started: mpsc::Sender<Result
         front_started: Instant::now(),
         spawn_failures: 0,
         wbuf: Vec::new(),
+        written: 0,
+        wfds: Vec::new(),
     };
     let first = driver.ensure_worker();
     let ok = first.is_ok();
@@ -92,7 +95,19 @@ struct Driver<'a> {
     /// When the oldest in-flight job started running, for the time limit.
     front_started: Instant,
     spawn_failures: u32,
+    /// Frames being written to the worker: the bytes, how many went out, and the
+    /// descriptors still to attach to the next byte. Writes never block: a driver
+    /// that waited for a busy worker to read could not read that worker's answers
+    /// meanwhile, nor enforce a time limit.
     wbuf: Vec<u8>,
+    written: usize,
+    wfds: Vec<RawFd>,
+}
+
+/// What a worker's socket is ready for.
+struct Ready {
+    readable: bool,
+    writable: bool,
 }
 
 /// Why a worker is being given up.
@@ -118,17 +133,26 @@ impl Driver<'_> {
                     .worker
                     .as_ref()
                     .is_some_and(|live| !live.reader.buffer().is_empty());
-            if !answers_waiting && !self.fill_window() {
+            if !answers_waiting && !self.write_pending() && !self.fill_window() {
                 return;
             }
             if self.inflight.is_empty() {
                 continue;
             }
-            if let Some(limit) = self.shared.config.task_timeout
-                && !self.wait_readable(self.front_started + limit)
-            {
-                self.lose_worker(Loss::TimedOut(limit));
-                continue;
+            let limit = self.shared.config.task_timeout;
+            if limit.is_some() || self.write_pending() {
+                let ready = self.wait(limit.map(|l| self.front_started + l));
+                if ready.writable {
+                    self.push_writes();
+                }
+                if !ready.readable {
+                    if let Some(limit) = limit
+                        && !ready.writable
+                    {
+                        self.lose_worker(Loss::TimedOut(limit));
+                    }
+                    continue;
+                }
             }
             let Some(live) = self.worker.as_mut() else {
                 continue;
@@ -241,48 +265,101 @@ impl Driver<'_> {
         for (i, e) in failed.into_iter().rev() {
             batch.remove(i).fail(e);
         }
-        let written = transport::send(&live.process.stream, &self.wbuf, &fds);
         if self.inflight.is_empty() {
             self.front_started = Instant::now();
         }
         live.items += batch.iter().map(|j| u64::from(j.count)).sum::<u64>();
         self.inflight.extend(batch);
-        // On a write error, reading next tells what happened (a Fatal, or end of stream).
-        let _ = written;
-        if self.wbuf.capacity() > 16 << 20 {
-            self.wbuf = Vec::new();
-        }
+        self.written = 0;
+        self.wfds = fds;
+        self.push_writes();
         self.note_if_idle();
     }
 
-    /// Waits until the worker has something to read or `deadline` passes. True when
-    /// there is something to read (or the connection ended, which reading reports).
-    fn wait_readable(&self, deadline: Instant) -> bool {
+    fn write_pending(&self) -> bool {
+        self.written < self.wbuf.len()
+    }
+
+    /// Writes what the worker's socket takes now of the pending frames. The descriptors
+    /// still to send are valid: they belong to segments that jobs in flight hold.
+    fn push_writes(&mut self) {
+        let Some(live) = self.worker.as_ref() else {
+            return self.drop_writes();
+        };
+        while self.write_pending() {
+            match transport::send_now(&live.process.stream, &self.wbuf[self.written..], &self.wfds)
+            {
+                Ok(n) => {
+                    self.written += n;
+                    self.wfds.clear();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                // Reading next tells what happened (a Fatal frame, or end of stream).
+                Err(_) => break,
+            }
+        }
+        self.drop_writes();
+    }
+
+    /// Forgets pending writes (all written, or the worker is gone).
+    fn drop_writes(&mut self) {
+        self.wbuf.clear();
+        self.written = 0;
+        self.wfds.clear();
+        if self.wbuf.capacity() > 16 << 20 {
+            self.wbuf = Vec::new();
+        }
+    }
+
+    /// Waits until the worker has something to read, or (while frames are pending) room
+    /// to write, or `deadline` passes. The end of the connection counts as readable:
+    /// reading reports it.
+    fn wait(&self, deadline: Option<Instant>) -> Ready {
+        let readable = Ready {
+            readable: true,
+            writable: false,
+        };
         let Some(live) = &self.worker else {
-            return true;
+            return readable;
         };
         if !live.reader.buffer().is_empty() {
-            return true;
+            return readable;
         }
         let fd = live.reader.get_ref().raw_fd();
+        let events = if self.write_pending() {
+            libc::POLLIN | libc::POLLOUT
+        } else {
+            libc::POLLIN
+        };
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
+            let ms = match deadline {
+                None => -1,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ready {
+                            readable: false,
+                            writable: false,
+                        };
+                    }
+                    libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX)
+                }
+            };
             let mut pfd = libc::pollfd {
                 fd,
-                events: libc::POLLIN,
+                events,
                 revents: 0,
             };
-            let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
             // SAFETY: `pfd` is one valid pollfd and we pass a count of 1.
             let n = unsafe { libc::poll(&mut pfd, 1, ms) };
             if n > 0 {
-                return true;
+                return Ready {
+                    readable: pfd.revents & !libc::POLLOUT != 0,
+                    writable: pfd.revents & libc::POLLOUT != 0,
+                };
             }
             if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                return true; // reading will report the error
+                return readable; // reading will report the error
             }
         }
     }
@@ -387,6 +464,7 @@ impl Driver<'_> {
     /// Ends the current worker cleanly (it holds nothing): it exits on end-of-stream and
     /// gives its memory back to the system; the next job starts a fresh one.
     fn recycle_worker(&mut self) {
+        self.drop_writes();
         if let Some(live) = self.worker.take() {
             self.shared.set_pid(self.slot, None);
             close_and_reap(live);
@@ -396,6 +474,7 @@ impl Driver<'_> {
     /// The worker is gone or unusable: reap it, fail the chunk it was running, and put
     /// the chunks it never started back in the queue for another worker.
     fn lose_worker(&mut self, loss: Loss) {
+        self.drop_writes();
         let Some(mut live) = self.worker.take() else {
             return;
         };
