@@ -355,27 +355,44 @@ fn worker_peaks(pool: &Pool) -> multiproc::Result<Vec<String>> {
         .collect())
 }
 
+/// Sequential time over parallel time, from 3 runs of each that alternate (medians),
+/// so that a slow minute of this shared machine hits both sides alike.
+fn speedup(seq: &mut dyn FnMut(), par: &mut dyn FnMut()) -> f64 {
+    par();
+    let timed = |f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        f();
+        t.elapsed().as_secs_f64()
+    };
+    let (mut s, mut p) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        s.push(timed(seq));
+        p.push(timed(par));
+    }
+    median(s) / median(p)
+}
+
 fn cpu_bound() -> multiproc::Result<Row> {
     let tasks = vec![ROUNDS; 24];
     let expect: Vec<u64> = tasks.iter().map(|&n| work(n)).collect();
-    let seq = median_secs(3, || {
+    let mut seq = || {
         let out: Vec<u64> = tasks.iter().map(|&n| work(n)).collect();
         assert_eq!(out, expect);
-    });
+    };
     let pool = Pool::builder().workers(WORKERS).chunk_size(1).build()?;
-    let ours = median_secs(3, || {
+    let ours = speedup(&mut seq, &mut || {
         assert_eq!(pool.map(burn, &tasks).expect("map"), expect);
     });
     let rayon_pool = rayon::ThreadPoolBuilder::new()
         .num_threads(WORKERS)
         .build()
         .expect("rayon pool");
-    let with_rayon = median_secs(3, || {
+    let with_rayon = speedup(&mut seq, &mut || {
         let out: Vec<u64> = rayon_pool.install(|| tasks.par_iter().map(|&n| work(n)).collect());
         assert_eq!(out, expect);
     });
     let spawn_pool = procspawn::Pool::new(WORKERS).expect("procspawn pool");
-    let with_procspawn = median_secs(3, || {
+    let with_procspawn = speedup(&mut seq, &mut || {
         let handles: Vec<_> = tasks
             .iter()
             .map(|&n| spawn_pool.spawn(n, procspawn_burn))
@@ -398,11 +415,11 @@ fn cpu_bound() -> multiproc::Result<Row> {
         key: "cpu_speedup",
         unit: "x",
         lower_is_better: false,
-        ours: seq / ours,
+        ours,
         peers: [
             py_speedup,
-            Cell::Value(seq / with_procspawn),
-            Cell::Value(seq / with_rayon),
+            Cell::Value(with_procspawn),
+            Cell::Value(with_rayon),
             Cell::Value(1.0),
         ],
     })
