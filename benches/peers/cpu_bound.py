@@ -1,5 +1,6 @@
 """Python's multiprocessing.Pool(2) (fork) on 24 equal CPU-bound tasks, beside the same
-tasks run one after another. Prints `seq_s=<s> pool_s=<s>` (medians of 3)."""
+tasks run one after another; sequential and pool runs alternate, 3 of each, so that a slow
+minute of a shared machine hits both alike. Prints `seq_s=<s> pool_s=<s>` (medians)."""
 import statistics
 import sys
 import time
@@ -17,14 +18,13 @@ def main():
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 2_000_000
     tasks = [n] * 24
     seq = []
-    for _ in range(3):
-        t = time.perf_counter()
-        [burn(x) for x in tasks]
-        seq.append(time.perf_counter() - t)
     par = []
     with get_context("fork").Pool(2) as pool:
         pool.map(burn, [10] * 4)
         for _ in range(3):
+            t = time.perf_counter()
+            [burn(x) for x in tasks]
+            seq.append(time.perf_counter() - t)
             t = time.perf_counter()
             pool.map(burn, tasks, chunksize=1)
             par.append(time.perf_counter() - t)

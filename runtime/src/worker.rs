@@ -154,8 +154,13 @@ fn watch_for_hang_up(socket: &UnixStream) -> ! {
         // SAFETY: `pfd` is one valid pollfd and we pass a count of 1. Data waiting to be
         // read does not wake it: only a hang-up (or an error) does.
         let n = unsafe { libc::poll(&mut pfd, 1, -1) };
-        if n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+        let gone = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
+        if n > 0 && pfd.revents & gone != 0 {
             exit_on_parent_gone();
+        }
+        if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            // Out of resources for a moment: ask again shortly rather than spin.
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }
