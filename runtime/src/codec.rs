@@ -98,8 +98,8 @@ impl<T> Codec<T> {
         self.raw.map(|raw| (raw.as_bytes)(items))
     }
 
-    /// Appends all `count` values held in `bytes` to `out`, when the layout is raw; `Some(false)`
-    /// if `bytes` is not exactly that many values.
+    /// Appends all `count` values held in `bytes` to `out`, when the layout is raw;
+    /// `Some(false)`, adding nothing, if `bytes` is not exactly that many values.
     pub(crate) fn extend_raw(&self, bytes: &[u8], count: u32, out: &mut Vec<T>) -> Option<bool> {
         let raw = self.raw?;
         if bytes.len() != raw.size * count as usize {
