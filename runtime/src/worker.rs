@@ -362,19 +362,11 @@ fn work(socket: UnixStream, shm: ShmConfig) -> Result<std::convert::Infallible, 
     }
 }
 
-/// Whether a frame is already waiting: received, or ready to be read.
+/// Whether more frames were already received with the last read. Only those count:
+/// asking the socket too (a `poll` per chunk) cost a system call on every round trip
+/// and bought no batching — a driver's batch arrives in one read.
 fn input_waiting(reader: &std::io::BufReader<FdReader>) -> bool {
-    if !reader.buffer().is_empty() {
-        return true;
-    }
-    let mut pfd = libc::pollfd {
-        fd: reader.get_ref().raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: `pfd` is one valid pollfd and we pass a count of 1; a zero timeout only
-    // asks, it does not wait.
-    unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
+    !reader.buffer().is_empty()
 }
 
 /// Reads frames until a `Run` frame, handling the others (segment releases, the
