@@ -128,8 +128,9 @@ fn serve(marker: &str) -> Result<(), String> {
     // One thread reads the frames, runs them and writes the answers: no hand-off between
     // threads on the way (a wake-up each, the largest part of a round trip). The
     // parent's driver never blocks on a write, so a worker that blocks writing an answer
-    // while frames are still coming cannot deadlock with it. This thread only watches
-    // for the parent hanging up, so that happens at once even while a task runs.
+    // while frames are still coming cannot deadlock with it. The main thread (this one)
+    // only watches for the parent hanging up, so that ends the worker at once, even in
+    // the middle of a task.
     std::thread::Builder::new()
         .name("multiproc-worker".into())
         .stack_size(main_stack_size())
