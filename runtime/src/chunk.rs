@@ -170,14 +170,14 @@ impl ChunkOrigin {
     }
 
     fn check_end(&self, reader: &Reader<'_>) -> Result<()> {
-        match reader.is_empty() {
-            true => Ok(()),
-            false => Err(self.error(
-                ErrorKind::Protocol,
-                0,
-                "the worker sent more result bytes than results".to_owned(),
-            )),
+        if reader.is_empty() {
+            return Ok(());
         }
+        Err(self.error(
+            ErrorKind::Protocol,
+            0,
+            "the worker sent more result bytes than results".to_owned(),
+        ))
     }
 
     fn failure_error(&self, f: protocol::Failure) -> Error {
