@@ -12,7 +12,7 @@ mod common;
 
 use std::time::Instant;
 
-use common::{median, work};
+use common::{median, peak_kb, work};
 use multiproc::prelude::*;
 
 #[parallel]
@@ -29,17 +29,6 @@ fn burn(n: u64) -> u64 {
 #[parallel]
 fn worker_peak(_x: u8) -> (u32, u64) {
     (std::process::id(), peak_kb("self"))
-}
-
-fn peak_kb(pid: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn main() -> multiproc::Result<()> {
