@@ -34,7 +34,8 @@ impl<T: RawItem, const N: usize> RawItem for [T; N] where [T; N]: bytemuck::Pod 
 pub struct Raw<T> {
     size: usize,
     as_bytes: fn(&[T]) -> &[u8],
-    read: fn(&[u8]) -> T,
+    put: fn(&T, &mut Vec<u8>) -> postcard::Result<()>,
+    take: fn(&mut Reader<'_>) -> postcard::Result<T>,
     extend: fn(&[u8], &mut Vec<T>),
 }
 
@@ -52,7 +53,8 @@ impl<T: RawItem> Raw<T> {
         Raw {
             size: size_of::<T>(),
             as_bytes: bytemuck::cast_slice::<T, u8>,
-            read: bytemuck::pod_read_unaligned::<T>,
+            put: put_raw::<T>,
+            take: take_raw::<T>,
             extend: extend_raw::<T>,
         }
     }
@@ -62,6 +64,33 @@ impl<T: RawItem> Default for Raw<T> {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Appends the bytes of one value to `out`.
+#[inline(always)]
+fn put_raw<T: RawItem>(value: &T, out: &mut Vec<u8>) -> postcard::Result<()> {
+    out.extend_from_slice(bytemuck::bytes_of(value));
+    Ok(())
+}
+
+/// Reads the bytes of the next value.
+#[inline(always)]
+fn take_raw<T: RawItem>(reader: &mut Reader<'_>) -> postcard::Result<T> {
+    match reader.rest.split_at_checked(size_of::<T>()) {
+        Some((value, rest)) => {
+            reader.rest = rest;
+            Ok(bytemuck::pod_read_unaligned(value))
+        }
+        None => Err(postcard::Error::DeserializeUnexpectedEnd),
+    }
+}
+
+/// Reads the postcard encoding of the next value.
+#[inline(always)]
+fn take_postcard<T: DeserializeOwned>(reader: &mut Reader<'_>) -> postcard::Result<T> {
+    let (value, rest) = postcard::take_from_bytes(reader.rest)?;
+    reader.rest = rest;
+    Ok(value)
 }
 
 /// Appends the values held in `bytes` (a whole number of them) to `out`, with one copy.
@@ -115,10 +144,7 @@ impl<T: Serialize> Codec<T> {
     #[inline]
     pub(crate) fn put(&self, value: &T, out: &mut Vec<u8>) -> postcard::Result<()> {
         match self.raw {
-            Some(raw) => {
-                out.extend_from_slice((raw.as_bytes)(std::slice::from_ref(value)));
-                Ok(())
-            }
+            Some(raw) => (raw.put)(value, out),
             None => encode_into(out, value),
         }
     }
@@ -156,19 +182,12 @@ impl<T: RawItem> Layout<T> for RawLayout {
 
     #[inline(always)]
     fn put(value: &T, out: &mut Vec<u8>) -> postcard::Result<()> {
-        out.extend_from_slice(bytemuck::bytes_of(value));
-        Ok(())
+        put_raw(value, out)
     }
 
     #[inline(always)]
     fn take(reader: &mut Reader<'_>) -> postcard::Result<T> {
-        match reader.rest.split_at_checked(size_of::<T>()) {
-            Some((value, rest)) => {
-                reader.rest = rest;
-                Ok(bytemuck::pod_read_unaligned(value))
-            }
-            None => Err(postcard::Error::DeserializeUnexpectedEnd),
-        }
+        take_raw(reader)
     }
 }
 
@@ -188,9 +207,7 @@ impl<T> Layout<T> for PostcardLayout {
     where
         T: DeserializeOwned,
     {
-        let (value, rest) = postcard::take_from_bytes(reader.rest)?;
-        reader.rest = rest;
-        Ok(value)
+        take_postcard(reader)
     }
 }
 
@@ -208,18 +225,8 @@ impl<'a> Reader<'a> {
     #[inline]
     pub(crate) fn take<T: DeserializeOwned>(&mut self, codec: &Codec<T>) -> postcard::Result<T> {
         match codec.raw {
-            Some(raw) => match self.rest.split_at_checked(raw.size) {
-                Some((value, rest)) => {
-                    self.rest = rest;
-                    Ok((raw.read)(value))
-                }
-                None => Err(postcard::Error::DeserializeUnexpectedEnd),
-            },
-            None => {
-                let (value, rest) = postcard::take_from_bytes(self.rest)?;
-                self.rest = rest;
-                Ok(value)
-            }
+            Some(raw) => (raw.take)(self),
+            None => take_postcard(self),
         }
     }
 
