@@ -56,6 +56,13 @@ pub(crate) struct PoolShared {
     polling: AtomicBool,
 }
 
+/// Whom a change of the queue concerns: one job for any driver, or every driver.
+#[derive(Clone, Copy)]
+enum Wake {
+    One,
+    All,
+}
+
 /// How long an idle driver polls for a new job before it sleeps on the queue. One
 /// driver at a time: a second spinner would take the core the work needs on a small
 /// machine. It saves the caller's wake-up of a sleeping driver in a stream of
@@ -93,6 +100,16 @@ impl PoolShared {
                 continue;
             }
             q = self.ready.wait(q).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Tells waiting drivers that the queue changed: a sleeping one through the condition
+    /// variable, the polling one through `changes`.
+    fn wake_drivers(&self, wake: Wake) {
+        self.changes.fetch_add(1, Ordering::Release);
+        match wake {
+            Wake::One => self.ready.notify_one(),
+            Wake::All => self.ready.notify_all(),
         }
     }
 
@@ -143,8 +160,7 @@ impl PoolShared {
             q.jobs.push_front(job);
         }
         drop(q);
-        self.changes.fetch_add(1, Ordering::Release);
-        self.ready.notify_all();
+        self.wake_drivers(Wake::All);
     }
 
     fn set_pid(&self, slot: usize, pid: Option<u32>) {
@@ -281,8 +297,7 @@ impl PoolCore {
         }
         q.jobs.push_back(job);
         drop(q);
-        self.shared.changes.fetch_add(1, Ordering::Release);
-        self.shared.ready.notify_one();
+        self.shared.wake_drivers(Wake::One);
         Ok(())
     }
 
@@ -293,8 +308,7 @@ impl PoolCore {
     /// Stops taking work; queued jobs still run.
     pub(crate) fn close(&self) {
         lock(&self.shared.queue).closed = true;
-        self.shared.changes.fetch_add(1, Ordering::Release);
-        self.shared.ready.notify_all();
+        self.shared.wake_drivers(Wake::All);
     }
 
     /// Closes the pool, waits for every queued job to finish and every worker to exit,
@@ -322,8 +336,7 @@ impl PoolCore {
             q.closed = true;
             q.jobs.drain(..).collect()
         };
-        self.shared.changes.fetch_add(1, Ordering::Release);
-        self.shared.ready.notify_all();
+        self.shared.wake_drivers(Wake::All);
         drop(dropped); // each replies Closed
         self.shared.kill_workers();
         self.join();

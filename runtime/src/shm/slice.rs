@@ -130,15 +130,28 @@ struct Wire {
     len: u64,
 }
 
-impl<T> Serialize for SharedSlice<T> {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        super::note_outgoing(&self.entry);
+impl Wire {
+    /// Writes the handle of `len` items from `offset` in `entry`'s segment, and notes
+    /// that the segment leaves with the message being encoded.
+    fn write<S: Serializer>(
+        entry: &Arc<Entry>,
+        offset: usize,
+        len: usize,
+        s: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        super::note_outgoing(entry);
         Wire {
-            id: self.entry.segment.id(),
-            offset: self.offset as u64,
-            len: self.len as u64,
+            id: entry.segment.id(),
+            offset: offset as u64,
+            len: len as u64,
         }
         .serialize(s)
+    }
+}
+
+impl<T> Serialize for SharedSlice<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        Wire::write(&self.entry, self.offset, self.len, s)
     }
 }
 
@@ -350,13 +363,7 @@ impl<T> Drop for SharedChunkMut<T> {
 
 impl<T> Serialize for SharedChunkMut<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        super::note_outgoing(&self.entry);
-        Wire {
-            id: self.entry.segment.id(),
-            offset: self.offset as u64,
-            len: self.len as u64,
-        }
-        .serialize(s)
+        Wire::write(&self.entry, self.offset, self.len, s)
     }
 }
 
