@@ -135,29 +135,15 @@ fn start_and_apply() -> multiproc::Result<(Row, Row, Row)> {
     // Round trips on a warm pool.
     let pool = Pool::new(WORKERS)?;
     let ours_trip = common::round_trip_us(&pool, t1);
-    let trip = |f: &mut dyn FnMut(u64)| {
-        median(
-            (0..2000u64)
-                .map(|i| {
-                    let t = Instant::now();
-                    f(i);
-                    t.elapsed().as_secs_f64() * 1e6
-                })
-                .collect(),
-        )
-    };
     let spawn_pool = procspawn::Pool::new(WORKERS).expect("procspawn pool");
-    for i in 0..200 {
-        spawn_pool.spawn(i, procspawn_t1).join().expect("join");
-    }
-    let spawn_trip = trip(&mut |i| {
+    let spawn_trip = common::trips_us(&mut |i| {
         spawn_pool.spawn(i, procspawn_t1).join().expect("join");
     });
     let rayon_pool = rayon::ThreadPoolBuilder::new()
         .num_threads(WORKERS)
         .build()
         .expect("rayon pool");
-    let rayon_trip = trip(&mut |i| {
+    let rayon_trip = common::trips_us(&mut |i| {
         std::hint::black_box(rayon_pool.install(|| t1(i)));
     });
 

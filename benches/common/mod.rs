@@ -82,20 +82,26 @@ pub fn median_secs(runs: usize, mut f: impl FnMut()) -> f64 {
 /// A `u64 -> u64` task.
 pub type U64Task = Task<u64, u64, fn(u64) -> u64>;
 
-/// One `apply` round trip on a warm `pool`: median of 2,000, in µs.
-pub fn round_trip_us(pool: &Pool, task: U64Task) -> f64 {
-    for i in 0..200 {
-        pool.apply(task, i).expect("apply");
-    }
+/// One call of `f` after 200 warm-up calls: median of 2,000, in µs. `f` gets the call's
+/// number, to pass on as an argument.
+pub fn trips_us(f: &mut dyn FnMut(u64)) -> f64 {
+    (0..200).for_each(&mut *f);
     median(
         (0..2000u64)
             .map(|i| {
                 let t = Instant::now();
-                pool.apply(task, i).expect("apply");
+                f(i);
                 t.elapsed().as_secs_f64() * 1e6
             })
             .collect(),
     )
+}
+
+/// One `apply` round trip on a warm `pool`: median of 2,000, in µs.
+pub fn round_trip_us(pool: &Pool, task: U64Task) -> f64 {
+    trips_us(&mut |i| {
+        pool.apply(task, i).expect("apply");
+    })
 }
 
 /// 50,000 `apply_async`, then each `get`: µs per task, median of 3.
