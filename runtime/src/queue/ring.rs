@@ -7,13 +7,18 @@
 //!   one leaves its id behind; the next process that finds it held by a thread that no
 //!   longer exists takes it over. The producers' and the consumers' fields sit on cache
 //!   lines of their own.
-//! - Every change is committed by a single store at the end (`tail` for a put, `head`
-//!   for a get), so a process killed half-way leaves the ring as it was before: its
-//!   message was not put, or not taken (and another consumer gets it).
-//! - Waiting uses futexes on two sequence counters in the shared mapping, after a short
-//!   spin; a waker only makes the system call when someone waits.
+//! - Every change is committed by a single store at the end (`tail` and the count of
+//!   messages put, packed in one word, for a put; `head` and the count taken for a get),
+//!   so a process killed half-way leaves the ring as it was before: its message was not
+//!   put, or not taken (and another consumer gets it).
+//! - Each side reads the other side's line only when what it last saw there runs out (a
+//!   producer when the ring looks full, a consumer when it looks empty), and nothing is
+//!   written by both sides: in a busy queue the two sides do not steal cache lines from
+//!   each other on every message.
+//! - Waiting looks at the other side now and then for a short while, then sleeps on a
+//!   futex in the shared mapping; a commit only makes a system call when someone sleeps.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
 
 /// The header at the start of the segment. All fields are atomics in shared memory.
@@ -23,32 +28,82 @@ pub(crate) struct Header {
     producers: Side,
     /// Written by consumers.
     consumers: Side,
+    /// Written only by threads going to sleep and by their wakers.
+    sleep: Sleep,
+    /// Written only by `init` and `close`.
     common: Common,
 }
 
-/// One side's lock, its committed offset and its sequence counter.
+/// One side's lock and what it has committed.
 #[repr(C, align(64))]
 struct Side {
     lock: AtomicU32,
-    /// Bumped by every commit of this side; the other side waits on it.
-    seq: AtomicU32,
-    /// Threads of the other side waiting for this side's `seq`.
-    waiters: AtomicU32,
-    /// Monotonic byte offset: `tail` for producers, `head` for consumers.
-    offset: AtomicU64,
+    /// This side's byte offset and message count, packed (see [`pack`]): `tail` and
+    /// messages put for producers, `head` and messages taken for consumers. One store
+    /// commits a put or a get.
+    committed: AtomicU64,
+    /// The other side's `committed` when this side last read it. Only touched under this
+    /// side's lock; it lags behind the truth, which errs on the safe side (less room,
+    /// fewer messages), so the other side's line is only read when it runs out.
+    seen: AtomicU64,
+}
+
+/// Futex words and sleeper counts. A commit reads `*_waiting` (a line that stays in its
+/// cache while nobody sleeps) and only bumps a word and wakes when someone sleeps.
+#[repr(C, align(64))]
+struct Sleep {
+    /// Producers asleep waiting for room.
+    producers_waiting: AtomicU32,
+    /// Consumers asleep waiting for a message.
+    consumers_waiting: AtomicU32,
+    /// Bumped when a get makes room, and by close; producers sleep on it.
+    room: AtomicU32,
+    /// Bumped when a put adds a message, and by close; consumers sleep on it.
+    messages: AtomicU32,
 }
 
 #[repr(C, align(64))]
 struct Common {
     closed: AtomicU32,
-    /// Immutable after creation: the message limit (0: none) and the ring size.
+    /// Immutable after creation: the message limit (0: none) and the ring size (a power
+    /// of two).
     max_count: AtomicU64,
     capacity: AtomicU64,
-    count: AtomicU64,
 }
 
 pub(crate) const HEADER_BYTES: usize = 256;
 const _: () = assert!(size_of::<Header>() <= HEADER_BYTES);
+
+/// Offsets and message counts are kept modulo 2^32, in one word. A ring holds at most
+/// its capacity (a power of two, at most 2^30) in bytes and at most capacity / 4
+/// messages (each has a 4-byte length), so both differences stay below 2^32.
+const OFFSET_BITS: u32 = 32;
+const OFFSET_MASK: u64 = (1 << OFFSET_BITS) - 1;
+const COUNT_MASK: u64 = (1 << (64 - OFFSET_BITS)) - 1;
+/// The largest ring.
+const MAX_CAPACITY: u64 = 1 << 30;
+
+fn pack(offset: u64, count: u64) -> u64 {
+    (offset & OFFSET_MASK) | ((count & COUNT_MASK) << OFFSET_BITS)
+}
+
+fn offset(packed: u64) -> u64 {
+    packed & OFFSET_MASK
+}
+
+fn count(packed: u64) -> u64 {
+    packed >> OFFSET_BITS
+}
+
+/// Bytes between a consumer's `head` and a producer's `tail`.
+fn used(tail: u64, head: u64) -> u64 {
+    offset(tail).wrapping_sub(offset(head)) & OFFSET_MASK
+}
+
+/// Messages between the messages taken and the messages put.
+fn waiting(tail: u64, head: u64) -> u64 {
+    count(tail).wrapping_sub(count(head)) & COUNT_MASK
+}
 
 /// Why a put or get could not complete.
 #[derive(Debug, PartialEq, Eq)]
@@ -86,14 +141,11 @@ fn thread_alive(tid: u32) -> bool {
     rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-fn futex_wait(word: &AtomicU32, seen: u32, timeout: Option<Duration>) {
-    let ts = timeout.map(|d| libc::timespec {
-        tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
-        tv_nsec: libc::c_long::from(d.subsec_nanos() as i32),
-    });
-    let ts_ptr = ts
-        .as_ref()
-        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+fn futex_wait(word: &AtomicU32, seen: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
     // SAFETY: FUTEX_WAIT on a 4-byte aligned word in a shared mapping (not private: other
     // processes wake it); returns at once if the word no longer holds `seen`.
     unsafe {
@@ -102,7 +154,7 @@ fn futex_wait(word: &AtomicU32, seen: u32, timeout: Option<Duration>) {
             word.as_ptr(),
             libc::FUTEX_WAIT,
             seen,
-            ts_ptr,
+            &ts as *const libc::timespec,
             std::ptr::null::<u32>(),
             0,
         );
@@ -124,6 +176,22 @@ fn futex_wake_all(word: &AtomicU32) {
     }
 }
 
+/// Bumps `word` and wakes its sleepers.
+fn ring_bell(word: &AtomicU32) {
+    word.fetch_add(1, Ordering::SeqCst);
+    futex_wake_all(word);
+}
+
+/// After a commit: wakes the other side if any of it sleeps.
+fn wake_if_waiting(waiting: &AtomicU32, word: &AtomicU32) {
+    // Pairs with the fence in `wait`: either the sleeper sees our commit before it
+    // sleeps, or we see it counted here.
+    fence(Ordering::SeqCst);
+    if waiting.load(Ordering::Relaxed) > 0 {
+        ring_bell(word);
+    }
+}
+
 struct Guard<'a>(&'a AtomicU32);
 
 impl Drop for Guard<'_> {
@@ -142,12 +210,14 @@ impl Ring {
         Ring { base, len }
     }
 
-    /// Lays out a fresh ring (zeroed memory) with these limits.
+    /// Lays out a fresh ring (zeroed memory) with these limits. The ring uses the
+    /// largest power of two of bytes that fits after the header.
     pub(crate) fn init(&self, max_count: u64) {
         let h = &self.header().common;
+        let room = (self.len - HEADER_BYTES) as u64;
+        let capacity = (1u64 << room.ilog2()).min(MAX_CAPACITY);
         h.max_count.store(max_count, Ordering::Relaxed);
-        h.capacity
-            .store((self.len - HEADER_BYTES) as u64, Ordering::Release);
+        h.capacity.store(capacity, Ordering::Release);
     }
 
     fn header(&self) -> &Header {
@@ -194,10 +264,10 @@ impl Ring {
         unsafe { self.base.add(HEADER_BYTES) }
     }
 
-    /// Copies `src` into the ring at monotonic offset `at` (wrapping).
+    /// Copies `src` into the ring at offset `at` (wrapping).
     fn write_at(&self, at: u64, src: &[u8]) {
         let cap = self.capacity();
-        let pos = (at % cap) as usize;
+        let pos = (at & (cap - 1)) as usize;
         let first = src.len().min(cap as usize - pos);
         // SAFETY: both ranges lie inside the data region; the lock makes them ours.
         unsafe {
@@ -206,10 +276,10 @@ impl Ring {
         }
     }
 
-    /// Copies from the ring at monotonic offset `at` (wrapping) into `dst`.
+    /// Copies from the ring at offset `at` (wrapping) into `dst`.
     fn read_at(&self, at: u64, dst: &mut [u8]) {
         let cap = self.capacity();
-        let pos = (at % cap) as usize;
+        let pos = (at & (cap - 1)) as usize;
         let first = dst.len().min(cap as usize - pos);
         // SAFETY: both ranges lie inside the data region; the lock makes them ours.
         unsafe {
@@ -222,8 +292,14 @@ impl Ring {
         }
     }
 
+    /// The number of messages waiting.
     pub(crate) fn len(&self) -> u64 {
-        self.header().common.count.load(Ordering::Acquire)
+        let h = self.header();
+        // Taken first: what is put later can only add to it, so the difference is never
+        // below zero.
+        let head = h.consumers.committed.load(Ordering::Acquire);
+        let tail = h.producers.committed.load(Ordering::Acquire);
+        waiting(tail, head)
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -232,11 +308,9 @@ impl Ring {
 
     pub(crate) fn close(&self) {
         let h = self.header();
-        h.common.closed.store(1, Ordering::Release);
-        for side in [&h.producers, &h.consumers] {
-            side.seq.fetch_add(1, Ordering::AcqRel);
-            futex_wake_all(&side.seq);
-        }
+        h.common.closed.store(1, Ordering::SeqCst);
+        ring_bell(&h.sleep.room);
+        ring_bell(&h.sleep.messages);
     }
 
     /// Appends one message, waiting for room until `deadline` (forever if `None`).
@@ -248,39 +322,47 @@ impl Ring {
             return Err(Stop::TooLarge);
         }
         let len = u32::try_from(msg.len()).map_err(|_| Stop::TooLarge)?;
+        let max = h.common.max_count.load(Ordering::Relaxed);
+        let fits = |tail: u64, head: u64| {
+            self.capacity() - used(tail, head) >= need && (max == 0 || waiting(tail, head) < max)
+        };
         loop {
-            let seen = {
+            let head = {
                 let _g = self.lock(&me.lock);
                 if self.is_closed() {
                     return Err(Stop::Closed);
                 }
-                // Read the consumers' side first: what they freed can only grow.
-                let seen = them.seq.load(Ordering::Acquire);
-                let head = them.offset.load(Ordering::Acquire);
-                let tail = me.offset.load(Ordering::Acquire);
-                let max = h.common.max_count.load(Ordering::Relaxed);
-                let count = h.common.count.load(Ordering::Acquire);
-                let fits = self.capacity() - (tail - head) >= need;
-                if fits && (max == 0 || count < max) {
-                    self.write_at(tail, &len.to_le_bytes());
-                    self.write_at(tail + 4, msg);
+                let tail = me.committed.load(Ordering::Relaxed);
+                let mut head = me.seen.load(Ordering::Relaxed);
+                if !fits(tail, head) {
+                    head = them.committed.load(Ordering::Acquire);
+                    me.seen.store(head, Ordering::Relaxed);
+                }
+                if fits(tail, head) {
+                    self.write_at(offset(tail), &len.to_le_bytes());
+                    self.write_at(offset(tail) + 4, msg);
                     // The commit: the message exists once `tail` moves past it.
-                    me.offset.store(tail + need, Ordering::Release);
-                    h.common.count.fetch_add(1, Ordering::AcqRel);
-                    me.seq.fetch_add(1, Ordering::AcqRel);
+                    me.committed.store(
+                        pack(offset(tail) + need, count(tail) + 1),
+                        Ordering::Release,
+                    );
                     None
                 } else {
-                    Some(seen)
+                    Some(head)
                 }
             };
-            match seen {
+            match head {
                 None => {
-                    if me.waiters.load(Ordering::Acquire) > 0 {
-                        futex_wake_all(&me.seq);
-                    }
+                    wake_if_waiting(&h.sleep.consumers_waiting, &h.sleep.messages);
                     return Ok(());
                 }
-                Some(seen) => wait(&them.seq, &them.waiters, seen, deadline)?,
+                Some(head) => self.wait(
+                    &them.committed,
+                    head,
+                    &h.sleep.room,
+                    &h.sleep.producers_waiting,
+                    deadline,
+                )?,
             }
         }
     }
@@ -311,69 +393,103 @@ impl Ring {
         let h = self.header();
         let (me, them) = (&h.consumers, &h.producers);
         loop {
-            let seen = {
+            let tail = {
                 let _g = self.lock(&me.lock);
-                let seen = them.seq.load(Ordering::Acquire);
-                let tail = them.offset.load(Ordering::Acquire);
-                let head = me.offset.load(Ordering::Acquire);
-                if head != tail {
+                let head = me.committed.load(Ordering::Relaxed);
+                let mut tail = me.seen.load(Ordering::Relaxed);
+                if offset(tail) == offset(head) {
+                    tail = them.committed.load(Ordering::Acquire);
+                    if offset(tail) == offset(head) && self.is_closed() {
+                        // A put that committed before the close is still taken.
+                        tail = them.committed.load(Ordering::Acquire);
+                        if offset(tail) == offset(head) {
+                            return Err(Stop::Closed);
+                        }
+                    }
+                    me.seen.store(tail, Ordering::Relaxed);
+                }
+                if offset(tail) != offset(head) {
                     let mut len = [0u8; 4];
-                    self.read_at(head, &mut len);
+                    self.read_at(offset(head), &mut len);
                     let len = u32::from_le_bytes(len) as u64;
                     msg.clear();
                     msg.resize(len as usize, 0);
-                    self.read_at(head + 4, msg);
+                    self.read_at(offset(head) + 4, msg);
                     // The commit: the message is taken once `head` moves past it.
-                    me.offset.store(head + 4 + len, Ordering::Release);
-                    h.common.count.fetch_sub(1, Ordering::AcqRel);
-                    me.seq.fetch_add(1, Ordering::AcqRel);
-                    Ok(())
-                } else if self.is_closed() {
-                    return Err(Stop::Closed);
+                    me.committed.store(
+                        pack(offset(head) + 4 + len, count(head) + 1),
+                        Ordering::Release,
+                    );
+                    None
                 } else {
-                    Err(seen)
+                    Some(tail)
                 }
             };
-            match seen {
-                Ok(()) => {
-                    if me.waiters.load(Ordering::Acquire) > 0 {
-                        futex_wake_all(&me.seq);
-                    }
+            match tail {
+                None => {
+                    wake_if_waiting(&h.sleep.producers_waiting, &h.sleep.room);
                     return Ok(());
                 }
-                Err(seen) => wait(&them.seq, &them.waiters, seen, deadline)?,
+                Some(tail) => self.wait(
+                    &them.committed,
+                    tail,
+                    &h.sleep.messages,
+                    &h.sleep.consumers_waiting,
+                    deadline,
+                )?,
             }
         }
+    }
+
+    /// Waits for the other side's `committed` to move on from `seen`, or for the queue
+    /// to close: checks now and then for a short while, then sleeps on `bell`.
+    fn wait(
+        &self,
+        committed: &AtomicU64,
+        seen: u64,
+        bell: &AtomicU32,
+        sleepers: &AtomicU32,
+        deadline: Option<Instant>,
+    ) -> Result<(), Stop> {
+        let moved = || committed.load(Ordering::Acquire) != seen || self.is_closed();
+        // Look at the other side's line only now and then: every look takes the line
+        // away from the side that is about to write it.
+        for _ in 0..SPIN_LOOKS {
+            for _ in 0..PAUSES_PER_LOOK {
+                std::hint::spin_loop();
+            }
+            if moved() {
+                return Ok(());
+            }
+        }
+        let timeout = match deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(Stop::TimedOut);
+                }
+                // Wake up now and then regardless: a waker that died between its change
+                // and its wake-up must not leave us asleep for good.
+                left.min(Duration::from_millis(100))
+            }
+            None => Duration::from_millis(100),
+        };
+        let rung = bell.load(Ordering::SeqCst);
+        sleepers.fetch_add(1, Ordering::SeqCst);
+        // Pairs with the fence in `wake_if_waiting`.
+        fence(Ordering::SeqCst);
+        if !moved() {
+            futex_wait(bell, rung, timeout);
+        }
+        sleepers.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
     }
 }
 
-/// Waits for `word` to move on from `seen`: spins briefly, then sleeps on the futex.
-fn wait(
-    word: &AtomicU32,
-    waiters: &AtomicU32,
-    seen: u32,
-    deadline: Option<Instant>,
-) -> Result<(), Stop> {
-    for _ in 0..200 {
-        if word.load(Ordering::Acquire) != seen {
-            return Ok(());
-        }
-        std::hint::spin_loop();
-    }
-    let timeout = match deadline {
-        Some(d) => {
-            let left = d.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Stop::TimedOut);
-            }
-            // Wake up now and then regardless: a waker that died between its change and
-            // its wake-up must not leave us asleep for good.
-            Some(left.min(Duration::from_millis(100)))
-        }
-        None => Some(Duration::from_millis(100)),
-    };
-    waiters.fetch_add(1, Ordering::AcqRel);
-    futex_wait(word, seen, timeout);
-    waiters.fetch_sub(1, Ordering::AcqRel);
-    Ok(())
-}
+/// How often a waiter looks at the other side before it sleeps, and how long it pauses
+/// between looks (a pause is tens of cycles).
+const SPIN_LOOKS: u32 = 32;
+const PAUSES_PER_LOOK: u32 = 16;
+
+#[cfg(test)]
+mod tests;
