@@ -578,6 +578,11 @@ fn main() -> multiproc::Result<()> {
     let rows = [start, apply, asyncs, map, cpu, big, big_handle, sum, queue];
     println!();
     print_table(&rows);
+    println!(
+        "\nfloor under any round trip here: two processes echoing 8 bytes over a socketpair, \
+         no library: {:.1} us",
+        common::socket_floor_us()
+    );
     println!("\n# peak resident memory (VmHWM, reset before each workload)");
     for line in &memory {
         println!("{line}");

@@ -140,6 +140,37 @@ fn callbacks_run_in_completion_order() {
     assert_eq!(*order.lock().unwrap(), [1, 0]);
 }
 
+/// Says it arrived, then waits (30 s at most, to detect a hang) for the parent's go.
+#[parallel]
+fn meet(arrived: Queue<u8>, go: Queue<u8>) -> bool {
+    arrived.put(1).is_ok() && matches!(go.get_timeout(Duration::from_secs(30)), Ok(Some(_)))
+}
+
+#[test]
+fn jobs_queued_right_after_a_result_each_get_a_worker() {
+    // Right after a result, one driver polls for its next job and takes the first one
+    // queued without being woken; the second job must still wake the other driver.
+    // The two jobs wait for each other, so a job that never starts hangs the rounds.
+    within(Duration::from_secs(120), || {
+        let pool = Pool::new(2).unwrap();
+        let (arrived, go) = (Queue::<u8>::new().unwrap(), Queue::<u8>::new().unwrap());
+        for round in 0..20 {
+            pool.apply(t1, round).unwrap();
+            let handles: Vec<_> = (0..2)
+                .map(|_| pool.apply_async(meet, (arrived.clone(), go.clone())))
+                .collect();
+            for _ in 0..2 {
+                assert_eq!(arrived.get().unwrap(), 1);
+            }
+            go.put(1).unwrap();
+            go.put(1).unwrap();
+            for h in handles {
+                assert!(h.get().unwrap(), "round {round}");
+            }
+        }
+    });
+}
+
 #[test]
 fn a_dropped_handle_still_runs_its_callback_and_join_waits_for_it() {
     let pool = Pool::new(2).unwrap();

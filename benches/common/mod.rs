@@ -97,6 +97,48 @@ pub fn trips_us(f: &mut dyn FnMut(u64)) -> f64 {
     )
 }
 
+/// The floor under any round trip between two processes here: a forked child echoes
+/// 8 bytes over a `socketpair`, with no library in between. Median of 2,000, in µs.
+pub fn socket_floor_us() -> f64 {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two descriptors into `fds`.
+    let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) };
+    assert_eq!(rc, 0, "socketpair");
+    // SAFETY: the child only calls read, write and _exit, which are safe after a fork
+    // of a threaded process.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    let mut buf = [0u8; 8];
+    if pid == 0 {
+        // SAFETY: echo on our end until the parent closes its end, then leave without
+        // running any of the parent's exit handlers.
+        unsafe {
+            libc::close(fds[0]);
+            while libc::read(fds[1], buf.as_mut_ptr().cast(), 8) == 8 {
+                libc::write(fds[1], buf.as_ptr().cast(), 8);
+            }
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: our copy of the child's end.
+    unsafe { libc::close(fds[1]) };
+    let us = trips_us(&mut |i| {
+        let sent = i.to_le_bytes();
+        // SAFETY: 8-byte buffers on our socket end.
+        let echoed = unsafe {
+            libc::write(fds[0], sent.as_ptr().cast(), 8) == 8
+                && libc::read(fds[0], buf.as_mut_ptr().cast(), 8) == 8
+        };
+        assert!(echoed && buf == sent, "echo");
+    });
+    // SAFETY: closing our end ends the child, which we reap.
+    unsafe {
+        libc::close(fds[0]);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+    us
+}
+
 /// One `apply` round trip on a warm `pool`: median of 2,000, in µs.
 pub fn round_trip_us(pool: &Pool, task: U64Task) -> f64 {
     trips_us(&mut |i| {

@@ -39,6 +39,9 @@ struct Queue {
     closed: bool,
     /// Drivers whose worker holds at least one job.
     busy: usize,
+    /// A driver is polling `changes` for its next job; it takes the first job queued
+    /// before it stops, so that job needs no wake-up of a sleeping driver.
+    polling: bool,
 }
 
 /// State shared by the pool handle and its driver threads.
@@ -52,13 +55,13 @@ pub(crate) struct PoolShared {
     /// Bumped by every change a waiting driver must see (a job queued, the pool
     /// closed), so that a driver can poll it without the queue's lock.
     changes: AtomicU64,
-    /// Held by the one driver allowed to poll for its next job before sleeping.
-    polling: AtomicBool,
 }
 
-/// Whom a change of the queue concerns: one job for any driver, or every driver.
+/// Whom a change of the queue concerns: one job the polling driver takes, one job for
+/// any driver, or every driver.
 #[derive(Clone, Copy)]
 enum Wake {
+    None,
     One,
     All,
 }
@@ -91,12 +94,16 @@ impl PoolShared {
             if q.closed {
                 return None;
             }
-            if !polled {
+            if !polled && !q.polling {
+                // One driver at a time polls; it clears the flag under the lock, then
+                // looks at the queue again, so a job queued meanwhile is its own.
                 polled = true;
+                q.polling = true;
                 let seen = self.changes.load(Ordering::Acquire);
                 drop(q);
                 self.poll_for_change(seen);
                 q = lock(&self.queue);
+                q.polling = false;
                 continue;
             }
             q = self.ready.wait(q).unwrap_or_else(PoisonError::into_inner);
@@ -104,30 +111,23 @@ impl PoolShared {
     }
 
     /// Tells waiting drivers that the queue changed: a sleeping one through the condition
-    /// variable, the polling one through `changes`.
+    /// variable, the polling one through `changes`. `Wake::None`: the polling driver
+    /// takes the one job queued, so no sleeping driver is woken in vain.
     fn wake_drivers(&self, wake: Wake) {
         self.changes.fetch_add(1, Ordering::Release);
         match wake {
+            Wake::None => {}
             Wake::One => self.ready.notify_one(),
             Wake::All => self.ready.notify_all(),
         }
     }
 
-    /// Spins for up to `DRIVER_POLL` until `changes` moves on from `seen`, if no other
-    /// driver is polling; returns at once otherwise.
+    /// Spins for up to `DRIVER_POLL` until `changes` moves on from `seen`.
     fn poll_for_change(&self, seen: u64) {
-        if self
-            .polling
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            return;
-        }
         let start = Instant::now();
         while self.changes.load(Ordering::Acquire) == seen && start.elapsed() < DRIVER_POLL {
             std::hint::spin_loop();
         }
-        self.polling.store(false, Ordering::Release);
     }
 
     /// A driver's worker finished everything it held.
@@ -219,13 +219,13 @@ impl PoolCore {
                 jobs: VecDeque::new(),
                 closed: false,
                 busy: 0,
+                polling: false,
             }),
             ready: Condvar::new(),
             config,
             pids: Mutex::new(vec![None; workers]),
             terminated: AtomicBool::new(false),
             changes: AtomicU64::new(0),
-            polling: AtomicBool::new(false),
         });
         let (completions, completed) = mpsc::channel::<Completion>();
         let completion_thread = std::thread::Builder::new()
@@ -295,9 +295,16 @@ impl PoolCore {
             drop(job);
             return Err(Error::new(ErrorKind::Closed, "the pool is closed"));
         }
+        // The polling driver takes the first job queued; any further one needs a driver
+        // of its own.
+        let wake = if q.polling && q.jobs.is_empty() {
+            Wake::None
+        } else {
+            Wake::One
+        };
         q.jobs.push_back(job);
         drop(q);
-        self.shared.wake_drivers(Wake::One);
+        self.shared.wake_drivers(wake);
         Ok(())
     }
 
