@@ -2,7 +2,8 @@
 //! number of workers, and what a map costs in memory: ns/item for 1k → 10M tiny items
 //! on 1, 2 and 4 workers; `apply` round trip and 50k `apply_async` on 1, 2 and 4
 //! workers; `Queue` throughput with 1, 2 and 4 producers; speedup on 24 CPU-bound tasks
-//! on 1, 2 and 4 workers; peak RSS of the parent and of each worker for a 1M-item map.
+//! on 1, 2 and 4 workers; pool start by the parent's resident memory (0, 256 MiB,
+//! 1 GiB); peak RSS of the parent and of each worker for a 1M-item map.
 //!
 //! Run: `cargo bench --bench scaling`. On a machine with more cores, set
 //! `SCALING_WORKERS=1,2,4,8,16`.
@@ -81,6 +82,7 @@ fn main() -> multiproc::Result<()> {
 
     small_tasks(&workers)?;
     queue(&workers)?;
+    start_by_parent_size()?;
 
     println!(
         "\n## 24 equal CPU-bound tasks: speedup vs one sequential loop \
@@ -128,6 +130,31 @@ fn main() -> multiproc::Result<()> {
     );
     for (pid, kb) in seen {
         println!("worker {pid}: {:.1} MiB peak", kb as f64 / 1024.0);
+    }
+    Ok(())
+}
+
+/// Pool start to first result while the parent holds more and more memory: workers
+/// start with `posix_spawn`, which does not copy the parent's page tables as `fork` does.
+fn start_by_parent_size() -> multiproc::Result<()> {
+    println!(
+        "\n## pool start to first result (2 workers) by the parent's resident memory \
+         (beyond the 80 MB input above)"
+    );
+    for mib in [0usize, 256, 1024] {
+        let ballast = vec![1u8; mib << 20];
+        let ms = median(
+            (0..7)
+                .map(|_| {
+                    let t = Instant::now();
+                    let pool = Pool::new(2).expect("pool");
+                    assert_eq!(pool.apply(t1, 1).expect("apply"), 10);
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .collect(),
+        );
+        std::hint::black_box(&ballast);
+        println!("parent holds {mib:>5} MiB more: {ms:>6.2} ms");
     }
     Ok(())
 }

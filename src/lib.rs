@@ -28,8 +28,10 @@
 //!   derefs to the function, so `t1(5)` still works, `iter.map(*t1)` too, and handing a
 //!   function that is not `#[parallel]` to `par_map` is a compile error. It also registers
 //!   the function, at link time, under `module::path::name`.
-//! - A worker is this same executable, started again with a marker in its environment
-//!   and a socket it inherits. A constructor sees the marker before `main` (and before the
+//! - A worker is this same executable, started again (with `posix_spawn`, so the cost
+//!   does not grow with the parent's memory) with a marker in its environment and a
+//!   socket as its standard input, which it swaps for `/dev/null` at once. A constructor
+//!   sees the marker before `main` (and before the
 //!   test harness, so `cargo test` needs no setup), serves tasks, and exits. Workers
 //!   write to the parent's stdout and stderr, so `println!` in a task shows up.
 //! - Arguments and results travel as postcard frames over a Unix socketpair; the first

@@ -5,7 +5,6 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -314,29 +313,22 @@ fn an_oversized_frame_from_a_worker_is_rejected() {
     assert_pool_still_works();
 }
 
-/// Starts this test binary as a worker by hand, with a socketpair end on fd `child_fd`,
-/// and returns the process and our end of the socket.
+/// The marker a worker started by this process carries.
+fn marker(token: &str) -> String {
+    format!("token={token},parent={}", std::process::id())
+}
+
+/// Starts this test binary as a worker by hand, with a socketpair end as its standard
+/// input, and returns the process and our end of the socket.
 fn raw_worker() -> (std::process::Child, UnixStream) {
     let (ours, theirs) = UnixStream::pair().unwrap();
-    let fd = theirs.as_raw_fd();
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.env(
-        "MULTIPROC_WORKER",
-        format!("fd={fd},token=0123456789abcdef"),
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    // SAFETY: only fcntl (async-signal-safe) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().unwrap();
-    drop(theirs);
+    let child = Command::new(std::env::current_exe().unwrap())
+        .env("MULTIPROC_WORKER", marker("0123456789abcdef"))
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     (child, ours)
 }
 
@@ -410,15 +402,10 @@ fn a_worker_sent_a_truncated_frame_exits_non_zero() {
 #[test]
 fn the_marker_without_a_socket_is_refused() {
     let exe = std::env::current_exe().unwrap();
-    for (value, expect) in [
-        ("fd=77,token=1", "not open"),
-        ("fd=77", "malformed"),
-        ("fd=0,token=1", "malformed"),
-        ("nonsense", "malformed"),
-    ] {
+    let refused = |value: &str, stdin: Stdio, expect: &str| {
         let out = Command::new(&exe)
             .env("MULTIPROC_WORKER", value)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -427,22 +414,75 @@ fn the_marker_without_a_socket_is_refused() {
         assert!(stderr.contains("cannot be started by hand"), "{stderr}");
         // It never reached the test harness.
         assert!(out.stdout.is_empty(), "{value}");
+    };
+    for value in ["fd=7,token=1", "token=1", "nonsense"] {
+        refused(value, Stdio::null(), "malformed");
     }
-    // An open fd that is not a socket.
+    // A well-formed marker, but standard input is not a socket: /dev/null, then a file.
+    refused(&marker("1"), Stdio::null(), "not a socket");
     let file = std::fs::File::open(&exe).unwrap();
-    let fd = file.as_raw_fd();
+    refused(&marker("1"), Stdio::from(file), "not a socket");
+    // Standard input closed.
     let mut cmd = Command::new(&exe);
-    cmd.env("MULTIPROC_WORKER", format!("fd={fd},token=1"));
-    // SAFETY: only fcntl (async-signal-safe) between fork and exec.
+    cmd.env("MULTIPROC_WORKER", marker("1"));
+    // SAFETY: only close (async-signal-safe) between fork and exec.
     unsafe {
-        cmd.pre_exec(move || {
-            libc::fcntl(fd, libc::F_SETFD, 0);
+        cmd.pre_exec(|| {
+            libc::close(0);
             Ok(())
         });
     }
     let out = cmd.output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not a socket"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not open"));
+}
+
+/// What a task reads from its standard input.
+#[parallel]
+fn read_stdin(_x: u8) -> usize {
+    let mut all = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut all)
+        .map_or(usize::MAX, |_| all.len())
+}
+
+/// What the descriptors of a shell started by a task point at.
+#[parallel]
+fn child_descriptors(_x: u8) -> String {
+    let out = Command::new("/bin/sh")
+        .arg("-c")
+        .arg("for f in /proc/$$/fd/*; do readlink \"$f\"; done")
+        .output()
+        .expect("run /bin/sh");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_socket_a_worker_inherits_is_neither_its_stdin_nor_its_childrens() {
+    // The socket arrives as the worker's standard input; tasks must read /dev/null there
+    // (not the parent's frames), and processes they start must not hold the socket, or
+    // the parent would not see the worker's end of stream when it dies.
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(pool.map(read_stdin, &[0u8, 1, 2, 3]).unwrap(), [0; 4]);
+    let fds = pool.apply(child_descriptors, 0).unwrap();
+    assert!(fds.contains("/dev/null"), "{fds}");
+    assert!(!fds.contains("socket:"), "{fds}");
+    assert_eq!(pool.map(read_stdin, &[0u8, 1]).unwrap(), [0; 2]);
+}
+
+#[test]
+fn a_marker_naming_another_parent_ends_the_worker_at_once() {
+    // The parent it names is not ours (or is gone): the worker leaves before reading
+    // anything, as it would if its parent had died before it started.
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env("MULTIPROC_WORKER", "token=1,parent=1")
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .output()
+        .unwrap();
+    drop(ours);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
 }
 
 #[test]

@@ -14,9 +14,9 @@ use crate::protocol::{self, Frame, Hello};
 use crate::shm::Segment;
 use crate::transport::{self, FdReader, ShmConfig};
 
-/// The environment variable that marks a process as a worker. Its value names the
-/// inherited socket and the token the parent will send over it: `fd=<n>,token=<hex>`.
-/// It is removed before any user code runs.
+/// The environment variable that marks a process as a worker. Its value holds the token
+/// the parent will send over the socket the worker inherits as its standard input, and
+/// the parent's pid: `token=<hex>,parent=<pid>`. It is removed before any user code runs.
 pub(crate) const MARKER: &str = "MULTIPROC_WORKER";
 
 /// The exit code of a worker that gives up (bad start, protocol error).
@@ -53,11 +53,11 @@ fn worker_entry() {
     std::process::exit(code);
 }
 
-/// The marker's contents: the inherited socket and the parent's token.
+/// The marker's contents: the parent's token and pid.
 #[derive(Debug, PartialEq, Eq)]
 struct Marker {
-    fd: RawFd,
     token: u64,
+    parent: u32,
 }
 
 const NOT_STARTED_BY_PARENT: &str = "a worker is started by a multiproc parent process, with \
@@ -65,43 +65,79 @@ const NOT_STARTED_BY_PARENT: &str = "a worker is started by a multiproc parent p
 
 fn parse_marker(value: &str) -> Result<Marker, String> {
     let malformed = || format!("{MARKER}={value:?} is malformed; {NOT_STARTED_BY_PARENT}");
-    let (fd, token) = value.split_once(',').ok_or_else(malformed)?;
-    let fd: RawFd = fd
-        .strip_prefix("fd=")
-        .and_then(|n| n.parse().ok())
-        .filter(|&fd| fd > 2)
-        .ok_or_else(malformed)?;
+    let (token, parent) = value.split_once(',').ok_or_else(malformed)?;
     let token = token
         .strip_prefix("token=")
         .and_then(|t| u64::from_str_radix(t, 16).ok())
         .ok_or_else(malformed)?;
-    Ok(Marker { fd, token })
+    let parent = parent
+        .strip_prefix("parent=")
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(malformed)?;
+    Ok(Marker { token, parent })
 }
 
-/// Checks that the descriptor is an inherited socket and keeps it from tasks' children.
-fn inherited_socket(fd: RawFd) -> Result<RawFd, String> {
+/// Dies with the thread that started us: the parent-death signal, set here because
+/// nothing runs between fork and exec in the parent. A parent that is already gone (or
+/// a process that is not the one the marker names) ends us now.
+fn die_with_parent(parent: u32) {
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and no pointers.
+    let set = unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    // SAFETY: getppid has no preconditions.
+    if set != 0 || unsafe { libc::getppid() } as u32 != parent {
+        exit_on_parent_gone();
+    }
+}
+
+/// Takes the socket the parent passed as standard input: moves it to a close-on-exec
+/// descriptor of its own (a task's child processes must not inherit it, or the parent
+/// would not see this worker's end of stream when it dies) and reopens stdin on
+/// /dev/null, which is what tasks read.
+fn inherited_socket() -> Result<RawFd, String> {
     let not_started_by_parent = NOT_STARTED_BY_PARENT;
     // SAFETY: fstat only writes into the zeroed struct we pass; an fd that is not open
     // makes it fail with EBADF, which is handled.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: see above; `st` is a valid, writable `stat`.
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+    if unsafe { libc::fstat(0, &mut st) } != 0 {
         return Err(format!(
-            "{MARKER} names fd {fd}, which is not open ({}); {not_started_by_parent}",
+            "standard input is not open ({}); {not_started_by_parent}",
             std::io::Error::last_os_error()
         ));
     }
     if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return Err(format!(
-            "{MARKER} names fd {fd}, which is not a socket; {not_started_by_parent}"
+            "standard input is not a socket; {not_started_by_parent}"
         ));
     }
-    // Tasks may start processes of their own: they must not inherit the socket, or the
-    // parent would not see this worker's end of stream when it dies.
-    // SAFETY: fcntl on an fd we just checked is open; F_SETFD takes an int flag.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+    // SAFETY: F_DUPFD_CLOEXEC on the open fd 0 returns a new descriptor >= 3.
+    let fd = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
+    if fd < 0 {
         return Err(format!(
-            "cannot set close-on-exec on fd {fd}: {}",
+            "cannot move the socket: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: open on a NUL-terminated literal path.
+    let null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    // SAFETY: dup2 of the fd just opened onto fd 0 (clearing close-on-exec there), then
+    // closing our extra copy of it.
+    let replaced = null >= 0 && unsafe { libc::dup2(null, 0) } == 0;
+    if null > 0 {
+        // SAFETY: `null` is ours and no longer needed once duplicated.
+        unsafe { libc::close(null) };
+    }
+    if !replaced {
+        return Err(format!(
+            "cannot reopen standard input on /dev/null: {}",
             std::io::Error::last_os_error()
         ));
     }
@@ -110,7 +146,8 @@ fn inherited_socket(fd: RawFd) -> Result<RawFd, String> {
 
 fn serve(marker: &str) -> Result<(), String> {
     let marker = parse_marker(marker)?;
-    let fd = inherited_socket(marker.fd)?;
+    die_with_parent(marker.parent);
+    let fd = inherited_socket()?;
     // SAFETY: `fd` is an open socket (checked above) that this process inherited for
     // exactly this purpose; nothing else in the process owns or closes it.
     let mut reader = unsafe { UnixStream::from_raw_fd(fd) };
@@ -503,18 +540,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_marker_names_a_socket_and_a_token() {
+    fn the_marker_holds_a_token_and_the_parent() {
         assert_eq!(
-            parse_marker("fd=7,token=00ff").unwrap(),
-            Marker { fd: 7, token: 255 }
+            parse_marker("token=00ff,parent=42").unwrap(),
+            Marker {
+                token: 255,
+                parent: 42
+            }
         );
         for bad in [
-            "fd=7",
-            "fd=1,token=ff",
-            "fd=x,token=ff",
-            "fd=7,token=zz",
+            "token=ff",
+            "fd=7,token=ff",
+            "token=zz,parent=1",
+            "token=ff,parent=x",
+            "parent=1,token=ff",
             "",
-            "token=1",
         ] {
             let e = parse_marker(bad).unwrap_err();
             assert!(
