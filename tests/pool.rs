@@ -172,6 +172,39 @@ fn jobs_queued_right_after_a_result_each_get_a_worker() {
 }
 
 #[test]
+fn quick_tasks_do_not_queue_behind_a_long_one() {
+    // One task blocks until the parent says go; of the quick ones queued after it, at
+    // most one (held ready to hide latency) may wait behind it: a worker takes many
+    // small tasks at once only after their measured run time showed they are tiny. On a
+    // fresh pool, and on one whose last tasks took 20 ms each.
+    within(Duration::from_secs(120), || {
+        for warm in [false, true, false, true] {
+            let pool = Pool::new(2).unwrap();
+            if warm {
+                let slow: Vec<_> = (0..2).map(|_| pool.apply_async(sleep_ms, 20)).collect();
+                for h in slow {
+                    assert_eq!(h.get().unwrap(), 20);
+                }
+            }
+            let go = Queue::<u8>::new().unwrap();
+            let blocked = pool.apply_async(waits_for_signal, (go.clone(), 0));
+            let quick: Vec<_> = (1..=10u64)
+                .map(|x| pool.apply_async(waits_for_signal, (go.clone(), x)))
+                .collect();
+            // Hangs here (and fails) if more than one waits behind the blocked task.
+            while quick.iter().filter(|h| h.ready()).count() < 9 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            go.put(1).unwrap();
+            assert_eq!(blocked.get().unwrap(), 0, "warm: {warm}");
+            for (x, h) in (1..).zip(quick) {
+                assert_eq!(h.get().unwrap(), x);
+            }
+        }
+    });
+}
+
+#[test]
 fn a_dropped_handle_still_runs_its_callback_and_join_waits_for_it() {
     let pool = Pool::new(2).unwrap();
     let calls = Arc::new(AtomicUsize::new(0));

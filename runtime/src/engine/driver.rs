@@ -18,11 +18,18 @@ use crate::shm::{Entry, Segment, ShmBackend};
 use crate::spawn::{self, WorkerProcess};
 use crate::transport::{self, FdReader};
 
+mod lifecycle;
+
 /// Chunks a worker holds at once: one running, one queued behind it to hide latency.
 const WINDOW: usize = 2;
 /// Small jobs (single `apply`s) are held up to this many at a time, and written with
 /// one system call, so that a stream of tiny tasks is not one round trip each.
 const SMALL_WINDOW: usize = 128;
+/// How much work, by the measured run time of recent small jobs, a worker may hold
+/// queued: enough to hide the round trip between tiny tasks, little enough that long
+/// tasks are not split between the workers up front (a worker slowed down by the
+/// machine would then still hold its share while the others sit idle).
+const SMALL_BACKLOG_NANOS: u64 = 1_000_000;
 /// How long a worker that closed its socket gets to finish exiting before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(1);
 
@@ -34,6 +41,7 @@ pub(super) fn run(slot: usize, shared: &PoolShared, started: mpsc::Sender<Result
         inflight: VecDeque::with_capacity(SMALL_WINDOW),
         held: None,
         front_started: Instant::now(),
+        small_nanos: None,
         spawn_failures: 0,
         wbuf: Vec::new(),
         written: 0,
@@ -72,18 +80,6 @@ impl Live {
     }
 }
 
-/// Creates a worker's progress page and sends it to the worker.
-fn send_progress_page(process: &WorkerProcess) -> Result<Segment> {
-    let page = Segment::create_writable(ShmBackend::Memfd, crate::worker::PROGRESS_BYTES)?;
-    let mut frame = Vec::new();
-    protocol::setup_frame(&mut frame)
-        .map_err(|e| Error::new(ErrorKind::Protocol, e.to_string()))?;
-    let fds: Vec<_> = page.raw_fd().into_iter().collect();
-    transport::send(&process.stream, &frame, &fds)
-        .map_err(|e| Error::io(ErrorKind::Spawn, "sending the progress page", e))?;
-    Ok(page)
-}
-
 struct Driver<'a> {
     slot: usize,
     shared: &'a PoolShared,
@@ -94,6 +90,8 @@ struct Driver<'a> {
     held: Option<Job>,
     /// When the oldest in-flight job started running, for the time limit.
     front_started: Instant,
+    /// The run time of recent small jobs (a moving average), once one has come back.
+    small_nanos: Option<u64>,
     spawn_failures: u32,
     /// Frames being written to the worker: the bytes, how many went out, and the
     /// descriptors still to attach to the next byte. Writes never block: a driver
@@ -176,7 +174,7 @@ impl Driver<'_> {
         loop {
             let held = self.inflight.len() + batch.len();
             let small = self.inflight.iter().chain(&batch).all(|j| j.count == 1);
-            if held >= SMALL_WINDOW || (held >= WINDOW && !small) {
+            if held >= if small { self.small_window() } else { WINDOW } {
                 break;
             }
             let job = match self.held.take() {
@@ -211,6 +209,16 @@ impl Driver<'_> {
             self.write_batch(batch);
         }
         true
+    }
+
+    /// How many small jobs the worker may hold: as many as fit in
+    /// `SMALL_BACKLOG_NANOS` of their recent run time, between `WINDOW` and
+    /// `SMALL_WINDOW`; `WINDOW` until one has come back.
+    fn small_window(&self) -> usize {
+        self.small_nanos.map_or(WINDOW, |nanos| {
+            let fit = SMALL_BACKLOG_NANOS / nanos.max(1);
+            usize::try_from(fit).map_or(SMALL_WINDOW, |n| n.clamp(WINDOW, SMALL_WINDOW))
+        })
     }
 
     /// Whether `job` may still go to the current worker under `max_tasks_per_worker`,
@@ -391,6 +399,12 @@ impl Driver<'_> {
                 let Some(job) = self.inflight.pop_front() else {
                     return;
                 };
+                if job.count == 1 {
+                    self.small_nanos = Some(match self.small_nanos {
+                        Some(avg) => (avg.saturating_mul(3).saturating_add(nanos)) / 4,
+                        None => nanos,
+                    });
+                }
                 let reply = Reply::Done {
                     first_index: job.first_index,
                     pid,
@@ -419,186 +433,6 @@ impl Driver<'_> {
             self.shared.mark_idle();
         }
     }
-
-    /// Starts a worker if the slot has none. After failures, waits a little longer before
-    /// each new attempt (up to a second), so a broken environment is not hammered.
-    fn ensure_worker(&mut self) -> Result<()> {
-        if self.worker.is_some() {
-            return Ok(());
-        }
-        if self.shared.is_terminated() {
-            return Err(Error::new(ErrorKind::Closed, "the pool was terminated"));
-        }
-        if self.spawn_failures > 0 {
-            let backoff = Duration::from_millis(10u64 << self.spawn_failures.min(7));
-            std::thread::sleep(backoff.min(Duration::from_secs(1)));
-        }
-        let config = &self.shared.config;
-        let started = spawn::spawn_worker(&config.program, config.shm).and_then(|process| {
-            let reader = process
-                .stream
-                .try_clone()
-                .map_err(|e| Error::io(ErrorKind::Spawn, "cannot duplicate a socket", e))?;
-            let progress = Some(send_progress_page(&process)?);
-            Ok(Live {
-                process,
-                reader: BufReader::with_capacity(256 << 10, FdReader::new(reader)),
-                items: 0,
-                segments: HashMap::new(),
-                progress,
-            })
-        });
-        match started {
-            Ok(live) => {
-                self.shared.set_pid(self.slot, Some(live.process.pid));
-                self.worker = Some(live);
-                Ok(())
-            }
-            Err(e) => {
-                self.spawn_failures = self.spawn_failures.saturating_add(1);
-                Err(e)
-            }
-        }
-    }
-
-    /// Ends the current worker cleanly (it holds nothing): it exits on end-of-stream and
-    /// gives its memory back to the system; the next job starts a fresh one.
-    fn recycle_worker(&mut self) {
-        self.drop_writes();
-        if let Some(live) = self.worker.take() {
-            self.shared.set_pid(self.slot, None);
-            close_and_reap(live);
-        }
-    }
-
-    /// The worker is gone or unusable: reap it, fail the chunk it was running, and put
-    /// the chunks it never started back in the queue for another worker.
-    fn lose_worker(&mut self, loss: Loss) {
-        self.drop_writes();
-        let Some(mut live) = self.worker.take() else {
-            return;
-        };
-        self.shared.set_pid(self.slot, None);
-        let pid = live.process.pid;
-        if !matches!(loss, Loss::Died) {
-            let _ = live.process.child.kill();
-        }
-        // Which job was running: the one the worker's last progress record names. The
-        // ones before it ran, but their results were still held back in the worker (it
-        // batches quick results), so they run again elsewhere; the ones after never
-        // started. Without a record, the oldest is the one.
-        let record = live.progress_record();
-        let found = record.and_then(|r| {
-            self.inflight
-                .iter()
-                .enumerate()
-                .find_map(|(pos, job)| crate::worker::progress_item(r, job.chunk).map(|i| (pos, i)))
-        });
-        let (pos, item) = match found {
-            Some((pos, i)) => (
-                pos,
-                self.inflight.get(pos).map(|j| j.first_index + i as usize),
-            ),
-            None => (0, None),
-        };
-        let exit = close_and_reap(live);
-        let before: Vec<Job> = self.inflight.drain(..pos).collect();
-        if !before.is_empty() {
-            self.shared.requeue_front(before.into_iter());
-        }
-        let Some(mut running) = self.inflight.pop_front() else {
-            return;
-        };
-        let what = match item {
-            Some(i) => format!("item {i}"),
-            None => format!(
-                "items {}..{}",
-                running.first_index,
-                running.first_index + running.count as usize
-            ),
-        };
-        let retries = self.shared.config.retries;
-        let error = if self.shared.is_terminated() {
-            Error::new(ErrorKind::Closed, "the pool was terminated")
-        } else {
-            match loss {
-                Loss::Died if running.attempts <= retries => {
-                    // Pure functions: running the chunk again on a fresh worker is safe.
-                    running.attempts += 1;
-                    self.shared
-                        .requeue_front(std::iter::once(running).chain(self.inflight.drain(..)));
-                    self.note_if_idle();
-                    return;
-                }
-                Loss::Died => {
-                    let attempts = if retries > 0 {
-                        format!(" (after {} attempts)", running.attempts)
-                    } else {
-                        String::new()
-                    };
-                    Error::new(
-                        ErrorKind::WorkerDied,
-                        format!("the worker {exit} while running {what}{attempts}"),
-                    )
-                }
-                Loss::Protocol(why) => Error::new(
-                    ErrorKind::Protocol,
-                    format!(
-                        "the worker sent an invalid frame while running {what} ({why}); it was killed"
-                    ),
-                ),
-                Loss::GaveUp(why) => Error::new(
-                    ErrorKind::Protocol,
-                    format!("the worker gave up while running {what}: {why}"),
-                ),
-                Loss::TimedOut(limit) => Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "{what} ran longer than the time limit of {limit:?}; the worker was killed"
-                    ),
-                ),
-            }
-        };
-        let index = item.unwrap_or(running.first_index);
-        running.fail_at(error.with_pid(pid), index);
-        if self.shared.is_terminated() {
-            for job in self.inflight.drain(..) {
-                job.fail(Error::new(ErrorKind::Closed, "the pool was terminated"));
-            }
-        } else {
-            self.shared.requeue_front(self.inflight.drain(..));
-        }
-        self.note_if_idle();
-        // Replace the worker now, not when the next job comes: the pool keeps its size.
-        // (A failure is remembered; the next job tries again, after a pause.)
-        let _ = self.ensure_worker();
-    }
-
-    /// The pool is closed and drained (or never started): close the socket so the worker
-    /// exits, and reap it.
-    fn retire(&mut self) {
-        self.recycle_worker();
-        if let Some(job) = self.held.take() {
-            job.fail(Error::new(ErrorKind::Closed, "the pool shut down"));
-        }
-        for job in self.inflight.drain(..) {
-            job.fail(Error::new(ErrorKind::Closed, "the pool shut down"));
-        }
-    }
-}
-
-/// Closes the worker's socket and reaps it; describes how it ended.
-fn close_and_reap(live: Live) -> String {
-    let Live {
-        mut process,
-        reader,
-        ..
-    } = live;
-    drop(reader);
-    drop(process.stream);
-    spawn::reap(&mut process.child, EXIT_GRACE)
-        .map(spawn::describe_exit)
-        .unwrap_or_else(|| "could not be reaped".to_owned())
 }
 
 /// Tells the worker (in front of the next frames) to drop the segments the parent no

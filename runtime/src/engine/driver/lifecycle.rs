@@ -1,0 +1,199 @@
+//! A driver's worker: starting it (with its progress page), recycling it after its
+//! quota, and losing it (a death, a time limit, a protocol error): what happens to the
+//! jobs it held, and what replaces it.
+
+use super::*;
+
+impl Driver<'_> {
+    /// Starts a worker if the slot has none. After failures, waits a little longer before
+    /// each new attempt (up to a second), so a broken environment is not hammered.
+    pub(super) fn ensure_worker(&mut self) -> Result<()> {
+        if self.worker.is_some() {
+            return Ok(());
+        }
+        if self.shared.is_terminated() {
+            return Err(Error::new(ErrorKind::Closed, "the pool was terminated"));
+        }
+        if self.spawn_failures > 0 {
+            let backoff = Duration::from_millis(10u64 << self.spawn_failures.min(7));
+            std::thread::sleep(backoff.min(Duration::from_secs(1)));
+        }
+        let config = &self.shared.config;
+        let started = spawn::spawn_worker(&config.program, config.shm).and_then(|process| {
+            let reader = process
+                .stream
+                .try_clone()
+                .map_err(|e| Error::io(ErrorKind::Spawn, "cannot duplicate a socket", e))?;
+            let progress = Some(send_progress_page(&process)?);
+            Ok(Live {
+                process,
+                reader: BufReader::with_capacity(256 << 10, FdReader::new(reader)),
+                items: 0,
+                segments: HashMap::new(),
+                progress,
+            })
+        });
+        match started {
+            Ok(live) => {
+                self.shared.set_pid(self.slot, Some(live.process.pid));
+                self.worker = Some(live);
+                Ok(())
+            }
+            Err(e) => {
+                self.spawn_failures = self.spawn_failures.saturating_add(1);
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends the current worker cleanly (it holds nothing): it exits on end-of-stream and
+    /// gives its memory back to the system; the next job starts a fresh one.
+    pub(super) fn recycle_worker(&mut self) {
+        self.drop_writes();
+        if let Some(live) = self.worker.take() {
+            self.shared.set_pid(self.slot, None);
+            close_and_reap(live);
+        }
+    }
+
+    /// The worker is gone or unusable: reap it, fail the chunk it was running, and put
+    /// the chunks it never started back in the queue for another worker.
+    pub(super) fn lose_worker(&mut self, loss: Loss) {
+        self.drop_writes();
+        let Some(mut live) = self.worker.take() else {
+            return;
+        };
+        self.shared.set_pid(self.slot, None);
+        let pid = live.process.pid;
+        if !matches!(loss, Loss::Died) {
+            let _ = live.process.child.kill();
+        }
+        // Which job was running: the one the worker's last progress record names. The
+        // ones before it ran, but their results were still held back in the worker (it
+        // batches quick results), so they run again elsewhere; the ones after never
+        // started. Without a record, the oldest is the one.
+        let record = live.progress_record();
+        let found = record.and_then(|r| {
+            self.inflight
+                .iter()
+                .enumerate()
+                .find_map(|(pos, job)| crate::worker::progress_item(r, job.chunk).map(|i| (pos, i)))
+        });
+        let (pos, item) = match found {
+            Some((pos, i)) => (
+                pos,
+                self.inflight.get(pos).map(|j| j.first_index + i as usize),
+            ),
+            None => (0, None),
+        };
+        let exit = close_and_reap(live);
+        let before: Vec<Job> = self.inflight.drain(..pos).collect();
+        if !before.is_empty() {
+            self.shared.requeue_front(before.into_iter());
+        }
+        let Some(mut running) = self.inflight.pop_front() else {
+            return;
+        };
+        let what = match item {
+            Some(i) => format!("item {i}"),
+            None => format!(
+                "items {}..{}",
+                running.first_index,
+                running.first_index + running.count as usize
+            ),
+        };
+        let retries = self.shared.config.retries;
+        let error = if self.shared.is_terminated() {
+            Error::new(ErrorKind::Closed, "the pool was terminated")
+        } else {
+            match loss {
+                Loss::Died if running.attempts <= retries => {
+                    // Pure functions: running the chunk again on a fresh worker is safe.
+                    running.attempts += 1;
+                    self.shared
+                        .requeue_front(std::iter::once(running).chain(self.inflight.drain(..)));
+                    self.note_if_idle();
+                    return;
+                }
+                Loss::Died => {
+                    let attempts = if retries > 0 {
+                        format!(" (after {} attempts)", running.attempts)
+                    } else {
+                        String::new()
+                    };
+                    Error::new(
+                        ErrorKind::WorkerDied,
+                        format!("the worker {exit} while running {what}{attempts}"),
+                    )
+                }
+                Loss::Protocol(why) => Error::new(
+                    ErrorKind::Protocol,
+                    format!(
+                        "the worker sent an invalid frame while running {what} ({why}); it was killed"
+                    ),
+                ),
+                Loss::GaveUp(why) => Error::new(
+                    ErrorKind::Protocol,
+                    format!("the worker gave up while running {what}: {why}"),
+                ),
+                Loss::TimedOut(limit) => Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "{what} ran longer than the time limit of {limit:?}; the worker was killed"
+                    ),
+                ),
+            }
+        };
+        let index = item.unwrap_or(running.first_index);
+        running.fail_at(error.with_pid(pid), index);
+        if self.shared.is_terminated() {
+            for job in self.inflight.drain(..) {
+                job.fail(Error::new(ErrorKind::Closed, "the pool was terminated"));
+            }
+        } else {
+            self.shared.requeue_front(self.inflight.drain(..));
+        }
+        self.note_if_idle();
+        // Replace the worker now, not when the next job comes: the pool keeps its size.
+        // (A failure is remembered; the next job tries again, after a pause.)
+        let _ = self.ensure_worker();
+    }
+
+    /// The pool is closed and drained (or never started): close the socket so the worker
+    /// exits, and reap it.
+    pub(super) fn retire(&mut self) {
+        self.recycle_worker();
+        if let Some(job) = self.held.take() {
+            job.fail(Error::new(ErrorKind::Closed, "the pool shut down"));
+        }
+        for job in self.inflight.drain(..) {
+            job.fail(Error::new(ErrorKind::Closed, "the pool shut down"));
+        }
+    }
+}
+
+/// Creates a worker's progress page and sends it to the worker.
+fn send_progress_page(process: &WorkerProcess) -> Result<Segment> {
+    let page = Segment::create_writable(ShmBackend::Memfd, crate::worker::PROGRESS_BYTES)?;
+    let mut frame = Vec::new();
+    protocol::setup_frame(&mut frame)
+        .map_err(|e| Error::new(ErrorKind::Protocol, e.to_string()))?;
+    let fds: Vec<_> = page.raw_fd().into_iter().collect();
+    transport::send(&process.stream, &frame, &fds)
+        .map_err(|e| Error::io(ErrorKind::Spawn, "sending the progress page", e))?;
+    Ok(page)
+}
+
+/// Closes the worker's socket and reaps it; describes how it ended.
+fn close_and_reap(live: Live) -> String {
+    let Live {
+        mut process,
+        reader,
+        ..
+    } = live;
+    drop(reader);
+    drop(process.stream);
+    spawn::reap(&mut process.child, EXIT_GRACE)
+        .map(spawn::describe_exit)
+        .unwrap_or_else(|| "could not be reaped".to_owned())
+}
