@@ -2,8 +2,9 @@
 //! number of workers, and what a map costs in memory: ns/item for 1k → 10M tiny items
 //! on 1, 2 and 4 workers; `apply` round trip and 50k `apply_async` on 1, 2 and 4
 //! workers; `Queue` throughput with 1, 2 and 4 producers; speedup on 24 CPU-bound tasks
-//! on 1, 2 and 4 workers; pool start by the parent's resident memory (0, 256 MiB,
-//! 1 GiB); peak RSS of the parent and of each worker for a 1M-item map.
+//! on 1, 2 and 4 workers, and on 24 uneven `apply_async` tasks; pool start by the
+//! parent's resident memory (0, 256 MiB, 1 GiB); peak RSS of the parent and of each
+//! worker for a 1M-item map.
 //!
 //! Run: `cargo bench --bench scaling`. On a machine with more cores, set
 //! `SCALING_WORKERS=1,2,4,8,16`.
@@ -82,7 +83,6 @@ fn main() -> multiproc::Result<()> {
 
     small_tasks(&workers)?;
     queue(&workers)?;
-    start_by_parent_size()?;
 
     println!(
         "\n## 24 equal CPU-bound tasks: speedup vs one sequential loop \
@@ -114,6 +114,8 @@ fn main() -> multiproc::Result<()> {
         );
     }
 
+    uneven_burst(&workers)?;
+
     println!("\n## peak RSS during a 1M-item map on 2 workers");
     let before = peak_kb("self");
     let pool = Pool::new(2)?;
@@ -130,6 +132,42 @@ fn main() -> multiproc::Result<()> {
     );
     for (pid, kb) in seen {
         println!("worker {pid}: {:.1} MiB peak", kb as f64 / 1024.0);
+    }
+    drop(pool);
+    // Last: its ballast would count in the peak above.
+    start_by_parent_size()
+}
+
+/// 24 `apply_async` tasks of unequal length, the long ones first (6 of 60M rounds, then
+/// 18 of 5M): a worker must not take a share of the queue up front, or the one that got
+/// the long tasks finishes long after the others.
+fn uneven_burst(workers: &[usize]) -> multiproc::Result<()> {
+    println!(
+        "\n## 24 uneven apply_async tasks, long ones first: speedup vs sequential \
+         (alternating, 3 of each, medians)"
+    );
+    let tasks: Vec<u64> = (0..24)
+        .map(|i| if i < 6 { 60_000_000 } else { 5_000_000 })
+        .collect();
+    for &w in workers {
+        let pool = Pool::new(w)?;
+        pool.apply(burn, 1)?;
+        let (mut seq, mut par) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            let t = Instant::now();
+            std::hint::black_box(tasks.iter().map(|&n| work(n)).collect::<Vec<_>>());
+            seq.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            let handles: Vec<_> = tasks.iter().map(|&n| pool.apply_async(burn, n)).collect();
+            for h in handles {
+                h.get()?;
+            }
+            par.push(t.elapsed().as_secs_f64());
+        }
+        println!(
+            "{w:>3} worker(s): speedup {:.2}x",
+            median(seq) / median(par)
+        );
     }
     Ok(())
 }

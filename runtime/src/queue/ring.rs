@@ -15,8 +15,9 @@
 //!   producer when the ring looks full, a consumer when it looks empty), and nothing is
 //!   written by both sides: in a busy queue the two sides do not steal cache lines from
 //!   each other on every message.
-//! - Waiting looks at the other side now and then for a short while, then sleeps on a
-//!   futex in the shared mapping; a commit only makes a system call when someone sleeps.
+//! - Waiting looks at the other side now and then for a short while (yielding the core in
+//!   between), then sleeps on a futex in the shared mapping; a commit only makes a system
+//!   call when someone sleeps.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
@@ -452,12 +453,11 @@ impl Ring {
         deadline: Option<Instant>,
     ) -> Result<(), Stop> {
         let moved = || committed.load(Ordering::Acquire) != seen || self.is_closed();
-        // Look at the other side's line only now and then: every look takes the line
-        // away from the side that is about to write it.
+        // Look at the other side's line only now and then (every look takes the line
+        // away from the side about to write it), and give the core away in between: on
+        // a machine with more processes than cores, the one we wait for may need it.
         for _ in 0..SPIN_LOOKS {
-            for _ in 0..PAUSES_PER_LOOK {
-                std::hint::spin_loop();
-            }
+            std::thread::yield_now();
             if moved() {
                 return Ok(());
             }
@@ -486,10 +486,9 @@ impl Ring {
     }
 }
 
-/// How often a waiter looks at the other side before it sleeps, and how long it pauses
-/// between looks (a pause is tens of cycles).
+/// How often a waiter looks at the other side before it sleeps, yielding the core
+/// between looks (tens of microseconds in all).
 const SPIN_LOOKS: u32 = 32;
-const PAUSES_PER_LOOK: u32 = 16;
 
 #[cfg(test)]
 mod tests;
