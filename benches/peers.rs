@@ -319,23 +319,6 @@ fn worker_peaks(pool: &Pool) -> multiproc::Result<Vec<String>> {
         .collect())
 }
 
-/// Sequential time over parallel time, from 3 runs of each that alternate (medians),
-/// so that a slow minute of this shared machine hits both sides alike.
-fn speedup(seq: &mut dyn FnMut(), par: &mut dyn FnMut()) -> f64 {
-    par();
-    let timed = |f: &mut dyn FnMut()| {
-        let t = Instant::now();
-        f();
-        t.elapsed().as_secs_f64()
-    };
-    let (mut s, mut p) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
-        s.push(timed(seq));
-        p.push(timed(par));
-    }
-    median(s) / median(p)
-}
-
 fn cpu_bound() -> multiproc::Result<Row> {
     let tasks = vec![ROUNDS; 24];
     let expect: Vec<u64> = tasks.iter().map(|&n| work(n)).collect();
@@ -344,19 +327,19 @@ fn cpu_bound() -> multiproc::Result<Row> {
         assert_eq!(out, expect);
     };
     let pool = Pool::builder().workers(WORKERS).chunk_size(1).build()?;
-    let ours = speedup(&mut seq, &mut || {
+    let ours = common::speedup(&mut seq, &mut || {
         assert_eq!(pool.map(burn, &tasks).expect("map"), expect);
     });
     let rayon_pool = rayon::ThreadPoolBuilder::new()
         .num_threads(WORKERS)
         .build()
         .expect("rayon pool");
-    let with_rayon = speedup(&mut seq, &mut || {
+    let with_rayon = common::speedup(&mut seq, &mut || {
         let out: Vec<u64> = rayon_pool.install(|| tasks.par_iter().map(|&n| work(n)).collect());
         assert_eq!(out, expect);
     });
     let spawn_pool = procspawn::Pool::new(WORKERS).expect("procspawn pool");
-    let with_procspawn = speedup(&mut seq, &mut || {
+    let with_procspawn = common::speedup(&mut seq, &mut || {
         let handles: Vec<_> = tasks
             .iter()
             .map(|&n| spawn_pool.spawn(n, procspawn_burn))
@@ -369,11 +352,7 @@ fn cpu_bound() -> multiproc::Result<Row> {
     });
     spawn_pool.shutdown();
     let py = python("cpu_bound.py", &[]);
-    let py_speedup = match (&py, from_python(&py, "seq_s="), from_python(&py, "pool_s=")) {
-        (_, Cell::Value(s), Cell::Value(p)) => Cell::Value(s / p),
-        (Err(e), ..) => Cell::Missing(e.clone()),
-        (Ok(t), ..) => Cell::Missing(format!("unexpected output: {t}")),
-    };
+    let py_speedup = from_python(&py, "speedup=");
     Ok(Row {
         name: "CPU-bound speedup, 24 tasks",
         key: "cpu_speedup",

@@ -86,32 +86,21 @@ fn main() -> multiproc::Result<()> {
 
     println!(
         "\n## 24 equal CPU-bound tasks: speedup vs one sequential loop \
-         (sequential and parallel runs alternate, 3 of each, medians)"
+         (median of 5 back-to-back pairs of runs)"
     );
     const ROUNDS: u64 = 20_000_000;
     let tasks = vec![ROUNDS; 24];
-    let timed = |f: &mut dyn FnMut()| {
-        let t = Instant::now();
-        f();
-        t.elapsed().as_secs_f64()
-    };
     for &w in &workers {
         let pool = Pool::builder().workers(w).chunk_size(1).build()?;
-        pool.map(burn, &[1, 1])?;
-        let (mut seq, mut par) = (Vec::new(), Vec::new());
-        for _ in 0..3 {
-            seq.push(timed(&mut || {
+        let x = common::speedup(
+            &mut || {
                 std::hint::black_box(tasks.iter().map(|&n| work(n)).collect::<Vec<_>>());
-            }));
-            par.push(timed(&mut || {
+            },
+            &mut || {
                 pool.map(burn, &tasks).expect("map");
-            }));
-        }
-        let (seq, par) = (median(seq), median(par));
-        println!(
-            "{w:>3} worker(s): {par:.3} s (sequential {seq:.3} s), speedup {:.2}x",
-            seq / par
+            },
         );
+        println!("{w:>3} worker(s): speedup {x:.2}x");
     }
 
     uneven_burst(&workers)?;
@@ -144,30 +133,25 @@ fn main() -> multiproc::Result<()> {
 fn uneven_burst(workers: &[usize]) -> multiproc::Result<()> {
     println!(
         "\n## 24 uneven apply_async tasks, long ones first: speedup vs sequential \
-         (alternating, 3 of each, medians)"
+         (median of 5 back-to-back pairs of runs)"
     );
     let tasks: Vec<u64> = (0..24)
         .map(|i| if i < 6 { 60_000_000 } else { 5_000_000 })
         .collect();
     for &w in workers {
         let pool = Pool::new(w)?;
-        pool.apply(burn, 1)?;
-        let (mut seq, mut par) = (Vec::new(), Vec::new());
-        for _ in 0..3 {
-            let t = Instant::now();
-            std::hint::black_box(tasks.iter().map(|&n| work(n)).collect::<Vec<_>>());
-            seq.push(t.elapsed().as_secs_f64());
-            let t = Instant::now();
-            let handles: Vec<_> = tasks.iter().map(|&n| pool.apply_async(burn, n)).collect();
-            for h in handles {
-                h.get()?;
-            }
-            par.push(t.elapsed().as_secs_f64());
-        }
-        println!(
-            "{w:>3} worker(s): speedup {:.2}x",
-            median(seq) / median(par)
+        let x = common::speedup(
+            &mut || {
+                std::hint::black_box(tasks.iter().map(|&n| work(n)).collect::<Vec<_>>());
+            },
+            &mut || {
+                let handles: Vec<_> = tasks.iter().map(|&n| pool.apply_async(burn, n)).collect();
+                for h in handles {
+                    h.get().expect("task");
+                }
+            },
         );
+        println!("{w:>3} worker(s): speedup {x:.2}x");
     }
     Ok(())
 }

@@ -1,6 +1,8 @@
 """Python's multiprocessing.Pool(2) (fork) on 24 equal CPU-bound tasks, beside the same
-tasks run one after another; sequential and pool runs alternate, 3 of each, so that a slow
-minute of a shared machine hits both alike. Prints `seq_s=<s> pool_s=<s>` (medians)."""
+tasks run one after another; 5 pairs of a sequential and a pool run, back to back, so that
+a slow minute of a shared machine hits both sides of a pair alike. Prints
+`seq_s=<s> pool_s=<s> speedup=<x>`: the median times, and the median of the pairs' ratios
+(the figure `cargo bench --bench peers` shows)."""
 import statistics
 import sys
 import time
@@ -21,14 +23,18 @@ def main():
     par = []
     with get_context("fork").Pool(2) as pool:
         pool.map(burn, [10] * 4)
-        for _ in range(3):
+        for _ in range(5):
             t = time.perf_counter()
             [burn(x) for x in tasks]
             seq.append(time.perf_counter() - t)
             t = time.perf_counter()
             pool.map(burn, tasks, chunksize=1)
             par.append(time.perf_counter() - t)
-    print(f"seq_s={statistics.median(seq):.4f} pool_s={statistics.median(par):.4f}")
+    ratio = statistics.median(s / p for s, p in zip(seq, par))
+    print(
+        f"seq_s={statistics.median(seq):.4f} pool_s={statistics.median(par):.4f} "
+        f"speedup={ratio:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -213,9 +213,15 @@ impl Driver<'_> {
 
     /// How many small jobs the worker may hold: as many as fit in
     /// `SMALL_BACKLOG_NANOS` of their recent run time, between `WINDOW` and
-    /// `SMALL_WINDOW`; `WINDOW` until one has come back.
+    /// `SMALL_WINDOW`; `WINDOW` until one has come back; only the running one when they
+    /// take longer than that. A job queued behind a long one could have gone to the
+    /// worker that frees up first, while what queuing saves (one round trip of idle
+    /// worker per job) is nothing beside its run time.
     fn small_window(&self) -> usize {
         self.small_nanos.map_or(WINDOW, |nanos| {
+            if nanos >= SMALL_BACKLOG_NANOS {
+                return 1;
+            }
             let fit = SMALL_BACKLOG_NANOS / nanos.max(1);
             usize::try_from(fit).map_or(SMALL_WINDOW, |n| n.clamp(WINDOW, SMALL_WINDOW))
         })
