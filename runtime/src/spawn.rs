@@ -3,7 +3,7 @@
 //!
 //! Nothing runs between fork and exec, so the standard library starts the child with
 //! `posix_spawn` (a `vfork`-style clone): the cost does not grow with the parent's memory,
-//! where a `fork` copies its page tables (30–40 ms for a parent holding 1 GiB here). The
+//! where a `fork` copies its page tables (30–60 ms for a parent holding 1 GiB here). The
 //! child sets its own parent-death signal, first thing in its constructor.
 
 use std::io::{self, Write};

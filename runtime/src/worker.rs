@@ -131,15 +131,13 @@ fn inherited_socket() -> Result<RawFd, String> {
     // SAFETY: dup2 of the fd just opened onto fd 0 (clearing close-on-exec there), then
     // closing our extra copy of it.
     let replaced = null >= 0 && unsafe { libc::dup2(null, 0) } == 0;
+    let why = std::io::Error::last_os_error();
     if null > 0 {
         // SAFETY: `null` is ours and no longer needed once duplicated.
         unsafe { libc::close(null) };
     }
     if !replaced {
-        return Err(format!(
-            "cannot reopen standard input on /dev/null: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(format!("cannot reopen standard input on /dev/null: {why}"));
     }
     Ok(fd)
 }
