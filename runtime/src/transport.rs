@@ -240,7 +240,7 @@ fn oneshot_for(body: &[u8], shm: ShmConfig) -> Result<Option<Segment>> {
     if body.len() <= shm.threshold {
         return Ok(None);
     }
-    Segment::create(shm.backend, body.len(), |dst| dst.copy_from_slice(body)).map(Some)
+    Segment::create(shm.backend, body).map(Some)
 }
 
 fn finish_frame(

@@ -130,9 +130,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             return Ok(());
         }
         let body = &msg[1..];
-        let mut seg = Segment::create(ShmBackend::Posix, body.len(), |dst| {
-            dst.copy_from_slice(body)
-        })?;
+        let mut seg = Segment::create(ShmBackend::Posix, body)?;
         seg.leave_name_to_receiver();
         msg.clear();
         msg.push(IN_SEGMENT);

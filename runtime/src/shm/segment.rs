@@ -110,6 +110,29 @@ fn map(fd: RawFd, len: usize, writable: bool) -> Result<*mut u8> {
     Ok(p.cast())
 }
 
+/// Maps `len` bytes of `fd` read-only, without setting up the pages now: for the
+/// creator of a sealed segment, which mostly sends it on and rarely reads it back.
+fn map_lazily(fd: RawFd, len: usize) -> Result<*mut u8> {
+    if len == 0 {
+        return Ok(std::ptr::NonNull::<u8>::dangling().as_ptr());
+    }
+    // SAFETY: mapping `len` bytes of an fd we hold; the result is checked for MAP_FAILED.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(os_err("mapping a shared-memory segment"));
+    }
+    Ok(p.cast())
+}
+
 fn unmap(ptr: *mut u8, len: usize) {
     if len > 0 {
         // SAFETY: `ptr` came from `map` with this `len` and is unmapped once.
@@ -118,29 +141,47 @@ fn unmap(ptr: *mut u8, len: usize) {
 }
 
 impl Segment {
-    /// Creates a segment of `len` bytes, fills it with `fill`, and seals it read-only.
-    pub(crate) fn create(
-        backend: ShmBackend,
-        len: usize,
-        fill: impl FnOnce(&mut [u8]),
-    ) -> Result<Segment> {
-        let mut seg = Segment::create_writable(backend, len)?;
-        fill(seg.bytes_mut());
-        seg.seal()?;
-        Ok(seg)
+    /// Creates a read-only segment holding a copy of `bytes` (sealed, for a memfd).
+    ///
+    /// The bytes are written with `pwrite`: the kernel allocates each page as it copies
+    /// into it, so nothing is zeroed first and none of our page tables are set up for a
+    /// mapping we would only write through once; and running out of memory is an error
+    /// of the write, not a signal. The creator's own read-only view is mapped lazily: it
+    /// mostly sends the segment on.
+    pub(crate) fn create(backend: ShmBackend, bytes: &[u8]) -> Result<Segment> {
+        let len = bytes.len();
+        let id = fresh_id();
+        let (fd, name) = new_fd(backend, id, len, Reserve::OnWrite)?;
+        let undo = |e: Error| {
+            if let Some(name) = &name {
+                unlink(name);
+            }
+            e
+        };
+        write_all_at(fd.as_raw_fd(), bytes).map_err(undo)?;
+        if name.is_none() {
+            add_write_seals(fd.as_raw_fd()).map_err(undo)?;
+        }
+        let ptr = map_lazily(fd.as_raw_fd(), len).map_err(undo)?;
+        let unlink_on_drop = name.is_some();
+        Ok(Segment {
+            desc: SegmentDesc {
+                id,
+                len: len as u64,
+                name,
+                writable: false,
+            },
+            ptr,
+            fd: Some(fd),
+            unlink_on_drop,
+            writable: false,
+        })
     }
 
     /// Creates a writable segment of `len` zero bytes (for `SharedSliceMut`).
     pub(crate) fn create_writable(backend: ShmBackend, len: usize) -> Result<Segment> {
         let id = fresh_id();
-        let (fd, name) = match backend {
-            ShmBackend::Memfd => (create_memfd(len)?, None),
-            ShmBackend::Posix => {
-                sweep_stale_once();
-                let name = format!("{NAME_PREFIX}{}-{id:016x}", std::process::id());
-                (create_posix(&name, len)?, Some(name))
-            }
-        };
+        let (fd, name) = new_fd(backend, id, len, Reserve::Now)?;
         let unlink_on_drop = name.is_some();
         let desc = SegmentDesc {
             id,
@@ -164,31 +205,6 @@ impl Segment {
             unlink_on_drop,
             writable: true,
         })
-    }
-
-    /// Makes the segment read-only for everyone: a memfd gets write seals (no process can
-    /// map it writable or change its size again); the mapping becomes read-only.
-    pub(crate) fn seal(&mut self) -> Result<()> {
-        let len = self.len();
-        unmap(self.ptr, len);
-        self.ptr = std::ptr::NonNull::<u8>::dangling().as_ptr();
-        let fd = self.raw_fd();
-        if self.desc.name.is_none()
-            && let Some(fd) = fd
-        {
-            let seals =
-                libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
-            // SAFETY: fcntl on our own memfd, after its writable mapping was removed.
-            if unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals) } != 0 {
-                return Err(os_err("sealing a shared-memory segment"));
-            }
-        }
-        if let Some(fd) = fd {
-            self.ptr = map(fd, len, false)?;
-        }
-        self.writable = false;
-        self.desc.writable = false;
-        Ok(())
     }
 
     /// Opens a segment another process created: by fd (memfd) or by name (POSIX).
@@ -242,14 +258,6 @@ impl Segment {
         unsafe { std::slice::from_raw_parts(self.ptr, self.len()) }
     }
 
-    /// The bytes, writable. Only for a segment not yet sealed, which no other process
-    /// has yet, or for the disjoint ranges of a `SharedSliceMut`.
-    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
-        assert!(self.writable, "a sealed segment is read-only");
-        // SAFETY: a writable mapping of `len` bytes, borrowed mutably through `self`.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len()) }
-    }
-
     /// A raw pointer to the start of the mapping, for `SharedSliceMut`'s checked ranges.
     pub(crate) fn as_mut_ptr(&self) -> Option<*mut u8> {
         self.writable.then_some(self.ptr)
@@ -292,7 +300,70 @@ impl std::fmt::Debug for Segment {
     }
 }
 
-fn create_memfd(len: usize) -> Result<OwnedFd> {
+/// When a new segment's memory is taken from the system: at once (`fallocate`), for a
+/// segment that will be written through a mapping (where running out would be a
+/// SIGBUS), or as it is written with `pwrite` (where running out is an error).
+#[derive(Clone, Copy)]
+enum Reserve {
+    Now,
+    OnWrite,
+}
+
+/// A new segment's descriptor, and its name for the POSIX backend.
+fn new_fd(
+    backend: ShmBackend,
+    id: u64,
+    len: usize,
+    reserve: Reserve,
+) -> Result<(OwnedFd, Option<String>)> {
+    Ok(match backend {
+        ShmBackend::Memfd => (create_memfd(len, reserve)?, None),
+        ShmBackend::Posix => {
+            sweep_stale_once();
+            let name = format!("{NAME_PREFIX}{}-{id:016x}", std::process::id());
+            (create_posix(&name, len, reserve)?, Some(name))
+        }
+    })
+}
+
+/// Writes all of `bytes` at the start of `fd`.
+fn write_all_at(fd: RawFd, bytes: &[u8]) -> Result<()> {
+    let mut done = 0;
+    while done < bytes.len() {
+        let rest = &bytes[done..];
+        // SAFETY: pwrite from a live slice into an fd we own, at an offset within it.
+        let n = unsafe { libc::pwrite(fd, rest.as_ptr().cast(), rest.len(), done as libc::off_t) };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(os_err(&format!(
+                "writing {} bytes into a shared-memory segment",
+                bytes.len()
+            )));
+        }
+        if n == 0 {
+            return Err(Error::new(
+                ErrorKind::Io,
+                "writing into a shared-memory segment: no progress",
+            ));
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+/// Seals a memfd against writes and resizing, for every process that has it.
+fn add_write_seals(fd: RawFd) -> Result<()> {
+    let seals = libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on our own memfd, which no writable mapping refers to.
+    if unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(os_err("sealing a shared-memory segment"));
+    }
+    Ok(())
+}
+
+fn create_memfd(len: usize, reserve: Reserve) -> Result<OwnedFd> {
     let name = c"multiproc";
     // SAFETY: a valid NUL-terminated name and flags; the result is checked.
     let fd =
@@ -302,7 +373,7 @@ fn create_memfd(len: usize) -> Result<OwnedFd> {
     }
     // SAFETY: `fd` was just created and is owned by nothing else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    resize(fd.as_raw_fd(), len)?;
+    resize(fd.as_raw_fd(), len, reserve)?;
     Ok(fd)
 }
 
@@ -320,7 +391,7 @@ fn available_memory() -> Option<u64> {
     Some(kb * 1024)
 }
 
-fn resize(fd: RawFd, len: usize) -> Result<()> {
+fn resize(fd: RawFd, len: usize, reserve: Reserve) -> Result<()> {
     let size = libc::off_t::try_from(len).map_err(|_| {
         Error::new(
             ErrorKind::InvalidConfig,
@@ -351,8 +422,8 @@ fn resize(fd: RawFd, len: usize) -> Result<()> {
         )));
     }
     // Reserve the memory now, so that running out of it is an error here rather than a
-    // SIGBUS when the segment is written.
-    if len > 0 {
+    // SIGBUS when the segment is written through a mapping.
+    if len > 0 && matches!(reserve, Reserve::Now) {
         // SAFETY: fallocate on an fd we own, within the size just set.
         let rc = unsafe { libc::fallocate(fd, 0, 0, size) };
         if rc != 0 {
@@ -367,7 +438,7 @@ fn cname(name: &str) -> Result<CString> {
         .map_err(|_| Error::new(ErrorKind::Protocol, "a segment name holds a NUL byte"))
 }
 
-fn create_posix(name: &str, len: usize) -> Result<OwnedFd> {
+fn create_posix(name: &str, len: usize, reserve: Reserve) -> Result<OwnedFd> {
     let c = cname(name)?;
     // SAFETY: a valid C string; O_EXCL makes the name ours alone; mode 0600.
     let fd = unsafe {
@@ -382,7 +453,7 @@ fn create_posix(name: &str, len: usize) -> Result<OwnedFd> {
     }
     // SAFETY: `fd` was just created and is owned by nothing else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    if let Err(e) = resize(fd.as_raw_fd(), len) {
+    if let Err(e) = resize(fd.as_raw_fd(), len, reserve) {
         unlink(name);
         return Err(e);
     }
@@ -470,3 +541,6 @@ pub(crate) fn sweep_stale() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

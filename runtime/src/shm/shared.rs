@@ -53,7 +53,7 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Shared<T> {
                 format!("the value of a Shared could not be serialized: {e}"),
             )
         })?;
-        let segment = Segment::create(backend, bytes.len(), |dst| dst.copy_from_slice(&bytes))?;
+        let segment = Segment::create(backend, &bytes)?;
         let entry = Entry::new(segment);
         super::register_created(&entry);
         let value = Arc::new(value);

@@ -54,7 +54,7 @@ impl<T: Pod> SharedSlice<T> {
     /// Like [`from_slice`](Self::from_slice), with the segment kind chosen explicitly.
     pub fn from_slice_with(data: &[T], backend: ShmBackend) -> Result<SharedSlice<T>> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
-        let segment = Segment::create(backend, bytes.len(), |dst| dst.copy_from_slice(bytes))?;
+        let segment = Segment::create(backend, bytes)?;
         let entry = Entry::new(segment);
         super::register_created(&entry);
         Ok(SharedSlice {
