@@ -334,13 +334,15 @@ fn write_all_at(fd: RawFd, bytes: &[u8]) -> Result<()> {
         // SAFETY: pwrite from a live slice into an fd we own, at an offset within it.
         let n = unsafe { libc::pwrite(fd, rest.as_ptr().cast(), rest.len(), done as libc::off_t) };
         if n < 0 {
-            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
-            return Err(os_err(&format!(
-                "writing {} bytes into a shared-memory segment",
-                bytes.len()
-            )));
+            return Err(Error::io(
+                ErrorKind::Io,
+                format_args!("writing {} bytes into a shared-memory segment", bytes.len()),
+                e,
+            ));
         }
         if n == 0 {
             return Err(Error::new(
