@@ -90,7 +90,17 @@ fn fresh_id() -> u64 {
     (u64::from(std::process::id()) << 40 ^ n).wrapping_add(salt.rotate_left(17)) ^ salt
 }
 
-fn map(fd: RawFd, len: usize, writable: bool) -> Result<*mut u8> {
+/// How a mapping sets up its pages: all at once, in one pass (`MAP_POPULATE`: several
+/// times faster than one fault per page for a segment that will be read or written
+/// whole), or as they are touched (for the creator of a sealed segment, which mostly
+/// sends it on and rarely reads it back).
+#[derive(Clone, Copy)]
+enum Pages {
+    Now,
+    OnTouch,
+}
+
+fn map(fd: RawFd, len: usize, writable: bool, pages: Pages) -> Result<*mut u8> {
     if len == 0 {
         return Ok(std::ptr::NonNull::<u8>::dangling().as_ptr());
     }
@@ -99,34 +109,12 @@ fn map(fd: RawFd, len: usize, writable: bool) -> Result<*mut u8> {
     } else {
         libc::PROT_READ
     };
-    // MAP_POPULATE: set up every page now, in one pass, instead of one fault per page
-    // as the data is first written or read (several times faster for large segments).
-    let flags = libc::MAP_SHARED | libc::MAP_POPULATE;
+    let flags = match pages {
+        Pages::Now => libc::MAP_SHARED | libc::MAP_POPULATE,
+        Pages::OnTouch => libc::MAP_SHARED,
+    };
     // SAFETY: mapping `len` bytes of an fd we hold; the result is checked for MAP_FAILED.
     let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, fd, 0) };
-    if p == libc::MAP_FAILED {
-        return Err(os_err("mapping a shared-memory segment"));
-    }
-    Ok(p.cast())
-}
-
-/// Maps `len` bytes of `fd` read-only, without setting up the pages now: for the
-/// creator of a sealed segment, which mostly sends it on and rarely reads it back.
-fn map_lazily(fd: RawFd, len: usize) -> Result<*mut u8> {
-    if len == 0 {
-        return Ok(std::ptr::NonNull::<u8>::dangling().as_ptr());
-    }
-    // SAFETY: mapping `len` bytes of an fd we hold; the result is checked for MAP_FAILED.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            fd,
-            0,
-        )
-    };
     if p == libc::MAP_FAILED {
         return Err(os_err("mapping a shared-memory segment"));
     }
@@ -162,7 +150,7 @@ impl Segment {
         if name.is_none() {
             add_write_seals(fd.as_raw_fd()).map_err(undo)?;
         }
-        let ptr = map_lazily(fd.as_raw_fd(), len).map_err(undo)?;
+        let ptr = map(fd.as_raw_fd(), len, false, Pages::OnTouch).map_err(undo)?;
         let unlink_on_drop = name.is_some();
         Ok(Segment {
             desc: SegmentDesc {
@@ -189,7 +177,7 @@ impl Segment {
             name,
             writable: true,
         };
-        let ptr = match map(fd.as_raw_fd(), len, true) {
+        let ptr = match map(fd.as_raw_fd(), len, true, Pages::Now) {
             Ok(p) => p,
             Err(e) => {
                 if let Some(name) = &desc.name {
@@ -223,7 +211,7 @@ impl Segment {
             }
         };
         check_size(fd.as_raw_fd(), len)?;
-        let ptr = map(fd.as_raw_fd(), len, writable)?;
+        let ptr = map(fd.as_raw_fd(), len, writable, Pages::Now)?;
         // A named segment needs no fd once mapped.
         let fd = if desc.name.is_some() { None } else { Some(fd) };
         Ok(Segment {
