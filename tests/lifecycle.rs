@@ -11,7 +11,10 @@ use multiproc::prelude::*;
 #[parallel]
 fn say_hello(x: u32) -> u32 {
     println!("HELLO-FROM-WORKER item={x} pid={}", std::process::id());
-    eprintln!("STDERR-FROM-WORKER item={x}");
+    // One write for the whole line: workers print at the same moment, and a line that
+    // `eprintln!` writes in pieces can interleave with another process's.
+    let line = format!("STDERR-FROM-WORKER item={x}\n");
+    eprint!("{line}");
     std::process::id()
 }
 

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::within;
+
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -474,16 +476,6 @@ fn the_global_pool_shows_progress_when_asked() {
 fn echo_after(ms: u64, bytes: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf {
     std::thread::sleep(Duration::from_millis(ms));
     bytes
-}
-
-/// Runs `f` on another thread; fails the test if it takes longer than `limit` (a hang).
-fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(limit)
-        .unwrap_or_else(|_| panic!("hung: no answer within {limit:?}"))
 }
 
 #[test]

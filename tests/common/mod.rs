@@ -128,3 +128,20 @@ pub fn wait_until_gone(pids: &[u32]) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Runs `f` on another thread; fails the test if it takes longer than `limit` (a hang).
+pub fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(v) => v,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("hung: no answer within {limit:?}")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            panic!("the test's thread panicked (see above)")
+        }
+    }
+}
