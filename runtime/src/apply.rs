@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::chunk;
 use crate::codec::Codec;
-use crate::engine::{Job, PoolCore, Reply, ReplyTo, lock};
+use crate::engine::{Direct, Job, PoolCore, Reply, ReplyTo, lock};
 use crate::error::{Error, ErrorKind, Result};
 use crate::task::Task;
 
@@ -227,8 +227,15 @@ where
 {
     let name = task.name();
     let enc = one_item(name, task.arg_codec(), arg)?;
+    // Straight to an idle worker, if one watches its lane; through the queue otherwise.
+    let attempts = match pool.call_direct(name, &enc) {
+        Direct::Replied(reply) => return single_result(name, task.ret_codec(), reply),
+        Direct::NotRun => 1,
+        Direct::Retry => 2,
+    };
     let (tx, rx) = mpsc::channel();
-    let job = Job::new(enc, name, 0, None, ReplyTo::Channel(tx));
+    let mut job = Job::new(enc, name, 0, None, ReplyTo::Channel(tx));
+    job.attempts = attempts;
     pool.submit(job).map_err(|e| e.with_task(name))?;
     let reply = spin_then_recv(&rx)
         .map_err(|_| Error::new(ErrorKind::Closed, "the pool went away").with_task(name))?;

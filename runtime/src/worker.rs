@@ -211,16 +211,25 @@ static CURRENT_CHUNK: AtomicU64 = AtomicU64::new(0);
 /// maps), or null before the parent's `Setup` frame.
 static PROGRESS: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
 
-/// Maps the parent's progress page and keeps it for the life of the process.
-fn install_progress(mut fds: Vec<std::os::fd::OwnedFd>) -> Result<(), String> {
+/// Maps the parent's control segment (the progress word, then the direct lane) and
+/// keeps it for the life of the process.
+fn install_control(mut fds: Vec<std::os::fd::OwnedFd>) -> Result<(), String> {
     let fd = fds
         .pop()
         .ok_or("protocol error: a Setup frame without its memfd")?;
-    // SAFETY: mapping one page of the memfd the parent sent; checked for MAP_FAILED.
+    let mut st: libc::stat = unsafe_zeroed_stat();
+    // SAFETY: fstat writes into the valid `st` we pass; failure is checked.
+    if unsafe { libc::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd), &mut st) } != 0
+        || usize::try_from(st.st_size).ok() != Some(crate::lane::CONTROL_BYTES)
+    {
+        return Err("protocol error: the control segment has the wrong size".into());
+    }
+    // SAFETY: mapping the whole memfd the parent sent (its size checked above); checked
+    // for MAP_FAILED.
     let p = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            PROGRESS_BYTES,
+            crate::lane::CONTROL_BYTES,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_SHARED,
             std::os::fd::AsRawFd::as_raw_fd(&fd),
@@ -229,7 +238,7 @@ fn install_progress(mut fds: Vec<std::os::fd::OwnedFd>) -> Result<(), String> {
     };
     if p == libc::MAP_FAILED {
         return Err(format!(
-            "cannot map the progress page: {}",
+            "cannot map the control segment: {}",
             std::io::Error::last_os_error()
         ));
     }
@@ -237,8 +246,18 @@ fn install_progress(mut fds: Vec<std::os::fd::OwnedFd>) -> Result<(), String> {
     Ok(())
 }
 
-/// The size of the progress page.
-pub(crate) const PROGRESS_BYTES: usize = 4096;
+fn unsafe_zeroed_stat() -> libc::stat {
+    // SAFETY: `stat` is plain old data, for which all zeroes is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// The worker's lane, once the parent's control segment is mapped.
+fn lane() -> Option<crate::lane::WorkerLane> {
+    let p = PROGRESS.load(Ordering::Acquire);
+    // SAFETY: a non-null `p` is the start of the control segment, a page-aligned
+    // writable shared mapping of `CONTROL_BYTES` that is never unmapped.
+    (!p.is_null()).then(|| unsafe { crate::lane::WorkerLane::new(p.cast()) })
+}
 
 /// Where a worker records which item of its chunk is running: read once per chunk, so
 /// that recording an item is one relaxed store.
@@ -344,42 +363,43 @@ fn work(socket: UnixStream, shm: ShmConfig) -> Result<std::convert::Infallible, 
     let mut out = Vec::new();
     let mut failures = Vec::new();
     let mut batch_started: Option<Instant> = None;
+    let mut lane = None;
+    let mut lane_out = Vec::new();
     loop {
-        // Answers held back go out as soon as no frame is waiting to be run.
-        if !out.is_empty() && !input_waiting(&reader) {
+        if !input_waiting(&reader) {
+            // Answers held back go out as soon as no frame is waiting to be run.
             flush(&mut writer, &mut out, &mut batch_started);
+            // Then, before blocking on the socket, calls may come through the lane.
+            if lane.is_none() {
+                lane = self::lane();
+            }
+            if let Some(lane) = &mut lane {
+                let mut run =
+                    |payload: &[u8], out: &mut Vec<u8>| run_lane_call(payload, out, &mut failures);
+                let fd = reader.get_ref().raw_fd();
+                lane.serve(
+                    crate::lane::OPEN_FOR,
+                    &|| readable_now(fd),
+                    &mut lane_out,
+                    &mut run,
+                )?;
+                if lane_out.capacity() > 64 << 20 {
+                    lane_out = Vec::new();
+                }
+            }
         }
         let incoming = next_run(&mut reader)?;
-        let Ok(Frame::Run {
-            chunk,
-            count,
-            task,
-            trailer,
-        }) = protocol::parse(&incoming.frame)
-        else {
-            return Err("protocol error: a worker only accepts Run frames".into());
-        };
-        let items = match &incoming.body {
-            Some(seg) => seg.bytes(),
-            None => trailer.body,
-        };
-        let Some(run) = crate::task::lookup(task) else {
-            flush(&mut writer, &mut out, &mut batch_started);
-            let why = format!("no #[parallel] function named `{task}` in this binary");
-            let _ = protocol::fatal_frame(&mut out, &why).map(|()| writer.write_all(&out));
-            return Err(why);
-        };
-        let start = protocol::begin_done(&mut out, chunk);
-        CURRENT_CHUNK.store(chunk, Ordering::Relaxed);
-        BUSY.store(true, Ordering::SeqCst);
         let started = Instant::now();
-        failures.clear();
-        let done = run(items, count, &mut out, &mut failures);
-        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        BUSY.store(false, Ordering::SeqCst);
+        let items = incoming.body.as_ref().map(Segment::bytes);
+        let start = match run_chunk(&incoming.frame, items, &mut out, &mut failures)? {
+            Ran::Done(start) => start,
+            Ran::UnknownTask(why) => {
+                flush(&mut writer, &mut out, &mut batch_started);
+                let _ = protocol::fatal_frame(&mut out, &why).map(|()| writer.write_all(&out));
+                return Err(why);
+            }
+        };
         drop(incoming);
-        protocol::finish_done(&mut out, start, done, nanos, &failures)
-            .map_err(|e| e.to_string())?;
         let body_at = protocol::done_body_at(start);
         let (fds, oneshot) = transport::seal_frame(&mut out, start, body_at, &[], shm)
             .map_err(|e| format!("cannot send a result: {e}"))?;
@@ -396,6 +416,87 @@ fn work(socket: UnixStream, shm: ShmConfig) -> Result<std::convert::Infallible, 
             flush(&mut writer, &mut out, &mut batch_started);
         }
     }
+}
+
+/// What running a `Run` frame gave.
+enum Ran {
+    /// The `Done` frame starts at this offset of the output, its body complete (the
+    /// caller ends it).
+    Done(usize),
+    /// The frame names a task this binary does not have.
+    UnknownTask(String),
+}
+
+/// Runs the chunk of a `Run` frame (its payload `frame`; its items in `items` when they
+/// came out of line) and appends the start of its `Done` frame to `out`.
+fn run_chunk(
+    frame: &[u8],
+    items: Option<&[u8]>,
+    out: &mut Vec<u8>,
+    failures: &mut Vec<protocol::Failure>,
+) -> Result<Ran, String> {
+    let Ok(Frame::Run {
+        chunk,
+        count,
+        task,
+        trailer,
+    }) = protocol::parse(frame)
+    else {
+        return Err("protocol error: a worker only accepts Run frames".into());
+    };
+    let items = items.unwrap_or(trailer.body);
+    let Some(run) = crate::task::lookup(task) else {
+        return Ok(Ran::UnknownTask(format!(
+            "no #[parallel] function named `{task}` in this binary"
+        )));
+    };
+    let start = protocol::begin_done(out, chunk);
+    CURRENT_CHUNK.store(chunk, Ordering::Relaxed);
+    BUSY.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    failures.clear();
+    let done = run(items, count, out, failures);
+    let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    BUSY.store(false, Ordering::SeqCst);
+    protocol::finish_done(out, start, done, nanos, failures).map_err(|e| e.to_string())?;
+    Ok(Ran::Done(start))
+}
+
+/// Runs a call that came through the lane and appends its whole answer to `out`: the
+/// `Done` frame, its body always in line (the lane carries answers of any size), or a
+/// `Fatal` frame for a task this binary does not have.
+fn run_lane_call(
+    payload: &[u8],
+    out: &mut Vec<u8>,
+    failures: &mut Vec<protocol::Failure>,
+) -> Result<usize, String> {
+    if let Ok(Frame::Run { trailer, .. }) = protocol::parse(payload)
+        && !trailer.segments.is_empty()
+    {
+        return Err("protocol error: a lane call with shared-memory segments".into());
+    }
+    match run_chunk(payload, None, out, failures)? {
+        Ran::Done(start) => {
+            protocol::finish_with(out, start, &[], false).map_err(|e| e.to_string())?;
+            Ok(start)
+        }
+        Ran::UnknownTask(why) => {
+            let start = out.len();
+            protocol::fatal_frame(out, &why).map_err(|e| e.to_string())?;
+            Ok(start)
+        }
+    }
+}
+
+/// Whether the socket has something to read now.
+fn readable_now(fd: RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is one valid pollfd and we pass a count of 1; a zero timeout.
+    unsafe { libc::poll(&mut pfd, 1, 0) != 0 }
 }
 
 /// Whether more frames were already received with the last read. Only those count:
@@ -433,7 +534,7 @@ fn next_run(reader: &mut std::io::BufReader<FdReader>) -> Result<Incoming, Strin
                     .get_mut()
                     .take_fds(1)
                     .map_err(|e| format!("protocol error: {e}"))?;
-                install_progress(fd)?;
+                install_control(fd)?;
                 continue;
             }
             Ok(other) => return Err(format!("protocol error: unexpected frame {other:?}")),

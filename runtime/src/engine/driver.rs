@@ -9,12 +9,12 @@ use std::os::fd::RawFd;
 use std::sync::{Arc, Weak, mpsc};
 use std::time::{Duration, Instant};
 
-use super::{Body, Job, PoolShared, Reply};
+use super::{Body, Job, Next, PoolShared, Reply};
 use crate::error::{Error, ErrorKind, Result};
+use crate::lane::Lane;
 use crate::protocol::{self, Frame};
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::shm::{Entry, Segment, ShmBackend};
+use crate::shm::Entry;
 use crate::spawn::{self, WorkerProcess};
 use crate::transport::{self, FdReader};
 
@@ -66,18 +66,9 @@ struct Live {
     /// Segments this worker holds, to send each once and release it when the parent
     /// drops its last handle.
     segments: HashMap<u64, Weak<Entry>>,
-    /// The page where the worker records the item it runs.
-    progress: Option<Segment>,
-}
-
-impl Live {
-    /// The worker's last progress record: the chunk and item it started last.
-    fn progress_record(&self) -> Option<u64> {
-        let ptr = self.progress.as_ref()?.as_mut_ptr()?;
-        // SAFETY: the progress page is a live, page-aligned mapping of at least 8 bytes
-        // that the worker only ever stores to atomically.
-        Some(unsafe { (*ptr.cast::<AtomicU64>()).load(Ordering::Acquire) })
-    }
+    /// The worker's control segment: where it records the item it runs, and its lane
+    /// for direct calls.
+    lane: Arc<Lane>,
 }
 
 struct Driver<'a> {
@@ -152,17 +143,22 @@ impl Driver<'_> {
                     continue;
                 }
             }
-            let Some(live) = self.worker.as_mut() else {
-                continue;
-            };
-            match protocol::read_frame(&mut live.reader, &mut rbuf) {
-                Ok(true) => self.on_frame(&mut rbuf),
-                Ok(false) => self.lose_worker(Loss::Died),
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    self.lose_worker(Loss::Protocol(e.to_string()))
-                }
-                Err(_) => self.lose_worker(Loss::Died),
+            self.read_from_worker(&mut rbuf);
+        }
+    }
+
+    /// Reads and handles one frame from the worker; its end, or a broken frame, loses it.
+    fn read_from_worker(&mut self, rbuf: &mut Vec<u8>) {
+        let Some(live) = self.worker.as_mut() else {
+            return;
+        };
+        match protocol::read_frame(&mut live.reader, rbuf) {
+            Ok(true) => self.on_frame(rbuf),
+            Ok(false) => self.lose_worker(Loss::Died),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                self.lose_worker(Loss::Protocol(e.to_string()))
             }
+            Err(_) => self.lose_worker(Loss::Died),
         }
     }
 
@@ -179,9 +175,13 @@ impl Driver<'_> {
             }
             let job = match self.held.take() {
                 Some(job) => job,
-                None if held == 0 => match self.shared.next_job() {
-                    Some(job) => job,
-                    None => return false,
+                None if held == 0 => match self.shared.next_job(self.slot) {
+                    Next::Job(job) => job,
+                    Next::Check => {
+                        self.check_worker();
+                        continue;
+                    }
+                    Next::Closed => return false,
                 },
                 None => match self.shared.try_next_job(held) {
                     Some(job) => job,
@@ -279,6 +279,7 @@ impl Driver<'_> {
         for (i, e) in failed.into_iter().rev() {
             batch.remove(i).fail(e);
         }
+        live.lane.set_segments_held(live.segments.len());
         if self.inflight.is_empty() {
             self.front_started = Instant::now();
         }
@@ -300,6 +301,8 @@ impl Driver<'_> {
         let Some(live) = self.worker.as_ref() else {
             return self.drop_writes();
         };
+        // A worker watching its lane goes to its socket.
+        live.lane.kick();
         while self.write_pending() {
             match transport::send_now(&live.process.stream, &self.wbuf[self.written..], &self.wfds)
             {

@@ -3,6 +3,7 @@
 //! typed encoding and decoding happen in the callers (see `map.rs`, `apply.rs`).
 
 pub(crate) mod current;
+mod direct;
 mod driver;
 mod global;
 mod job;
@@ -15,7 +16,9 @@ use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::lane::Lane;
 
+pub(crate) use direct::Direct;
 pub(crate) use global::global;
 pub(crate) use job::{Body, Completion, Job, Reply, ReplyTo};
 
@@ -42,6 +45,18 @@ struct Queue {
     /// A driver is polling `changes` for its next job; it takes the first job queued
     /// before it stops, so that job needs no wake-up of a sleeping driver.
     polling: bool,
+    /// By slot: a caller waiting in the lane of that slot's worker asks its driver to
+    /// check that the worker still lives (an idle driver does not watch its socket).
+    check: Vec<bool>,
+}
+
+/// What an idle driver gets from the queue.
+enum Next {
+    Job(Job),
+    /// Check the worker (see `Queue::check`).
+    Check,
+    /// The pool is closed and drained.
+    Closed,
 }
 
 /// State shared by the pool handle and its driver threads.
@@ -55,6 +70,15 @@ pub(crate) struct PoolShared {
     /// Bumped by every change a waiting driver must see (a job queued, the pool
     /// closed), so that a driver can poll it without the queue's lock.
     changes: AtomicU64,
+    /// Each slot's worker's lane, while it serves one; `None` throughout in a pool
+    /// whose drivers enforce a time limit or a quota (see `lanes_allowed`).
+    lanes: Mutex<Vec<Option<Arc<Lane>>>>,
+}
+
+/// Whether calls may bypass the drivers: not when they enforce a time limit or count
+/// items towards a quota, since they do not see lane calls.
+fn lanes_allowed(config: &PoolConfig) -> bool {
+    config.task_timeout.is_none() && config.max_tasks_per_worker.is_none()
 }
 
 /// Whom a change of the queue concerns: one job the polling driver takes, one job for
@@ -79,20 +103,26 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl PoolShared {
-    /// The first job for an idle worker, waiting for one; the driver counts as busy once
-    /// it has it. `None` once the pool is closed and drained.
-    fn next_job(&self) -> Option<Job> {
+    /// The first job for the idle worker of `slot`, waiting for one; the driver counts
+    /// as busy once it has it. Or a request to check the worker; or `Closed` once the
+    /// pool is closed and drained.
+    fn next_job(&self, slot: usize) -> Next {
         let mut q = lock(&self.queue);
         let mut polled = false;
         loop {
             while let Some(job) = q.jobs.pop_front() {
                 if !job.is_cancelled() {
                     q.busy += 1;
-                    return Some(job);
+                    return Next::Job(job);
                 }
             }
+            if let Some(check) = q.check.get_mut(slot)
+                && std::mem::take(check)
+            {
+                return Next::Check;
+            }
             if q.closed {
-                return None;
+                return Next::Closed;
             }
             if !polled && !q.polling {
                 // One driver at a time polls; it clears the flag under the lock, then
@@ -163,6 +193,26 @@ impl PoolShared {
         self.wake_drivers(Wake::All);
     }
 
+    /// Asks the driver of `slot` to check its worker (see `Queue::check`).
+    fn request_check(&self, slot: usize) {
+        let mut q = lock(&self.queue);
+        if let Some(check) = q.check.get_mut(slot) {
+            *check = true;
+        }
+        drop(q);
+        self.wake_drivers(Wake::All);
+    }
+
+    /// Publishes (or withdraws) the lane of `slot`'s worker, where lanes are allowed.
+    fn set_lane(&self, slot: usize, lane: Option<&Arc<Lane>>) {
+        if !lanes_allowed(&self.config) {
+            return;
+        }
+        if let Some(l) = lock(&self.lanes).get_mut(slot) {
+            *l = lane.map(Arc::clone);
+        }
+    }
+
     fn set_pid(&self, slot: usize, pid: Option<u32>) {
         if let Some(p) = lock(&self.pids).get_mut(slot) {
             *p = pid;
@@ -220,12 +270,14 @@ impl PoolCore {
                 closed: false,
                 busy: 0,
                 polling: false,
+                check: vec![false; workers],
             }),
             ready: Condvar::new(),
             config,
             pids: Mutex::new(vec![None; workers]),
             terminated: AtomicBool::new(false),
             changes: AtomicU64::new(0),
+            lanes: Mutex::new(vec![None; workers]),
         });
         let (completions, completed) = mpsc::channel::<Completion>();
         let completion_thread = std::thread::Builder::new()

@@ -142,45 +142,10 @@ fn thread_alive(tid: u32) -> bool {
     rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-fn futex_wait(word: &AtomicU32, seen: u32, timeout: Duration) {
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
-        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
-    };
-    // SAFETY: FUTEX_WAIT on a 4-byte aligned word in a shared mapping (not private: other
-    // processes wake it); returns at once if the word no longer holds `seen`.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            seen,
-            &ts as *const libc::timespec,
-            std::ptr::null::<u32>(),
-            0,
-        );
-    }
-}
-
-fn futex_wake_all(word: &AtomicU32) {
-    // SAFETY: FUTEX_WAKE on a word in a shared mapping.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE,
-            i32::MAX,
-            std::ptr::null::<libc::timespec>(),
-            std::ptr::null::<u32>(),
-            0,
-        );
-    }
-}
-
 /// Bumps `word` and wakes its sleepers.
 fn ring_bell(word: &AtomicU32) {
     word.fetch_add(1, Ordering::SeqCst);
-    futex_wake_all(word);
+    crate::futex::wake_all(word);
 }
 
 /// After a commit: wakes the other side if any of it sleeps.
@@ -479,7 +444,7 @@ impl Ring {
         // Pairs with the fence in `wake_if_waiting`.
         fence(Ordering::SeqCst);
         if !moved() {
-            futex_wait(bell, rung, timeout);
+            crate::futex::wait(bell, rung, timeout);
         }
         sleepers.fetch_sub(1, Ordering::SeqCst);
         Ok(())

@@ -1,4 +1,4 @@
-//! A driver's worker: starting it (with its progress page), recycling it after its
+//! A driver's worker: starting it (with its control segment), recycling it after its
 //! quota, and losing it (a death, a time limit, a protocol error): what happens to the
 //! jobs it held, and what replaces it.
 
@@ -24,18 +24,19 @@ impl Driver<'_> {
                 .stream
                 .try_clone()
                 .map_err(|e| Error::io(ErrorKind::Spawn, "cannot duplicate a socket", e))?;
-            let progress = Some(send_progress_page(&process)?);
+            let lane = Arc::new(send_control(&process)?);
             Ok(Live {
                 process,
                 reader: BufReader::with_capacity(256 << 10, FdReader::new(reader)),
                 items: 0,
                 segments: HashMap::new(),
-                progress,
+                lane,
             })
         });
         match started {
             Ok(live) => {
                 self.shared.set_pid(self.slot, Some(live.process.pid));
+                self.shared.set_lane(self.slot, Some(&live.lane));
                 self.worker = Some(live);
                 Ok(())
             }
@@ -50,9 +51,40 @@ impl Driver<'_> {
     /// gives its memory back to the system; the next job starts a fresh one.
     pub(super) fn recycle_worker(&mut self) {
         self.drop_writes();
-        if let Some(live) = self.worker.take() {
-            self.shared.set_pid(self.slot, None);
-            close_and_reap(live);
+        let Some(live) = self.worker.take() else {
+            return;
+        };
+        self.shared.set_lane(self.slot, None);
+        // A call in the lane finishes first, as queued jobs do; unless the pool is
+        // terminated, or the worker is gone.
+        let fd = live.reader.get_ref().raw_fd();
+        let shared = self.shared;
+        let idle = live
+            .lane
+            .close_when_idle(|| !shared.is_terminated() && !hung_up(fd, Duration::from_millis(10)));
+        self.shared.set_pid(self.slot, None);
+        let (pid, lane) = (live.process.pid, Arc::clone(&live.lane));
+        let exit = close_and_reap(live);
+        if !idle {
+            lane.lose(loss_error(&Loss::Died, &exit, LANE_CALL, "").with_pid(pid));
+        }
+    }
+
+    /// A caller waiting in this worker's lane asks whether the worker still lives. With
+    /// nothing in flight, anything to read is the end of the stream (or a `Fatal`
+    /// frame): the worker is lost (its lane call with it), and replaced.
+    pub(super) fn check_worker(&mut self) {
+        let Some(live) = self.worker.as_ref() else {
+            return;
+        };
+        if live.reader.buffer().is_empty()
+            && !hung_up(live.reader.get_ref().raw_fd(), Duration::ZERO)
+        {
+            return;
+        }
+        self.read_from_worker(&mut Vec::new());
+        if self.worker.is_none() {
+            let _ = self.ensure_worker();
         }
     }
 
@@ -63,6 +95,7 @@ impl Driver<'_> {
         let Some(mut live) = self.worker.take() else {
             return;
         };
+        self.shared.set_lane(self.slot, None);
         self.shared.set_pid(self.slot, None);
         let pid = live.process.pid;
         if !matches!(loss, Loss::Died) {
@@ -72,12 +105,9 @@ impl Driver<'_> {
         // ones before it ran, but their results were still held back in the worker (it
         // batches quick results), so they run again elsewhere; the ones after never
         // started. Without a record, the oldest is the one.
-        let record = live.progress_record();
-        let found = record.and_then(|r| {
-            self.inflight
-                .iter()
-                .enumerate()
-                .find_map(|(pos, job)| crate::worker::progress_item(r, job.chunk).map(|i| (pos, i)))
+        let record = live.lane.progress_record();
+        let found = self.inflight.iter().enumerate().find_map(|(pos, job)| {
+            crate::worker::progress_item(record, job.chunk).map(|i| (pos, i))
         });
         let (pos, item) = match found {
             Some((pos, i)) => (
@@ -86,7 +116,10 @@ impl Driver<'_> {
             ),
             None => (0, None),
         };
+        let lane = Arc::clone(&live.lane);
         let exit = close_and_reap(live);
+        // A call in the lane (the worker's only one, if it held it) fails the same way.
+        lane.lose(loss_error(&loss, &exit, LANE_CALL, "").with_pid(pid));
         let before: Vec<Job> = self.inflight.drain(..pos).collect();
         if !before.is_empty() {
             self.shared.requeue_front(before.into_iter());
@@ -115,33 +148,14 @@ impl Driver<'_> {
                     self.note_if_idle();
                     return;
                 }
-                Loss::Died => {
+                _ => {
                     let attempts = if retries > 0 {
                         format!(" (after {} attempts)", running.attempts)
                     } else {
                         String::new()
                     };
-                    Error::new(
-                        ErrorKind::WorkerDied,
-                        format!("the worker {exit} while running {what}{attempts}"),
-                    )
+                    loss_error(&loss, &exit, &what, &attempts)
                 }
-                Loss::Protocol(why) => Error::new(
-                    ErrorKind::Protocol,
-                    format!(
-                        "the worker sent an invalid frame while running {what} ({why}); it was killed"
-                    ),
-                ),
-                Loss::GaveUp(why) => Error::new(
-                    ErrorKind::Protocol,
-                    format!("the worker gave up while running {what}: {why}"),
-                ),
-                Loss::TimedOut(limit) => Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "{what} ran longer than the time limit of {limit:?}; the worker was killed"
-                    ),
-                ),
             }
         };
         let index = item.unwrap_or(running.first_index);
@@ -172,16 +186,56 @@ impl Driver<'_> {
     }
 }
 
-/// Creates a worker's progress page and sends it to the worker.
-fn send_progress_page(process: &WorkerProcess) -> Result<Segment> {
-    let page = Segment::create_writable(ShmBackend::Memfd, crate::worker::PROGRESS_BYTES)?;
+/// What a lane call is, in errors: the one item of an `apply`.
+const LANE_CALL: &str = "item 0";
+
+/// The error for the jobs a lost worker held: `what` names them; `attempts` says how
+/// often they ran, after a death.
+fn loss_error(loss: &Loss, exit: &str, what: &str, attempts: &str) -> Error {
+    match loss {
+        Loss::Died => Error::new(
+            ErrorKind::WorkerDied,
+            format!("the worker {exit} while running {what}{attempts}"),
+        ),
+        Loss::Protocol(why) => Error::new(
+            ErrorKind::Protocol,
+            format!("the worker sent an invalid frame while running {what} ({why}); it was killed"),
+        ),
+        Loss::GaveUp(why) => Error::new(
+            ErrorKind::Protocol,
+            format!("the worker gave up while running {what}: {why}"),
+        ),
+        Loss::TimedOut(limit) => Error::new(
+            ErrorKind::Timeout,
+            format!("{what} ran longer than the time limit of {limit:?}; the worker was killed"),
+        ),
+    }
+}
+
+/// Whether the worker's socket has anything to read (with nothing in flight: its end),
+/// waiting up to `timeout` for it.
+fn hung_up(fd: RawFd, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `pfd` is one valid pollfd and we pass a count of 1.
+    unsafe { libc::poll(&mut pfd, 1, ms) > 0 }
+}
+
+/// Creates a worker's control segment (its progress word and its lane) and sends it to
+/// the worker.
+fn send_control(process: &WorkerProcess) -> Result<Lane> {
+    let lane = Lane::create(process.pid)?;
     let mut frame = Vec::new();
     protocol::setup_frame(&mut frame)
         .map_err(|e| Error::new(ErrorKind::Protocol, e.to_string()))?;
-    let fds: Vec<_> = page.raw_fd().into_iter().collect();
+    let fds: Vec<_> = lane.segment().raw_fd().into_iter().collect();
     transport::send(&process.stream, &frame, &fds)
-        .map_err(|e| Error::io(ErrorKind::Spawn, "sending the progress page", e))?;
-    Ok(page)
+        .map_err(|e| Error::io(ErrorKind::Spawn, "sending the control segment", e))?;
+    Ok(lane)
 }
 
 /// Closes the worker's socket and reaps it; describes how it ended.

@@ -1,0 +1,140 @@
+//! Calls through a worker's lane (see [`crate::lane`]): a blocking `apply` that finds
+//! an idle worker watching its lane hands the call to it directly, past the queue and
+//! the worker's driver.
+
+use std::sync::Arc;
+
+use super::{Body, PoolCore, Reply, lock};
+use crate::chunk::Encoded;
+use crate::error::{Error, ErrorKind};
+use crate::lane::{CAPACITY, Call, Lane};
+use crate::protocol::{self, Frame};
+
+/// What became of a call offered to the lanes.
+pub(crate) enum Direct {
+    /// It ran, or failed for good: its reply.
+    Replied(Reply),
+    /// It did not run: queue it.
+    NotRun,
+    /// Its worker died while running it, and the pool's retries allow another attempt:
+    /// queue it as the second.
+    Retry,
+}
+
+impl PoolCore {
+    /// Runs the one-item chunk `enc` of `task` through the lane of an idle worker, if
+    /// one is open and the call fits.
+    pub(crate) fn call_direct(&self, task: &'static str, enc: &Encoded) -> Direct {
+        let shm = self.shared.config.shm;
+        let (header, body) = enc.frame.split_at(enc.body_at);
+        if !enc.attachments.is_empty() || body.len() > shm.threshold || enc.frame.len() > CAPACITY {
+            return Direct::NotRun;
+        }
+        let mut frame = Vec::with_capacity(enc.frame.len() + 16);
+        if crate::transport::append_frame(&mut frame, header, body, &[], shm).is_err() {
+            return Direct::NotRun;
+        }
+        let Some(payload) = frame.get(4..).filter(|p| p.len() <= CAPACITY) else {
+            return Direct::NotRun;
+        };
+        let Some((slot, lane)) = self.claim_lane() else {
+            return Direct::NotRun;
+        };
+        let mut answer = Vec::new();
+        let shared = &self.shared;
+        let call = lane.call(payload, &mut answer, || shared.request_check(slot));
+        let fail = |error: Error| {
+            Direct::Replied(Reply::Failed {
+                first_index: 0,
+                count: enc.count,
+                error: error.with_task(task).with_index(0),
+            })
+        };
+        match call {
+            Call::Answered => match reply_of(answer, lane.pid(), enc) {
+                Ok(reply) => Direct::Replied(reply),
+                Err(e) => fail(e),
+            },
+            Call::NotRun => Direct::NotRun,
+            Call::Lost(_) if shared.is_terminated() => {
+                fail(Error::new(ErrorKind::Closed, "the pool was terminated"))
+            }
+            Call::Lost(why) => {
+                let why = why.unwrap_or_else(|| {
+                    Error::new(
+                        ErrorKind::WorkerDied,
+                        "the worker was lost while running item 0",
+                    )
+                    .with_pid(lane.pid())
+                });
+                // Pure functions: running the call again on another worker is safe.
+                if why.kind() == ErrorKind::WorkerDied && shared.config.retries > 0 {
+                    Direct::Retry
+                } else {
+                    fail(why)
+                }
+            }
+        }
+    }
+
+    /// Claims the lane of an idle worker, if one is open and the pool takes calls.
+    fn claim_lane(&self) -> Option<(usize, Arc<Lane>)> {
+        if lock(&self.shared.queue).closed {
+            return None;
+        }
+        let lanes = lock(&self.shared.lanes);
+        lanes.iter().enumerate().find_map(|(slot, lane)| {
+            let lane = lane.as_ref()?;
+            lane.try_claim().then(|| (slot, Arc::clone(lane)))
+        })
+    }
+}
+
+/// The reply in `answer`, a frame's payload from the worker `pid`: the `Done` frame of
+/// `enc`, or a `Fatal` frame.
+fn reply_of(answer: Vec<u8>, pid: u32, enc: &Encoded) -> Result<Reply, Error> {
+    let invalid = |why: String| {
+        Error::new(
+            ErrorKind::Protocol,
+            format!("the worker sent an invalid frame while running item 0 ({why})"),
+        )
+        .with_pid(pid)
+    };
+    let (count, nanos, values_len, range) = match protocol::parse(&answer) {
+        Ok(Frame::Done {
+            chunk,
+            count,
+            nanos,
+            values_len,
+            trailer,
+        }) if chunk == enc.chunk
+            && count <= enc.count
+            && trailer.segments.is_empty()
+            && !trailer.out_of_line =>
+        {
+            let start = trailer.body.as_ptr() as usize - answer.as_ptr() as usize;
+            (count, nanos, values_len, start..start + trailer.body.len())
+        }
+        Ok(Frame::Fatal(why)) => {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                format!("the worker gave up while running item 0: {why}"),
+            )
+            .with_pid(pid));
+        }
+        Ok(other) => return Err(invalid(format!("unexpected frame {other:?}"))),
+        Err(e) => return Err(invalid(e.to_string())),
+    };
+    Ok(Reply::Done {
+        first_index: 0,
+        pid,
+        nanos,
+        expected: enc.count,
+        count,
+        body: Body::Inline {
+            frame: answer,
+            range,
+        },
+        values_len: values_len as usize,
+    })
+}

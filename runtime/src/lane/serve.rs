@@ -1,0 +1,195 @@
+//! The worker's side of its lane: keeping it open while idle, and running the calls
+//! posted there.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::{
+    ANSWERED, BUFFER_AT, CAPACITY, CLAIMED, CLOSED, GONE, Header, LOOKS_PER_YIELD, OPEN, PART,
+    POSTED, TAKEN, await_turn, header, wake_if_waiting,
+};
+
+/// Runs a call's `Run` frame payload, appending the whole answer frame (length prefix
+/// first) to the buffer it gets; returns where that frame starts.
+pub(crate) type RunCall<'a> = dyn FnMut(&[u8], &mut Vec<u8>) -> Result<usize, String> + 'a;
+
+/// Why a worker stopped watching its lane.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Idle {
+    /// Its driver is writing to its socket.
+    Kicked,
+    /// No call came for the whole window.
+    Expired,
+    /// The driver gave the lane up (the pool shuts down).
+    Gone,
+}
+
+/// The worker's view of its lane, in the control segment it mapped.
+pub(crate) struct WorkerLane {
+    base: *mut u8,
+    /// The driver's kick count when the worker last looked.
+    seen_kick: u32,
+}
+
+// SAFETY: `base` points into a shared mapping that lives as long as the process (see
+// `new`); the header is only touched through atomics, the buffer only in our turn.
+unsafe impl Send for WorkerLane {}
+
+impl WorkerLane {
+    /// # Safety
+    /// `base` must be the start of a live, page-aligned, writable shared mapping of at
+    /// least [`CONTROL_BYTES`](super::CONTROL_BYTES) that outlives the `WorkerLane`.
+    pub(crate) unsafe fn new(base: *mut u8) -> WorkerLane {
+        WorkerLane { base, seen_kick: 0 }
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: `new`'s contract.
+        unsafe { header(self.base) }
+    }
+
+    fn buffer(&self) -> *mut u8 {
+        // SAFETY: `BUFFER_AT` is inside the mapping (`new`'s contract).
+        unsafe { self.base.add(BUFFER_AT) }
+    }
+
+    /// Whether the driver kicked since the worker last looked.
+    fn kicked(&mut self) -> bool {
+        let k = self.header().kick.count.load(Ordering::Acquire);
+        let kicked = k != self.seen_kick;
+        self.seen_kick = k;
+        kicked
+    }
+
+    /// Keeps the lane open and runs the calls posted there, until `window` passes
+    /// without one, the driver kicks, or the lane is gone. `socket_ready` says whether
+    /// the worker's socket has something to read already (then it returns at once).
+    /// `run` runs a `Run` frame's payload and appends a whole frame (length prefix
+    /// first) to the buffer it gets, returning where that frame starts. An error is the
+    /// worker's reason to give up.
+    pub(crate) fn serve(
+        &mut self,
+        window: Duration,
+        socket_ready: &dyn Fn() -> bool,
+        out: &mut Vec<u8>,
+        run: &mut RunCall<'_>,
+    ) -> Result<Idle, String> {
+        // SAFETY: `new`'s contract; the header is not borrowed from `self`, which the
+        // loop updates.
+        let h: &Header = unsafe { header(self.base) };
+        let state = &h.turn.state;
+        // Kicks until now are for frames that are in the socket now (or in the moment
+        // between a kick and its write: then the window ends first), so the socket
+        // says. Later kicks are for frames to come.
+        self.kicked();
+        let mut kicked = socket_ready();
+        let mut since = Some(Instant::now());
+        let mut looks = 0u32;
+        loop {
+            let s = state.load(Ordering::Acquire);
+            match s {
+                CLOSED => {
+                    if kicked {
+                        return Ok(Idle::Kicked);
+                    }
+                    let _ =
+                        state.compare_exchange(CLOSED, OPEN, Ordering::AcqRel, Ordering::Relaxed);
+                    continue;
+                }
+                POSTED => {
+                    let n = h.turn.len.load(Ordering::Relaxed) as usize;
+                    if n > CAPACITY {
+                        return Err(format!("protocol error: a call of {n} bytes in the lane"));
+                    }
+                    // SAFETY: in POSTED the buffer is ours and holds the `n` bytes the
+                    // caller wrote before its release store of the state; nothing
+                    // writes it until we answer, after the last use of `payload`.
+                    let payload = unsafe { std::slice::from_raw_parts(self.buffer(), n) };
+                    out.clear();
+                    let start = run(payload, out)?;
+                    let frame = out
+                        .get(start + 4..)
+                        .ok_or("the answer to a lane call is not a frame")?;
+                    if !self.answer(frame)? {
+                        return Ok(Idle::Gone);
+                    }
+                    since = None;
+                    continue;
+                }
+                GONE => return Ok(Idle::Gone),
+                // The window runs from when the caller has read its answer.
+                ANSWERED => since = None,
+                OPEN | CLAIMED => {}
+                other => {
+                    return Err(format!(
+                        "protocol error: the lane is in state {other} while idle"
+                    ));
+                }
+            }
+            kicked |= self.kicked();
+            looks = looks.wrapping_add(1);
+            if !looks.is_multiple_of(LOOKS_PER_YIELD) {
+                std::hint::spin_loop();
+                continue;
+            }
+            std::thread::yield_now();
+            // Only an open lane is left: a claimed one is served whatever the time (its
+            // caller is writing the call), and a caller reading its answer opens the
+            // lane again when done.
+            let open_since = *since.get_or_insert_with(Instant::now);
+            let leave = kicked || open_since.elapsed() >= window;
+            if s == OPEN
+                && leave
+                && state
+                    .compare_exchange(OPEN, CLOSED, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return Ok(if kicked { Idle::Kicked } else { Idle::Expired });
+            }
+        }
+    }
+
+    /// Hands `payload` (a `Done` frame's payload) to the caller, in parts if it is
+    /// larger than the buffer. False if the lane was given up meanwhile.
+    fn answer(&self, mut payload: &[u8]) -> Result<bool, String> {
+        let h = self.header();
+        let mut from = POSTED;
+        loop {
+            let n = payload.len().min(CAPACITY);
+            // SAFETY: in POSTED and TAKEN the buffer is ours; `n` bytes fit in it.
+            unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), self.buffer(), n) };
+            h.turn.len.store(n as u32, Ordering::Relaxed);
+            let last = n == payload.len();
+            let to = if last { ANSWERED } else { PART };
+            if h.turn
+                .state
+                .compare_exchange(from, to, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                return Ok(false);
+            }
+            wake_if_waiting(&h.turn.state, &h.sleep.caller);
+            if last {
+                return Ok(true);
+            }
+            payload = &payload[n..];
+            // The caller is in the parent: if the parent dies, this process ends, so
+            // waiting without a deadline cannot outlive it.
+            match await_turn(
+                &h.turn.state,
+                |s| s == PART,
+                &h.sleep.worker,
+                Duration::from_millis(100),
+                || {},
+            ) {
+                TAKEN => from = TAKEN,
+                GONE => return Ok(false),
+                other => {
+                    return Err(format!(
+                        "protocol error: the lane is in state {other} after part of an answer"
+                    ));
+                }
+            }
+        }
+    }
+}

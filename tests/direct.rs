@@ -1,0 +1,214 @@
+//! `apply` straight to an idle worker, through its lane in shared memory. Each call under
+//! test follows another at once, while the worker that answered still watches its lane:
+//! the path a stream of `apply`s takes. What the tests check holds on the queue's path
+//! too, which a call takes when it finds no lane open.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::within;
+use multiproc::prelude::*;
+use multiproc::{ErrorKind, Pool};
+
+/// Generous: only a hang runs into it.
+const HANG: Duration = Duration::from_secs(120);
+
+#[parallel]
+fn add_one(x: u64) -> u64 {
+    x + 1
+}
+
+#[parallel]
+fn whoami_slowly(ms: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}
+
+#[parallel]
+fn count_to(n: u64) -> Vec<u64> {
+    (0..n).collect()
+}
+
+#[parallel]
+fn fails_on_seven(x: u64) -> u64 {
+    assert!(x != 7, "seven is not allowed");
+    x
+}
+
+#[parallel]
+fn abort(_x: u64) -> u64 {
+    std::process::abort()
+}
+
+#[parallel]
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn warm(pool: &Pool) {
+    for i in 0..200 {
+        assert_eq!(pool.apply(add_one, i).unwrap(), i + 1);
+    }
+}
+
+/// The pool's worker pids: as many calls at once as it has workers, each long enough
+/// that every worker takes one.
+fn pids(pool: &Pool) -> BTreeSet<u32> {
+    let calls: Vec<_> = (0..pool.workers())
+        .map(|_| pool.apply_async(whoami_slowly, 300))
+        .collect();
+    calls.into_iter().map(|c| c.get().unwrap()).collect()
+}
+
+#[test]
+fn a_stream_of_calls_gets_every_answer_right() {
+    within(HANG, || {
+        let pool = Pool::new(2).unwrap();
+        for i in 0..20_000 {
+            assert_eq!(pool.apply(add_one, i).unwrap(), i + 1);
+        }
+        // Several callers at once, each with its own stream.
+        let pool = Arc::new(pool);
+        let callers: Vec<_> = (0..4u64)
+            .map(|c| {
+                let pool = Arc::clone(&pool);
+                std::thread::spawn(move || {
+                    for i in 0..5_000 {
+                        let x = c * 1_000_000 + i;
+                        assert_eq!(pool.apply(add_one, x).unwrap(), x + 1);
+                    }
+                })
+            })
+            .collect();
+        for c in callers {
+            c.join().unwrap();
+        }
+    });
+}
+
+#[test]
+fn answers_larger_than_the_lane_come_back_whole() {
+    within(HANG, || {
+        let pool = Pool::new(1).unwrap();
+        // 8 bytes an item or more: up to many times the lane's 60 KiB.
+        for n in [0, 1, 7_000, 8_000, 100_000, 1_000_000] {
+            warm(&pool);
+            let got = pool.apply(count_to, n).unwrap();
+            assert_eq!(got.len() as u64, n);
+            assert!(got.iter().copied().eq(0..n), "n = {n}");
+        }
+    });
+}
+
+#[test]
+fn a_panic_is_the_callers_error_and_the_worker_serves_on() {
+    within(HANG, || {
+        let pool = Pool::new(1).unwrap();
+        let before = pids(&pool);
+        for _ in 0..20 {
+            warm(&pool);
+            let e = pool.apply(fails_on_seven, 7).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Panicked, "{e}");
+            assert!(e.to_string().contains("seven is not allowed"), "{e}");
+            assert_eq!(pool.apply(fails_on_seven, 8).unwrap(), 8);
+        }
+        assert_eq!(pids(&pool), before, "a panic must not cost the worker");
+    });
+}
+
+#[test]
+fn a_worker_that_dies_during_a_call_fails_it_and_is_replaced() {
+    within(HANG, || {
+        let pool = Pool::new(2).unwrap();
+        for round in 0..5 {
+            warm(&pool);
+            let before = pids(&pool);
+            assert_eq!(before.len(), 2, "{before:?}");
+            warm(&pool);
+            let e = pool.apply(abort, round).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::WorkerDied, "{e}");
+            let text = e.to_string();
+            assert!(text.contains("SIGABRT") && text.contains("abort"), "{text}");
+            // The pool heals: two workers again, one of them new.
+            let after = pids(&pool);
+            assert_eq!(after.len(), 2, "{after:?}");
+            assert_eq!(
+                after.intersection(&before).count(),
+                1,
+                "{before:?} {after:?}"
+            );
+        }
+    });
+}
+
+#[test]
+fn with_retries_a_call_lost_to_a_dead_worker_runs_again() {
+    within(HANG, || {
+        let pool = Pool::builder().workers(2).retries(1).build().unwrap();
+        warm(&pool);
+        let e = pool.apply(abort, 1).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::WorkerDied, "{e}");
+        assert!(e.to_string().contains("after 2 attempts"), "{e}");
+        warm(&pool);
+    });
+}
+
+#[test]
+fn terminate_ends_a_call_in_flight_as_closed() {
+    within(HANG, || {
+        let pool = Arc::new(Pool::new(1).unwrap());
+        warm(&pool);
+        let caller = {
+            let pool = Arc::clone(&pool);
+            std::thread::spawn(move || {
+                warm(&pool);
+                let started = Instant::now();
+                (pool.apply(sleep_ms, 60_000), started.elapsed())
+            })
+        };
+        std::thread::sleep(Duration::from_millis(500));
+        pool.terminate();
+        let (result, took) = caller.join().unwrap();
+        let e = result.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
+        assert!(
+            took < Duration::from_secs(50),
+            "the call ran to its end: {took:?}"
+        );
+    });
+}
+
+#[test]
+fn join_waits_for_a_call_in_flight() {
+    within(HANG, || {
+        let pool = Arc::new(Pool::new(1).unwrap());
+        let caller = {
+            let pool = Arc::clone(&pool);
+            std::thread::spawn(move || {
+                warm(&pool);
+                pool.apply(sleep_ms, 700)
+            })
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        pool.join();
+        assert_eq!(caller.join().unwrap().unwrap(), 700);
+        let e = pool.apply(add_one, 1).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
+    });
+}
+
+#[test]
+fn a_closed_pool_refuses_calls_even_with_a_lane_open() {
+    within(HANG, || {
+        let pool = Pool::new(1).unwrap();
+        warm(&pool);
+        pool.close();
+        let e = pool.apply(add_one, 1).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
+    });
+}
