@@ -62,6 +62,18 @@ fn serve_until(
     })
 }
 
+/// Waits until the lane is in `state`.
+fn until_state(lane: &Lane, state: u32) {
+    let start = Instant::now();
+    while lane.header().turn.state.load(Ordering::Acquire) != state {
+        assert!(
+            start.elapsed() < HANG,
+            "the lane never reached state {state}"
+        );
+        thread::yield_now();
+    }
+}
+
 fn claim(lane: &Lane) {
     let start = Instant::now();
     while !lane.try_claim() {
@@ -134,11 +146,7 @@ fn a_kick_sends_the_worker_to_its_socket() {
         let lane = Arc::clone(&lane);
         thread::spawn(move || {
             // Kick once the lane is open, while the worker would watch it for a minute.
-            let start = Instant::now();
-            while lane.header().turn.state.load(Ordering::Acquire) != OPEN {
-                assert!(start.elapsed() < HANG);
-                thread::yield_now();
-            }
+            until_state(&lane, OPEN);
             lane.kick();
         })
     };
@@ -249,11 +257,7 @@ fn a_lost_worker_fails_its_call_with_the_reason_given() {
     let loser = {
         let lane = Arc::clone(&lane);
         thread::spawn(move || {
-            let start = Instant::now();
-            while lane.header().turn.state.load(Ordering::Acquire) != POSTED {
-                assert!(start.elapsed() < HANG);
-                thread::yield_now();
-            }
+            until_state(&lane, POSTED);
             lane.lose(Error::new(ErrorKind::WorkerDied, "killed by signal 9"));
         })
     };
@@ -277,11 +281,7 @@ fn closing_waits_for_the_call_in_flight() {
     let closer = {
         let lane = Arc::clone(&lane);
         thread::spawn(move || {
-            let start = Instant::now();
-            while lane.header().turn.state.load(Ordering::Acquire) != POSTED {
-                assert!(start.elapsed() < HANG);
-                thread::yield_now();
-            }
+            until_state(&lane, POSTED);
             lane.close_when_idle(|| {
                 thread::sleep(Duration::from_millis(1));
                 true
