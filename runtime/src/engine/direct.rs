@@ -83,10 +83,18 @@ impl PoolCore {
             return None;
         }
         let lanes = lock(&self.shared.lanes);
-        lanes.iter().enumerate().find_map(|(slot, lane)| {
+        let claimed = lanes.iter().enumerate().find_map(|(slot, lane)| {
             let lane = lane.as_ref()?;
             lane.try_claim().then(|| (slot, Arc::clone(lane)))
-        })
+        });
+        if claimed.is_none() {
+            // The next call may find one: the worker that answers this one through the
+            // queue keeps its lane open afterwards.
+            for lane in lanes.iter().flatten() {
+                lane.invite();
+            }
+        }
+        claimed
     }
 }
 

@@ -7,9 +7,12 @@
 //!
 //! Each worker has one lane, in the control segment its driver sends it at start-up,
 //! after the progress word. A worker with nothing to do keeps its lane open for a short
-//! while ([`OPEN_FOR`]) before it blocks on its socket; a caller that finds an open lane
-//! claims it, writes its `Run` frame there and waits for the `Done` frame in the same
-//! place. Every other call takes the usual path: no lane open, a frame too large for the
+//! while ([`OPEN_FOR`], renewed by each call) before it blocks on its socket, if a caller
+//! has invited it (a caller that finds no lane open invites them all, and goes through
+//! the queue); a caller that finds an open lane claims it, writes its `Run` frame there
+//! and waits for the `Done` frame in the same place. A lane open a whole window for
+//! nothing drops its invitation, so that workers do not take the cores from a parent
+//! busy with anything but `apply`s. Every other call takes the usual path: no lane open, a frame too large for the
 //! lane or carrying shared-memory handles, or a pool with a time limit or a quota per
 //! worker (its driver enforces those, and it does not see lane calls).
 //!
@@ -91,11 +94,17 @@ struct Turn {
     len: AtomicU32,
 }
 
-/// Bumped by the driver before each write to the worker's socket: a worker that watches
-/// its lane then goes to read its socket.
+/// Written by the parent, read by the worker.
 #[repr(C, align(64))]
 struct Kick {
+    /// Bumped by the driver before each write to the worker's socket: a worker that
+    /// watches its lane then goes to read its socket.
     count: AtomicU32,
+    /// Set by a caller that found no lane open; cleared by the worker when its lane was
+    /// open a whole window for nothing. A worker keeps its lane open only while invited,
+    /// so that its looking costs the machine nothing while no `apply` wants it (in a
+    /// `map`, say, where the parent needs every core to feed the workers).
+    invite: AtomicU32,
 }
 
 /// Sleepers on the state word, counted so that a change only makes a system call when
@@ -247,6 +256,14 @@ impl Lane {
     /// Tells a worker watching its lane that frames are coming on its socket.
     pub(crate) fn kick(&self) {
         self.header().kick.count.fetch_add(1, Ordering::Release);
+    }
+
+    /// Asks the worker to keep its lane open when it is next idle.
+    pub(crate) fn invite(&self) {
+        let invite = &self.header().kick.invite;
+        if invite.load(Ordering::Relaxed) == 0 {
+            invite.store(1, Ordering::Relaxed);
+        }
     }
 
     /// Records how many segments the worker holds (see `segments_held`).

@@ -20,6 +20,8 @@ pub(crate) enum Idle {
     Kicked,
     /// No call came for the whole window.
     Expired,
+    /// No caller has asked for the lane since it last expired: it stayed closed.
+    Uninvited,
     /// The driver gave the lane up (the pool shuts down).
     Gone,
 }
@@ -61,8 +63,8 @@ impl WorkerLane {
         kicked
     }
 
-    /// Keeps the lane open and runs the calls posted there, until `window` passes
-    /// without one, the driver kicks, or the lane is gone. `socket_ready` says whether
+    /// Keeps the lane open, if a caller invited it, and runs the calls posted there,
+    /// until `window` passes without one, the driver kicks, or the lane is gone. `socket_ready` says whether
     /// the worker's socket has something to read already (then it returns at once).
     /// `run` runs a `Run` frame's payload and appends a whole frame (length prefix
     /// first) to the buffer it gets, returning where that frame starts. An error is the
@@ -81,6 +83,9 @@ impl WorkerLane {
         // Kicks until now are for frames that are in the socket now (or in the moment
         // between a kick and its write: then the window ends first), so the socket
         // says. Later kicks are for frames to come.
+        if h.kick.invite.load(Ordering::Relaxed) == 0 {
+            return Ok(Idle::Uninvited);
+        }
         self.kicked();
         let mut kicked = socket_ready();
         let mut since = Some(Instant::now());
@@ -144,7 +149,12 @@ impl WorkerLane {
                     .compare_exchange(OPEN, CLOSED, Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
             {
-                return Ok(if kicked { Idle::Kicked } else { Idle::Expired });
+                if kicked {
+                    return Ok(Idle::Kicked);
+                }
+                // A whole window without a call: no caller wants the lane for now.
+                h.kick.invite.store(0, Ordering::Relaxed);
+                return Ok(Idle::Expired);
             }
         }
     }

@@ -8,8 +8,11 @@ use crate::error::ErrorKind;
 /// Generous: only a hang runs into it.
 const HANG: Duration = Duration::from_secs(20);
 
+/// A lane, invited (as by a caller that found it closed).
 fn lane() -> Arc<Lane> {
-    Arc::new(Lane::create(std::process::id()).unwrap())
+    let lane = Arc::new(Lane::create(std::process::id()).unwrap());
+    lane.invite();
+    lane
 }
 
 fn worker_of(lane: &Lane) -> WorkerLane {
@@ -58,6 +61,9 @@ fn serve_until(
             if idle == Idle::Gone || stop.load(Ordering::SeqCst) {
                 return idle;
             }
+            if idle == Idle::Uninvited {
+                thread::yield_now();
+            }
         }
     })
 }
@@ -78,6 +84,8 @@ fn claim(lane: &Lane) {
     let start = Instant::now();
     while !lane.try_claim() {
         assert!(start.elapsed() < HANG, "the lane never opened");
+        // As a caller does when it finds the lane closed.
+        lane.invite();
         thread::yield_now();
     }
 }
@@ -167,6 +175,7 @@ fn a_kick_sends_the_worker_to_its_socket() {
         .serve(Duration::from_millis(1), &|| false, &mut out, no_call)
         .unwrap();
     assert_eq!(idle, Idle::Expired);
+    lane.invite();
     let idle = worker
         .serve(Duration::from_secs(60), &|| true, &mut out, no_call)
         .unwrap();
@@ -174,19 +183,24 @@ fn a_kick_sends_the_worker_to_its_socket() {
 }
 
 #[test]
-fn an_idle_worker_closes_its_lane_when_the_window_ends() {
+fn an_idle_worker_closes_its_lane_when_the_window_ends_and_waits_for_an_invitation() {
     let lane = lane();
     let mut worker = worker_of(&lane);
-    let idle = worker
-        .serve(
-            Duration::from_millis(1),
-            &|| false,
-            &mut Vec::new(),
-            &mut |_, _| Err("no call was made".into()),
-        )
-        .unwrap();
-    assert_eq!(idle, Idle::Expired);
+    let mut no_call =
+        |_: &[u8], _: &mut Vec<u8>| -> Result<usize, String> { Err("no call was made".into()) };
+    let mut serve = |window| {
+        worker
+            .serve(window, &|| false, &mut Vec::new(), &mut no_call)
+            .unwrap()
+    };
+    assert_eq!(serve(Duration::from_millis(1)), Idle::Expired);
     assert!(!lane.try_claim());
+    // Open a whole window for nothing: closed until a caller asks again, whatever the
+    // window (it returns at once, with no look at the lane or the socket).
+    assert_eq!(serve(Duration::from_secs(60)), Idle::Uninvited);
+    assert!(!lane.try_claim());
+    lane.invite();
+    assert_eq!(serve(Duration::from_millis(1)), Idle::Expired);
 }
 
 #[test]
