@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::shm::{Segment, ShmBackend};
+use crate::shm::{Pages, Segment, ShmBackend};
 
 mod serve;
 
@@ -214,7 +214,7 @@ unsafe impl Sync for Lane {}
 impl Lane {
     /// Creates the control segment for the worker `pid` (to be sent to it).
     pub(crate) fn create(pid: u32) -> Result<Lane> {
-        let control = Segment::create_writable(ShmBackend::Memfd, CONTROL_BYTES)?;
+        let control = Segment::create_writable(ShmBackend::Memfd, CONTROL_BYTES, Pages::OnTouch)?;
         let base = control.as_mut_ptr().ok_or_else(|| {
             Error::new(
                 crate::error::ErrorKind::Protocol,

@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use self::ring::{HEADER_BYTES, Ring, Stop};
 use crate::error::{Error, ErrorKind, Result};
-use crate::shm::{Entry, Segment, SegmentDesc, ShmBackend};
+use crate::shm::{Entry, Pages, Segment, SegmentDesc, ShmBackend};
 
 /// Ring size of a queue made by [`Queue::new`]: its messages wait in this many bytes.
 const UNBOUNDED_RING: usize = 16 << 20;
@@ -89,7 +89,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn with_ring(bytes: usize, max_count: u64) -> Result<Queue<T>> {
-        let segment = Segment::create_writable(ShmBackend::Memfd, HEADER_BYTES + bytes)?;
+        let segment =
+            Segment::create_writable(ShmBackend::Memfd, HEADER_BYTES + bytes, Pages::Now)?;
         let entry = Entry::new(segment);
         crate::shm::register_created(&entry);
         let queue = Queue::from_entry(entry)?;

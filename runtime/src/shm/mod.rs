@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 pub use segment::ShmBackend;
-pub(crate) use segment::{Segment, SegmentDesc};
+pub(crate) use segment::{Pages, Segment, SegmentDesc};
 pub use shared::Shared;
 pub use slice::{SharedChunkMut, SharedSlice, SharedSliceMut};
 

@@ -93,9 +93,10 @@ fn fresh_id() -> u64 {
 /// How a mapping sets up its pages: all at once, in one pass (`MAP_POPULATE`: several
 /// times faster than one fault per page for a segment that will be read or written
 /// whole), or as they are touched (for the creator of a sealed segment, which mostly
-/// sends it on and rarely reads it back).
+/// sends it on and rarely reads it back; for a worker's control segment, most of which
+/// only an `apply` through its lane ever touches).
 #[derive(Clone, Copy)]
-enum Pages {
+pub(crate) enum Pages {
     Now,
     OnTouch,
 }
@@ -166,10 +167,21 @@ impl Segment {
         })
     }
 
-    /// Creates a writable segment of `len` zero bytes (for `SharedSliceMut`).
-    pub(crate) fn create_writable(backend: ShmBackend, len: usize) -> Result<Segment> {
+    /// Creates a writable segment of `len` zero bytes (for `SharedSliceMut`, a queue's
+    /// ring, a worker's control segment). With `Pages::Now` its memory is reserved and
+    /// mapped at once (running out of memory is an error here, not a fault later); with
+    /// `Pages::OnTouch` each page is allocated when first touched.
+    pub(crate) fn create_writable(
+        backend: ShmBackend,
+        len: usize,
+        pages: Pages,
+    ) -> Result<Segment> {
         let id = fresh_id();
-        let (fd, name) = new_fd(backend, id, len, Reserve::Now)?;
+        let reserve = match pages {
+            Pages::Now => Reserve::Now,
+            Pages::OnTouch => Reserve::OnWrite,
+        };
+        let (fd, name) = new_fd(backend, id, len, reserve)?;
         let unlink_on_drop = name.is_some();
         let desc = SegmentDesc {
             id,
@@ -177,7 +189,7 @@ impl Segment {
             name,
             writable: true,
         };
-        let ptr = match map(fd.as_raw_fd(), len, true, Pages::Now) {
+        let ptr = match map(fd.as_raw_fd(), len, true, pages) {
             Ok(p) => p,
             Err(e) => {
                 if let Some(name) = &desc.name {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytemuck::Pod;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{Entry, Segment, ShmBackend, lock};
+use super::{Entry, Pages, Segment, ShmBackend, lock};
 use crate::error::{Error, ErrorKind, Result};
 
 /// A read-only slice of plain numbers (`bytemuck::Pod`) in shared memory.
@@ -244,7 +244,7 @@ impl<T: Pod> SharedSliceMut<T> {
                 format!("{len} elements do not fit in memory"),
             )
         })?;
-        let entry = Entry::new(Segment::create_writable(backend, bytes)?);
+        let entry = Entry::new(Segment::create_writable(backend, bytes, Pages::Now)?);
         super::register_created(&entry);
         Ok(SharedSliceMut {
             entry,
