@@ -232,6 +232,19 @@ impl Pool {
     }
 
     /// Runs `task(arg)` in a worker and waits for the result.
+    ///
+    /// On a warm pool, a call usually goes straight to an idle worker through shared
+    /// memory, with no system call on the way (a few microseconds); a worker stays
+    /// ready for the next call for a short while after each one, so a stream of calls
+    /// from one thread is served by the same worker. The call takes the pool's queue
+    /// instead when no worker is idle, when its argument is large (over ~60 KiB) or
+    /// holds shared-memory handles ([`Shared`](crate::Shared),
+    /// [`SharedSlice`](crate::SharedSlice)), while the workers hold segments from earlier
+    /// calls, and in a pool with a
+    /// [`task_timeout`](PoolBuilder::task_timeout) or a
+    /// [`max_tasks_per_worker`](PoolBuilder::max_tasks_per_worker). Either way it fails
+    /// the same: a panic, a dead worker (retried as
+    /// [`retries`](PoolBuilder::retries) allows), a closed or terminated pool.
     pub fn apply<A, R, F>(&self, task: Task<A, R, F>, arg: A) -> Result<R>
     where
         A: Serialize,
