@@ -212,3 +212,40 @@ fn a_closed_pool_refuses_calls_even_with_a_lane_open() {
         assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
     });
 }
+
+#[test]
+fn jobs_queued_during_a_long_call_go_to_a_free_worker() {
+    within(HANG, || {
+        let pool = Arc::new(Pool::new(2).unwrap());
+        let caller = {
+            let pool = Arc::clone(&pool);
+            std::thread::spawn(move || {
+                warm(&pool);
+                pool.apply(sleep_ms, 30_000)
+            })
+        };
+        std::thread::sleep(Duration::from_millis(500));
+        // The long call holds one worker; its driver holds nothing, and must not take
+        // jobs that would wait behind the call while the other worker is free.
+        let limit = Duration::from_secs(10);
+        for i in 0..20 {
+            let started = Instant::now();
+            assert_eq!(pool.apply_async(add_one, i).get().unwrap(), i + 1);
+            assert!(
+                started.elapsed() < limit,
+                "job {i} waited behind the long call"
+            );
+        }
+        let started = Instant::now();
+        let items: Vec<u64> = (0..1_000).collect();
+        let out = pool.map(add_one, &items).unwrap();
+        assert!(out.iter().copied().eq(1..1_001));
+        assert!(
+            started.elapsed() < limit,
+            "a map waited behind the long call"
+        );
+        pool.terminate();
+        let e = caller.join().unwrap().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
+    });
+}

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use super::{Body, PoolCore, Reply, lock};
+use std::sync::atomic::Ordering;
+
+use super::{Body, PoolCore, Reply, Wake, lock};
 use crate::chunk::Encoded;
 use crate::error::{Error, ErrorKind};
 use crate::lane::{CAPACITY, Call, Lane};
@@ -37,12 +39,20 @@ impl PoolCore {
         let Some(payload) = frame.get(4..).filter(|p| p.len() <= CAPACITY) else {
             return Direct::NotRun;
         };
+        let shared = &self.shared;
+        // Counted before the claim: a job queued from now on wakes every driver.
+        shared.lane_calls.fetch_add(1, Ordering::SeqCst);
         let Some((slot, lane)) = self.claim_lane() else {
+            shared.lane_calls.fetch_sub(1, Ordering::SeqCst);
             return Direct::NotRun;
         };
         let mut answer = Vec::new();
-        let shared = &self.shared;
         let call = lane.call(payload, &mut answer, || shared.request_check(slot));
+        shared.lane_calls.fetch_sub(1, Ordering::SeqCst);
+        // Jobs queued meanwhile were left alone by this worker's driver.
+        if !lock(&shared.queue).jobs.is_empty() {
+            shared.wake_drivers(Wake::All);
+        }
         let fail = |error: Error| {
             Direct::Replied(Reply::Failed {
                 first_index: 0,

@@ -175,7 +175,10 @@ impl Driver<'_> {
             }
             let job = match self.held.take() {
                 Some(job) => job,
-                None if held == 0 => match self.shared.next_job(self.slot) {
+                None if held == 0 => match self
+                    .shared
+                    .next_job(self.slot, self.worker.as_ref().map(|w| &*w.lane))
+                {
                     Next::Job(job) => job,
                     Next::Check => {
                         self.check_worker();

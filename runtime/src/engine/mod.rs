@@ -73,6 +73,9 @@ pub(crate) struct PoolShared {
     /// Each slot's worker's lane, while it serves one; `None` throughout in a pool
     /// whose drivers enforce a time limit or a quota (see `lanes_allowed`).
     lanes: Mutex<Vec<Option<Arc<Lane>>>>,
+    /// Callers claiming a lane or in a lane call. While any are, a queued job wakes
+    /// every driver: the one woken alone could be a driver whose worker is in a call.
+    lane_calls: std::sync::atomic::AtomicUsize,
 }
 
 /// Whether calls may bypass the drivers: not when they enforce a time limit or count
@@ -96,6 +99,10 @@ enum Wake {
 /// `apply`s.
 const DRIVER_POLL: Duration = Duration::from_micros(50);
 
+/// How long a driver whose worker runs a lane call waits before it looks again (it is
+/// also woken when a job is queued, and when a lane call ends with jobs queued).
+const LANE_NAP: Duration = Duration::from_millis(10);
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding these locks leaves the data consistent (every critical
     // section is a single push, pop or store), so poisoning is not an error here.
@@ -106,20 +113,36 @@ impl PoolShared {
     /// The first job for the idle worker of `slot`, waiting for one; the driver counts
     /// as busy once it has it. Or a request to check the worker; or `Closed` once the
     /// pool is closed and drained.
-    fn next_job(&self, slot: usize) -> Next {
+    ///
+    /// While a call runs in the worker's lane (`lane`), the worker is busy though its
+    /// driver holds nothing: the driver takes no job then (it would wait behind the
+    /// call while another worker may be free), and looks again when woken or after
+    /// [`LANE_NAP`].
+    fn next_job(&self, slot: usize, lane: Option<&Lane>) -> Next {
         let mut q = lock(&self.queue);
         let mut polled = false;
         loop {
+            if let Some(check) = q.check.get_mut(slot)
+                && std::mem::take(check)
+            {
+                return Next::Check;
+            }
+            if lane.is_some_and(Lane::in_call) {
+                if q.closed && q.jobs.is_empty() {
+                    return Next::Closed;
+                }
+                q = self
+                    .ready
+                    .wait_timeout(q, LANE_NAP)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+                continue;
+            }
             while let Some(job) = q.jobs.pop_front() {
                 if !job.is_cancelled() {
                     q.busy += 1;
                     return Next::Job(job);
                 }
-            }
-            if let Some(check) = q.check.get_mut(slot)
-                && std::mem::take(check)
-            {
-                return Next::Check;
             }
             if q.closed {
                 return Next::Closed;
@@ -278,6 +301,7 @@ impl PoolCore {
             terminated: AtomicBool::new(false),
             changes: AtomicU64::new(0),
             lanes: Mutex::new(vec![None; workers]),
+            lane_calls: std::sync::atomic::AtomicUsize::new(0),
         });
         let (completions, completed) = mpsc::channel::<Completion>();
         let completion_thread = std::thread::Builder::new()
@@ -348,13 +372,15 @@ impl PoolCore {
             return Err(Error::new(ErrorKind::Closed, "the pool is closed"));
         }
         // The polling driver takes the first job queued; any further one needs a driver
-        // of its own.
-        let wake = if q.polling && q.jobs.is_empty() {
+        // of its own. While lane calls run, any driver may be one that takes nothing.
+        q.jobs.push_back(job);
+        let wake = if self.shared.lane_calls.load(Ordering::SeqCst) > 0 {
+            Wake::All
+        } else if q.polling && q.jobs.len() == 1 {
             Wake::None
         } else {
             Wake::One
         };
-        q.jobs.push_back(job);
         drop(q);
         self.shared.wake_drivers(wake);
         Ok(())

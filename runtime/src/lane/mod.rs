@@ -258,6 +258,15 @@ impl Lane {
         self.header().kick.count.fetch_add(1, Ordering::Release);
     }
 
+    /// Whether a call is in the lane (claimed, posted or being answered): the worker is
+    /// busy with it.
+    pub(crate) fn in_call(&self) -> bool {
+        matches!(
+            self.header().turn.state.load(Ordering::Acquire),
+            CLAIMED | POSTED | PART | TAKEN
+        )
+    }
+
     /// Asks the worker to keep its lane open when it is next idle.
     pub(crate) fn invite(&self) {
         let invite = &self.header().kick.invite;
