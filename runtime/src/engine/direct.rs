@@ -3,7 +3,6 @@
 //! the worker's driver.
 
 use std::sync::Arc;
-
 use std::sync::atomic::Ordering;
 
 use super::{Body, PoolCore, Reply, Wake, lock};

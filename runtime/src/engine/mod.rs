@@ -10,7 +10,7 @@ mod job;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
@@ -75,7 +75,7 @@ pub(crate) struct PoolShared {
     lanes: Mutex<Vec<Option<Arc<Lane>>>>,
     /// Callers claiming a lane or in a lane call. While any are, a queued job wakes
     /// every driver: the one woken alone could be a driver whose worker is in a call.
-    lane_calls: std::sync::atomic::AtomicUsize,
+    lane_calls: AtomicUsize,
 }
 
 /// Whether calls may bypass the drivers: not when they enforce a time limit or count
@@ -301,7 +301,7 @@ impl PoolCore {
             terminated: AtomicBool::new(false),
             changes: AtomicU64::new(0),
             lanes: Mutex::new(vec![None; workers]),
-            lane_calls: std::sync::atomic::AtomicUsize::new(0),
+            lane_calls: AtomicUsize::new(0),
         });
         let (completions, completed) = mpsc::channel::<Completion>();
         let completion_thread = std::thread::Builder::new()
