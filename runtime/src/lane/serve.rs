@@ -64,11 +64,11 @@ impl WorkerLane {
     }
 
     /// Keeps the lane open, if a caller invited it, and runs the calls posted there,
-    /// until `window` passes without one, the driver kicks, or the lane is gone. `socket_ready` says whether
-    /// the worker's socket has something to read already (then it returns at once).
-    /// `run` runs a `Run` frame's payload and appends a whole frame (length prefix
-    /// first) to the buffer it gets, returning where that frame starts. An error is the
-    /// worker's reason to give up.
+    /// until `window` passes without one, the driver kicks, or the lane is gone.
+    /// `socket_ready` says whether the worker's socket has something to read already
+    /// (then it returns at once). `run` runs a `Run` frame's payload and appends a whole
+    /// frame (length prefix first) to the buffer it gets, returning where that frame
+    /// starts. An error is the worker's reason to give up.
     pub(crate) fn serve(
         &mut self,
         window: Duration,
@@ -80,12 +80,12 @@ impl WorkerLane {
         // loop updates.
         let h: &Header = unsafe { header(self.base) };
         let state = &h.turn.state;
-        // Kicks until now are for frames that are in the socket now (or in the moment
-        // between a kick and its write: then the window ends first), so the socket
-        // says. Later kicks are for frames to come.
         if h.kick.invite.load(Ordering::Relaxed) == 0 {
             return Ok(Idle::Uninvited);
         }
+        // Kicks until now are for frames that are in the socket now (or in the moment
+        // between a kick and its write: then the window ends first), so the socket
+        // says. Later kicks are for frames to come.
         self.kicked();
         let mut kicked = socket_ready();
         let mut since = Some(Instant::now());
