@@ -56,6 +56,16 @@ fn warm(pool: &Pool) {
     }
 }
 
+/// Calls `sleep_ms(ms)` on another thread, right after a stream of calls: through the
+/// lane of the worker that answered them.
+fn sleep_in_the_lane(pool: &Arc<Pool>, ms: u64) -> std::thread::JoinHandle<multiproc::Result<u64>> {
+    let pool = Arc::clone(pool);
+    std::thread::spawn(move || {
+        warm(&pool);
+        pool.apply(sleep_ms, ms)
+    })
+}
+
 /// The pool's worker pids: as many calls at once as it has workers, each long enough
 /// that every worker takes one.
 fn pids(pool: &Pool) -> BTreeSet<u32> {
@@ -163,17 +173,12 @@ fn terminate_ends_a_call_in_flight_as_closed() {
     within(HANG, || {
         let pool = Arc::new(Pool::new(1).unwrap());
         warm(&pool);
-        let caller = {
-            let pool = Arc::clone(&pool);
-            std::thread::spawn(move || {
-                warm(&pool);
-                let started = Instant::now();
-                (pool.apply(sleep_ms, 60_000), started.elapsed())
-            })
-        };
+        let started = Instant::now();
+        let caller = sleep_in_the_lane(&pool, 60_000);
         std::thread::sleep(Duration::from_millis(500));
         pool.terminate();
-        let (result, took) = caller.join().unwrap();
+        let result = caller.join().unwrap();
+        let took = started.elapsed();
         let e = result.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
         assert!(
@@ -187,13 +192,7 @@ fn terminate_ends_a_call_in_flight_as_closed() {
 fn join_waits_for_a_call_in_flight() {
     within(HANG, || {
         let pool = Arc::new(Pool::new(1).unwrap());
-        let caller = {
-            let pool = Arc::clone(&pool);
-            std::thread::spawn(move || {
-                warm(&pool);
-                pool.apply(sleep_ms, 700)
-            })
-        };
+        let caller = sleep_in_the_lane(&pool, 700);
         std::thread::sleep(Duration::from_millis(300));
         pool.join();
         assert_eq!(caller.join().unwrap().unwrap(), 700);
@@ -217,13 +216,7 @@ fn a_closed_pool_refuses_calls_even_with_a_lane_open() {
 fn jobs_queued_during_a_long_call_go_to_a_free_worker() {
     within(HANG, || {
         let pool = Arc::new(Pool::new(2).unwrap());
-        let caller = {
-            let pool = Arc::clone(&pool);
-            std::thread::spawn(move || {
-                warm(&pool);
-                pool.apply(sleep_ms, 30_000)
-            })
-        };
+        let caller = sleep_in_the_lane(&pool, 30_000);
         std::thread::sleep(Duration::from_millis(500));
         // The long call holds one worker; its driver holds nothing, and must not take
         // jobs that would wait behind the call while the other worker is free.
