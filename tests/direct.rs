@@ -8,6 +8,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use common::within;
@@ -44,8 +45,10 @@ fn abort(_x: u64) -> u64 {
     std::process::abort()
 }
 
+/// Creates the file `started` (so the test knows the call runs), then sleeps `ms`.
 #[parallel]
-fn sleep_ms(ms: u64) -> u64 {
+fn start_then_sleep(started: String, ms: u64) -> u64 {
+    std::fs::write(&started, b"").unwrap();
     std::thread::sleep(Duration::from_millis(ms));
     ms
 }
@@ -56,14 +59,30 @@ fn warm(pool: &Pool) {
     }
 }
 
-/// Calls `sleep_ms(ms)` on another thread, right after a stream of calls: through the
-/// lane of the worker that answered them.
+/// Calls `start_then_sleep(.., ms)` on another thread, right after a stream of calls
+/// (so through the lane of the worker that answered them), and returns once the call
+/// runs in that worker.
 fn sleep_in_the_lane(pool: &Arc<Pool>, ms: u64) -> std::thread::JoinHandle<multiproc::Result<u64>> {
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    let started = std::env::temp_dir().join(format!(
+        "multiproc-direct-{}-{}",
+        std::process::id(),
+        CALLS.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_file(&started);
     let pool = Arc::clone(pool);
-    std::thread::spawn(move || {
+    let path = started.to_string_lossy().into_owned();
+    let caller = std::thread::spawn(move || {
         warm(&pool);
-        pool.apply(sleep_ms, ms)
-    })
+        pool.apply(start_then_sleep, (path, ms))
+    });
+    let waiting = Instant::now();
+    while !started.exists() {
+        assert!(waiting.elapsed() < HANG, "the call never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = std::fs::remove_file(&started);
+    caller
 }
 
 /// The pool's worker pids: as many calls at once as it has workers, each long enough
@@ -175,7 +194,6 @@ fn terminate_ends_a_call_in_flight_as_closed() {
         warm(&pool);
         let started = Instant::now();
         let caller = sleep_in_the_lane(&pool, 60_000);
-        std::thread::sleep(Duration::from_millis(500));
         pool.terminate();
         let result = caller.join().unwrap();
         let took = started.elapsed();
@@ -193,7 +211,6 @@ fn join_waits_for_a_call_in_flight() {
     within(HANG, || {
         let pool = Arc::new(Pool::new(1).unwrap());
         let caller = sleep_in_the_lane(&pool, 700);
-        std::thread::sleep(Duration::from_millis(300));
         pool.join();
         assert_eq!(caller.join().unwrap().unwrap(), 700);
         let e = pool.apply(add_one, 1).unwrap_err();
@@ -217,7 +234,6 @@ fn jobs_queued_during_a_long_call_go_to_a_free_worker() {
     within(HANG, || {
         let pool = Arc::new(Pool::new(2).unwrap());
         let caller = sleep_in_the_lane(&pool, 30_000);
-        std::thread::sleep(Duration::from_millis(500));
         // The long call holds one worker; its driver holds nothing, and must not take
         // jobs that would wait behind the call while the other worker is free.
         let limit = Duration::from_secs(10);

@@ -221,7 +221,8 @@ fn install_control(mut fds: Vec<std::os::fd::OwnedFd>) -> Result<(), String> {
     let fd = fds
         .pop()
         .ok_or("protocol error: a Setup frame without its memfd")?;
-    let mut st: libc::stat = unsafe_zeroed_stat();
+    // SAFETY: `stat` is plain old data, for which all zeroes is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: fstat writes into the valid `st` we pass; failure is checked.
     if unsafe { libc::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd), &mut st) } != 0
         || usize::try_from(st.st_size).ok() != Some(crate::lane::CONTROL_BYTES)
@@ -248,11 +249,6 @@ fn install_control(mut fds: Vec<std::os::fd::OwnedFd>) -> Result<(), String> {
     }
     PROGRESS.store(p.cast(), Ordering::Release);
     Ok(())
-}
-
-fn unsafe_zeroed_stat() -> libc::stat {
-    // SAFETY: `stat` is plain old data, for which all zeroes is a valid value.
-    unsafe { std::mem::zeroed() }
 }
 
 /// The worker's lane, once the parent's control segment is mapped.

@@ -12,9 +12,11 @@
 //! the queue); a caller that finds an open lane claims it, writes its `Run` frame there
 //! and waits for the `Done` frame in the same place. A lane open a whole window for
 //! nothing drops its invitation, so that workers do not take the cores from a parent
-//! busy with anything but `apply`s. Every other call takes the usual path: no lane open, a frame too large for the
-//! lane or carrying shared-memory handles, or a pool with a time limit or a quota per
-//! worker (its driver enforces those, and it does not see lane calls).
+//! busy with anything but `apply`s. Every other call takes the usual path: no lane
+//! open, a frame too large for the lane or carrying shared-memory handles, a worker
+//! holding segments (their release travels with its driver's next frame), or a pool
+//! with a time limit or a quota per worker (its driver enforces those, and it does not
+//! see lane calls).
 //!
 //! The state word says whose turn it is; each arrow is a compare-and-swap by one side:
 //!
