@@ -258,3 +258,50 @@ fn jobs_queued_during_a_long_call_go_to_a_free_worker() {
         assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
     });
 }
+
+#[test]
+fn a_mixed_load_with_workers_dying_in_calls_loses_nothing_else() {
+    within(HANG, || {
+        let pool = Arc::new(Pool::new(2).unwrap());
+        // Streams of calls from two threads, while a third makes every tenth of its
+        // calls kill its worker, and this one maps and submits.
+        let streams: Vec<_> = (0..2u64)
+            .map(|c| {
+                let pool = Arc::clone(&pool);
+                std::thread::spawn(move || {
+                    for i in 0..3_000 {
+                        let x = c * 1_000_000 + i;
+                        assert_eq!(pool.apply(add_one, x).unwrap(), x + 1, "call {x}");
+                    }
+                })
+            })
+            .collect();
+        let killer = {
+            let pool = Arc::clone(&pool);
+            std::thread::spawn(move || {
+                for i in 0..300u64 {
+                    if i % 10 == 9 {
+                        let e = pool.apply(abort, i).unwrap_err();
+                        assert_eq!(e.kind(), ErrorKind::WorkerDied, "{e}");
+                    } else {
+                        assert_eq!(pool.apply(add_one, i).unwrap(), i + 1);
+                    }
+                }
+            })
+        };
+        let items: Vec<u64> = (0..2_000).collect();
+        while !killer.is_finished() {
+            let out = pool.map(add_one, &items).unwrap();
+            assert!(out.iter().copied().eq(1..2_001));
+            let calls: Vec<_> = (0..50).map(|i| pool.apply_async(add_one, i)).collect();
+            for (i, c) in calls.into_iter().enumerate() {
+                assert_eq!(c.get().unwrap(), i as u64 + 1);
+            }
+        }
+        killer.join().unwrap();
+        for s in streams {
+            s.join().unwrap();
+        }
+        assert_eq!(pids(&pool).len(), 2);
+    });
+}

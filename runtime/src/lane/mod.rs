@@ -269,6 +269,16 @@ impl Lane {
         )
     }
 
+    /// Whether the worker has taken a call from the lane and not yet handed over all of
+    /// its answer. It runs nothing else meanwhile: it only takes calls while it has no
+    /// frame to read, and serves the lane until it closes it.
+    pub(crate) fn worker_in_call(&self) -> bool {
+        matches!(
+            self.header().turn.state.load(Ordering::Acquire),
+            POSTED | PART | TAKEN
+        )
+    }
+
     /// Asks the worker to keep its lane open when it is next idle.
     pub(crate) fn invite(&self) {
         let invite = &self.header().kick.invite;

@@ -367,3 +367,23 @@ fn a_worker_holding_segments_is_not_called_through_its_lane() {
     stop.store(true, Ordering::SeqCst);
     worker.join().unwrap();
 }
+
+#[test]
+fn a_call_counts_as_the_workers_from_when_it_is_posted_to_when_it_is_answered() {
+    let lane = lane();
+    let state = &lane.header().turn.state;
+    for (s, driver_waits, worker_busy) in [
+        (CLOSED, false, false),
+        (OPEN, false, false),
+        (CLAIMED, true, false),
+        (POSTED, true, true),
+        (PART, true, true),
+        (TAKEN, true, true),
+        (ANSWERED, false, false),
+        (GONE, false, false),
+    ] {
+        state.store(s, Ordering::SeqCst);
+        assert_eq!(lane.in_call(), driver_waits, "state {s}");
+        assert_eq!(lane.worker_in_call(), worker_busy, "state {s}");
+    }
+}

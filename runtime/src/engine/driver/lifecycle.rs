@@ -104,8 +104,10 @@ impl Driver<'_> {
         // Which job was running: the one the worker's last progress record names. The
         // ones before it ran, but their results were still held back in the worker (it
         // batches quick results), so they run again elsewhere; the ones after never
-        // started. Without a record, the oldest is the one.
+        // started. Without a record, the oldest is the one; unless a call was in the
+        // worker's lane: then that call was running, and every job here runs again.
         let record = live.lane.progress_record();
+        let lane_call = live.lane.worker_in_call();
         let found = self.inflight.iter().enumerate().find_map(|(pos, job)| {
             crate::worker::progress_item(record, job.chunk).map(|i| (pos, i))
         });
@@ -114,8 +116,10 @@ impl Driver<'_> {
                 pos,
                 self.inflight.get(pos).map(|j| j.first_index + i as usize),
             ),
+            None if lane_call => (self.inflight.len(), None),
             None => (0, None),
         };
+        let held_any = !self.inflight.is_empty();
         let lane = Arc::clone(&live.lane);
         let exit = close_and_reap(live);
         // A call in the lane (the worker's only one, if it held it) fails the same way.
@@ -125,6 +129,12 @@ impl Driver<'_> {
             self.shared.requeue_front(before.into_iter());
         }
         let Some(mut running) = self.inflight.pop_front() else {
+            if held_any {
+                // All of it went back to the queue: the driver holds nothing now, and
+                // the pool keeps its size.
+                self.note_if_idle();
+                let _ = self.ensure_worker();
+            }
             return;
         };
         let what = match item {
