@@ -186,6 +186,9 @@ impl Driver<'_> {
                     }
                     Next::Closed => return false,
                 },
+                // More work queued behind a worker busy with a lane call would wait for
+                // the call (see `next_job`).
+                None if self.worker.as_ref().is_some_and(|w| w.lane.in_call()) => break,
                 None => match self.shared.try_next_job(held) {
                     Some(job) => job,
                     None => break,
