@@ -267,7 +267,8 @@ pub(crate) struct ProgressNote {
 }
 
 impl ProgressNote {
-    /// The progress page of this worker (none outside a worker) and the current chunk.
+    /// The progress word of this worker (first in its control segment; none outside a
+    /// worker) and the current chunk.
     pub(crate) fn current() -> Self {
         let p = PROGRESS.load(Ordering::Acquire);
         // SAFETY: a non-null `p` points at the start of a live, page-aligned shared mapping

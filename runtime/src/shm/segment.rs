@@ -402,7 +402,7 @@ fn resize(fd: RawFd, len: usize, reserve: Reserve) -> Result<()> {
     })?;
     // The memory is reserved below; asking for more than the system can give would
     // only wake the OOM killer, so it is refused here with an error. Small segments (a
-    // worker's progress page at every start) skip the check: reading /proc/meminfo costs
+    // worker's control segment at every start) skip the check: reading /proc/meminfo costs
     // more than they do.
     if len > 1 << 20
         && let Some(available) = available_memory()

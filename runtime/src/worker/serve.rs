@@ -178,7 +178,7 @@ fn input_waiting(reader: &std::io::BufReader<FdReader>) -> bool {
 }
 
 /// Reads frames until a `Run` frame, handling the others (segment releases, the
-/// progress page) on the way. The parent's end of stream ends the worker.
+/// control segment) on the way. The parent's end of stream ends the worker.
 fn next_run(reader: &mut std::io::BufReader<FdReader>) -> Result<Incoming, String> {
     loop {
         let mut frame = Vec::new();
