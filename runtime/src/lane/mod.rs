@@ -39,7 +39,7 @@
 //! that changes the state wakes the other only if it sleeps.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -135,12 +135,7 @@ unsafe fn header<'a>(base: *mut u8) -> &'a Header {
 
 /// Wakes whoever sleeps on `state`, if anyone does (counted in `sleepers`).
 fn wake_if_waiting(state: &AtomicU32, sleepers: &AtomicU32) {
-    // Pairs with the fence in `await_turn`: either the sleeper sees our change before
-    // it sleeps, or we see it counted here.
-    fence(Ordering::SeqCst);
-    if sleepers.load(Ordering::Relaxed) > 0 {
-        crate::futex::wake_all(state);
-    }
+    crate::futex::if_sleeping(sleepers, || crate::futex::wake_all(state));
 }
 
 /// Waits while `state` holds a value for which `waiting` is true, and returns the
@@ -169,14 +164,10 @@ fn await_turn(
             std::thread::yield_now();
             continue;
         }
-        sleepers.fetch_add(1, Ordering::SeqCst);
-        // Pairs with the fence in `wake_if_waiting`.
-        fence(Ordering::SeqCst);
-        let s = state.load(Ordering::SeqCst);
-        if waiting(s) {
-            crate::futex::wait(state, s, slice);
-        }
-        sleepers.fetch_sub(1, Ordering::SeqCst);
+        crate::futex::sleep_counted(state, sleepers, slice, || {
+            let s = state.load(Ordering::SeqCst);
+            waiting(s).then_some(s)
+        });
         between();
     }
 }

@@ -19,7 +19,7 @@
 //!   between), then sleeps on a futex in the shared mapping; a commit only makes a system
 //!   call when someone sleeps.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The header at the start of the segment. All fields are atomics in shared memory.
@@ -150,12 +150,7 @@ fn ring_bell(word: &AtomicU32) {
 
 /// After a commit: wakes the other side if any of it sleeps.
 fn wake_if_waiting(waiting: &AtomicU32, word: &AtomicU32) {
-    // Pairs with the fence in `wait`: either the sleeper sees our commit before it
-    // sleeps, or we see it counted here.
-    fence(Ordering::SeqCst);
-    if waiting.load(Ordering::Relaxed) > 0 {
-        ring_bell(word);
-    }
+    crate::futex::if_sleeping(waiting, || ring_bell(word));
 }
 
 struct Guard<'a>(&'a AtomicU32);
@@ -440,13 +435,7 @@ impl Ring {
             None => Duration::from_millis(100),
         };
         let rung = bell.load(Ordering::SeqCst);
-        sleepers.fetch_add(1, Ordering::SeqCst);
-        // Pairs with the fence in `wake_if_waiting`.
-        fence(Ordering::SeqCst);
-        if !moved() {
-            crate::futex::wait(bell, rung, timeout);
-        }
-        sleepers.fetch_sub(1, Ordering::SeqCst);
+        crate::futex::sleep_counted(bell, sleepers, timeout, || (!moved()).then_some(rung));
         Ok(())
     }
 }
