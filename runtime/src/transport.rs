@@ -8,6 +8,22 @@ use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
+/// Whether `fd` has something to read (or its peer is gone: reading then reports the
+/// end), waiting up to `timeout` for it.
+pub(crate) fn readable_within(fd: RawFd, timeout: std::time::Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `pfd` is one valid pollfd and we pass a count of 1.
+    match unsafe { libc::poll(&mut pfd, 1, ms) } {
+        n if n < 0 => Err(io::Error::last_os_error()),
+        n => Ok(n > 0),
+    }
+}
+
 /// The most descriptors one frame may carry (the kernel's limit per message is 253).
 pub(crate) const MAX_FDS: usize = 200;
 

@@ -50,7 +50,8 @@ pub(super) fn work(socket: UnixStream, shm: ShmConfig) -> Result<std::convert::I
                 let fd = reader.get_ref().raw_fd();
                 lane.serve(
                     crate::lane::OPEN_FOR,
-                    &|| readable_now(fd),
+                    // A failed `poll`: the socket's read reports what is wrong.
+                    &|| transport::readable_within(fd, Duration::ZERO).unwrap_or(true),
                     &mut lane_out,
                     &mut run,
                 )?;
@@ -157,17 +158,6 @@ fn run_lane_call(
             Ok(start)
         }
     }
-}
-
-/// Whether the socket has something to read now.
-fn readable_now(fd: RawFd) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: `pfd` is one valid pollfd and we pass a count of 1; a zero timeout.
-    unsafe { libc::poll(&mut pfd, 1, 0) != 0 }
 }
 
 /// Whether more frames were already received with the last read. Only those count:

@@ -223,16 +223,9 @@ fn loss_error(loss: &Loss, exit: &str, what: &str, attempts: &str) -> Error {
 }
 
 /// Whether the worker's socket has anything to read (with nothing in flight: its end),
-/// waiting up to `timeout` for it.
+/// waiting up to `timeout` for it. A failed `poll` says nothing about the worker.
 fn hung_up(fd: RawFd, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN | libc::POLLRDHUP,
-        revents: 0,
-    };
-    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `pfd` is one valid pollfd and we pass a count of 1.
-    unsafe { libc::poll(&mut pfd, 1, ms) > 0 }
+    transport::readable_within(fd, timeout).unwrap_or(false)
 }
 
 /// Creates a worker's control segment (its progress word and its lane) and sends it to
