@@ -31,13 +31,6 @@ impl PoolCore {
         if !enc.attachments.is_empty() || body.len() > shm.threshold || enc.frame.len() > CAPACITY {
             return Direct::NotRun;
         }
-        let mut frame = Vec::with_capacity(enc.frame.len() + 16);
-        if crate::transport::append_frame(&mut frame, header, body, &[], shm).is_err() {
-            return Direct::NotRun;
-        }
-        let Some(payload) = frame.get(4..).filter(|p| p.len() <= CAPACITY) else {
-            return Direct::NotRun;
-        };
         let shared = &self.shared;
         // Counted before the claim: a job queued from now on wakes every driver.
         shared.lane_calls.fetch_add(1, Ordering::SeqCst);
@@ -45,8 +38,15 @@ impl PoolCore {
             shared.lane_calls.fetch_sub(1, Ordering::SeqCst);
             return Direct::NotRun;
         };
+        // The lane's copy of the frame is made only with a lane in hand: a call that
+        // finds none goes through the queue with the job's own.
+        let mut frame = Vec::with_capacity(enc.frame.len() + 16);
         let mut answer = Vec::new();
-        let call = lane.call(payload, &mut answer, || shared.request_check(slot));
+        let call = match crate::transport::append_frame(&mut frame, header, body, &[], shm) {
+            // A frame too large for the lane gives the lane back, not run.
+            Ok(_) => lane.call(&frame[4..], &mut answer, || shared.request_check(slot)),
+            Err(_) => lane.unclaim(),
+        };
         shared.lane_calls.fetch_sub(1, Ordering::SeqCst);
         // Jobs queued meanwhile were left alone by this worker's driver.
         if !lock(&shared.queue).jobs.is_empty() {

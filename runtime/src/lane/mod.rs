@@ -300,12 +300,10 @@ impl Lane {
     /// sleeps, to have the worker's death noticed.
     pub(crate) fn call(&self, payload: &[u8], answer: &mut Vec<u8>, check: impl FnMut()) -> Call {
         let h = self.header();
-        let Ok(len) = u32::try_from(payload.len()) else {
-            return self.unclaim();
-        };
         if payload.len() > CAPACITY {
             return self.unclaim();
         }
+        let len = payload.len() as u32; // at most CAPACITY
         // SAFETY: the lane is claimed, so the buffer is ours until we post; `payload`
         // fits in it (checked), and it cannot overlap the caller's own memory.
         unsafe {
@@ -361,7 +359,7 @@ impl Lane {
     }
 
     /// Gives a claimed lane back to the worker without a call.
-    fn unclaim(&self) -> Call {
+    pub(crate) fn unclaim(&self) -> Call {
         let _ = self.header().turn.state.compare_exchange(
             CLAIMED,
             OPEN,
