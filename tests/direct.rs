@@ -85,6 +85,26 @@ fn sleep_in_the_lane(pool: &Arc<Pool>, ms: u64) -> std::thread::JoinHandle<multi
     caller
 }
 
+/// `threads` threads, each making `calls` calls of its own one after another, every
+/// answer checked.
+fn streams_of_calls(
+    pool: &Arc<Pool>,
+    threads: u64,
+    calls: u64,
+) -> Vec<std::thread::JoinHandle<()>> {
+    (0..threads)
+        .map(|c| {
+            let pool = Arc::clone(pool);
+            std::thread::spawn(move || {
+                for i in 0..calls {
+                    let x = c * 1_000_000 + i;
+                    assert_eq!(pool.apply(add_one, x).unwrap(), x + 1, "call {x}");
+                }
+            })
+        })
+        .collect()
+}
+
 /// The pool's worker pids: as many calls at once as it has workers, each long enough
 /// that every worker takes one.
 fn pids(pool: &Pool) -> BTreeSet<u32> {
@@ -103,17 +123,7 @@ fn a_stream_of_calls_gets_every_answer_right() {
         }
         // Several callers at once, each with its own stream.
         let pool = Arc::new(pool);
-        let callers: Vec<_> = (0..4u64)
-            .map(|c| {
-                let pool = Arc::clone(&pool);
-                std::thread::spawn(move || {
-                    for i in 0..5_000 {
-                        let x = c * 1_000_000 + i;
-                        assert_eq!(pool.apply(add_one, x).unwrap(), x + 1);
-                    }
-                })
-            })
-            .collect();
+        let callers = streams_of_calls(&pool, 4, 5_000);
         for c in callers {
             c.join().unwrap();
         }
@@ -265,17 +275,7 @@ fn a_mixed_load_with_workers_dying_in_calls_loses_nothing_else() {
         let pool = Arc::new(Pool::new(2).unwrap());
         // Streams of calls from two threads, while a third makes every tenth of its
         // calls kill its worker, and this one maps and submits.
-        let streams: Vec<_> = (0..2u64)
-            .map(|c| {
-                let pool = Arc::clone(&pool);
-                std::thread::spawn(move || {
-                    for i in 0..3_000 {
-                        let x = c * 1_000_000 + i;
-                        assert_eq!(pool.apply(add_one, x).unwrap(), x + 1, "call {x}");
-                    }
-                })
-            })
-            .collect();
+        let streams = streams_of_calls(&pool, 2, 3_000);
         let killer = {
             let pool = Arc::clone(&pool);
             std::thread::spawn(move || {

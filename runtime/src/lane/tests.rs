@@ -39,33 +39,50 @@ fn expected(payload: &[u8], times: usize) -> Vec<u8> {
     body.repeat(times)
 }
 
-/// Serves the lane on a thread until `stop` is set (or the lane is gone), answering
-/// each call with `reply(.., times)` after `delay`. Returns how it last stopped.
-fn serve_until(
-    lane: &Lane,
+/// A thread serving a lane as its worker.
+struct Server {
     stop: Arc<AtomicBool>,
-    times: usize,
-    delay: Duration,
-) -> thread::JoinHandle<Idle> {
-    let mut worker = worker_of(lane);
-    thread::spawn(move || {
-        let mut out = Vec::new();
-        let mut run = |payload: &[u8], out: &mut Vec<u8>| {
-            thread::sleep(delay);
-            Ok(reply(payload, times, out))
-        };
-        loop {
-            let idle = worker
-                .serve(Duration::from_millis(5), &|| false, &mut out, &mut run)
-                .unwrap();
-            if idle == Idle::Gone || stop.load(Ordering::SeqCst) {
-                return idle;
+    thread: thread::JoinHandle<Idle>,
+}
+
+impl Server {
+    /// Serves `lane` on a thread until stopped (or the lane is gone), answering each
+    /// call with `reply(.., times)` after `delay`.
+    fn start(lane: &Lane, times: usize, delay: Duration) -> Server {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let mut worker = worker_of(lane);
+        let thread = thread::spawn(move || {
+            let mut out = Vec::new();
+            let mut run = |payload: &[u8], out: &mut Vec<u8>| {
+                thread::sleep(delay);
+                Ok(reply(payload, times, out))
+            };
+            loop {
+                let idle = worker
+                    .serve(Duration::from_millis(5), &|| false, &mut out, &mut run)
+                    .unwrap();
+                if idle == Idle::Gone || stopped.load(Ordering::SeqCst) {
+                    return idle;
+                }
+                if idle == Idle::Uninvited {
+                    thread::yield_now();
+                }
             }
-            if idle == Idle::Uninvited {
-                thread::yield_now();
-            }
-        }
-    })
+        });
+        Server { stop, thread }
+    }
+
+    /// Stops serving; how the worker last stopped.
+    fn stop(self) -> Idle {
+        self.stop.store(true, Ordering::SeqCst);
+        self.join()
+    }
+
+    /// Waits for the lane to be gone; how the worker last stopped.
+    fn join(self) -> Idle {
+        self.thread.join().unwrap()
+    }
 }
 
 /// Waits until the lane is in `state`.
@@ -100,24 +117,21 @@ fn call(lane: &Lane, payload: &[u8]) -> (Call, Vec<u8>) {
 #[test]
 fn calls_are_answered_through_the_lane_one_after_another() {
     let lane = lane();
-    let stop = Arc::new(AtomicBool::new(false));
-    let worker = serve_until(&lane, Arc::clone(&stop), 1, Duration::ZERO);
+    let worker = Server::start(&lane, 1, Duration::ZERO);
     for i in 0..200u32 {
         let payload = i.to_le_bytes();
         let (call, answer) = call(&lane, &payload);
         assert!(matches!(call, Call::Answered), "call {i}");
         assert_eq!(answer, expected(&payload, 1), "call {i}");
     }
-    stop.store(true, Ordering::SeqCst);
-    assert_ne!(worker.join().unwrap(), Idle::Gone);
+    assert_ne!(worker.stop(), Idle::Gone);
 }
 
 #[test]
 fn an_answer_larger_than_the_buffer_comes_in_parts() {
     let lane = lane();
-    let stop = Arc::new(AtomicBool::new(false));
     // 300 bytes, 700 times over: more than three buffers.
-    let worker = serve_until(&lane, Arc::clone(&stop), 700, Duration::ZERO);
+    let worker = Server::start(&lane, 700, Duration::ZERO);
     let payload: Vec<u8> = (0..300u32).map(|i| (i * 7) as u8).collect();
     assert!(payload.len() * 700 > 3 * CAPACITY);
     for _ in 0..3 {
@@ -125,16 +139,14 @@ fn an_answer_larger_than_the_buffer_comes_in_parts() {
         assert!(matches!(call, Call::Answered));
         assert_eq!(answer, expected(&payload, 700));
     }
-    stop.store(true, Ordering::SeqCst);
-    worker.join().unwrap();
+    worker.stop();
 }
 
 #[test]
 fn a_caller_asleep_is_woken_by_the_answer_and_checks_meanwhile() {
     let lane = lane();
-    let stop = Arc::new(AtomicBool::new(false));
     // Long enough for the caller to go to sleep, several slices over.
-    let worker = serve_until(&lane, Arc::clone(&stop), 1, Duration::from_millis(60));
+    let worker = Server::start(&lane, 1, Duration::from_millis(60));
     claim(&lane);
     let mut answer = Vec::new();
     let mut checks = 0;
@@ -142,8 +154,7 @@ fn a_caller_asleep_is_woken_by_the_answer_and_checks_meanwhile() {
     assert!(matches!(call, Call::Answered));
     assert_eq!(answer, b"cba");
     assert!(checks >= 2, "{checks} checks while the call ran");
-    stop.store(true, Ordering::SeqCst);
-    worker.join().unwrap();
+    worker.stop();
 }
 
 #[test]
@@ -251,23 +262,20 @@ fn only_one_caller_claims_an_open_lane() {
 #[test]
 fn a_call_too_large_for_the_lane_is_not_run_and_leaves_it_open() {
     let lane = lane();
-    let stop = Arc::new(AtomicBool::new(false));
-    let worker = serve_until(&lane, Arc::clone(&stop), 1, Duration::ZERO);
+    let worker = Server::start(&lane, 1, Duration::ZERO);
     let (too_large, _) = call(&lane, &vec![1u8; CAPACITY + 1]);
     assert!(matches!(too_large, Call::NotRun));
     let (small, answer) = call(&lane, b"xy");
     assert!(matches!(small, Call::Answered));
     assert_eq!(answer, b"yx");
-    stop.store(true, Ordering::SeqCst);
-    worker.join().unwrap();
+    worker.stop();
 }
 
 #[test]
 fn a_lost_worker_fails_its_call_with_the_reason_given() {
     let lane = lane();
-    let stop = Arc::new(AtomicBool::new(true));
     // The "worker" takes its time; the driver declares it dead meanwhile.
-    let worker = serve_until(&lane, stop, 1, Duration::from_millis(300));
+    let worker = Server::start(&lane, 1, Duration::from_millis(300));
     let loser = {
         let lane = Arc::clone(&lane);
         thread::spawn(move || {
@@ -283,15 +291,14 @@ fn a_lost_worker_fails_its_call_with_the_reason_given() {
     assert!(why.to_string().contains("signal 9"), "{why}");
     loser.join().unwrap();
     // Its answer, when it comes, finds the lane gone.
-    assert_eq!(worker.join().unwrap(), Idle::Gone);
+    assert_eq!(worker.join(), Idle::Gone);
     assert!(!lane.try_claim());
 }
 
 #[test]
 fn closing_waits_for_the_call_in_flight() {
     let lane = lane();
-    let stop = Arc::new(AtomicBool::new(false));
-    let worker = serve_until(&lane, stop, 1, Duration::from_millis(200));
+    let worker = Server::start(&lane, 1, Duration::from_millis(200));
     let closer = {
         let lane = Arc::clone(&lane);
         thread::spawn(move || {
@@ -308,7 +315,7 @@ fn closing_waits_for_the_call_in_flight() {
     assert_eq!(answer, b"cba");
     assert!(closer.join().unwrap());
     assert_eq!(lane.header().turn.state.load(Ordering::Acquire), GONE);
-    assert_eq!(worker.join().unwrap(), Idle::Gone);
+    assert_eq!(worker.join(), Idle::Gone);
 }
 
 #[test]
@@ -349,8 +356,7 @@ fn an_answer_given_is_read_even_if_the_worker_is_lost_or_the_pool_shuts_down() {
 #[test]
 fn a_worker_holding_segments_is_not_called_through_its_lane() {
     let lane = lane();
-    let stop = Arc::new(AtomicBool::new(false));
-    let worker = serve_until(&lane, Arc::clone(&stop), 1, Duration::ZERO);
+    let worker = Server::start(&lane, 1, Duration::ZERO);
     lane.set_segments_held(1);
     let start = Instant::now();
     while start.elapsed() < Duration::from_millis(100) {
@@ -364,8 +370,7 @@ fn a_worker_holding_segments_is_not_called_through_its_lane() {
     let (call, answer) = call(&lane, b"ok");
     assert!(matches!(call, Call::Answered));
     assert_eq!(answer, b"ko");
-    stop.store(true, Ordering::SeqCst);
-    worker.join().unwrap();
+    worker.stop();
 }
 
 #[test]
