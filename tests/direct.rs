@@ -185,6 +185,41 @@ fn a_worker_that_dies_during_a_call_fails_it_and_is_replaced() {
     });
 }
 
+#[parallel]
+fn whoami(x: u64) -> (u32, u64) {
+    (std::process::id(), x)
+}
+
+/// Whichever way the next call goes: into the lane the worker left open (it was killed
+/// right after a stream of calls, while it still watched its lane), or through the
+/// queue (killed once it had closed its lane).
+#[test]
+fn a_call_to_a_worker_killed_while_idle_runs_on_its_replacement() {
+    within(HANG, || {
+        // No retries: the call must not count as lost, since it never ran.
+        let pool = Pool::new(1).unwrap();
+        for round in 0..20 {
+            warm(&pool);
+            let (pid, _) = pool.apply(whoami, round).unwrap();
+            if round % 2 == 1 {
+                // Longer than a lane stays open without calls.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // SAFETY: signalling one of the pool's workers, which its driver has not
+            // reaped (it reaps a worker only once it has noticed it is gone).
+            assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);
+            let dead = Instant::now();
+            while common::process_exists(pid) {
+                assert!(dead.elapsed() < HANG, "{pid} outlived SIGKILL");
+                std::thread::yield_now();
+            }
+            let (new_pid, x) = pool.apply(whoami, round).unwrap();
+            assert_eq!(x, round);
+            assert_ne!(new_pid, pid);
+        }
+    });
+}
+
 #[test]
 fn with_retries_a_call_lost_to_a_dead_worker_runs_again() {
     within(HANG, || {

@@ -278,8 +278,9 @@ impl ProgressNote {
         ProgressNote { slot, chunk }
     }
 
-    /// Records that item `index` of the chunk starts: the low 32 bits of the chunk id,
-    /// then the index. Read by the parent only after a death.
+    /// Records that item `index` of the chunk starts (or, as the chunk's count, that
+    /// the chunk is finished): the low 32 bits of the chunk id, then the index. Read by
+    /// the parent only after a death.
     #[inline(always)]
     pub(crate) fn note(&self, index: u32) {
         if let Some(slot) = self.slot {

@@ -11,6 +11,11 @@ use crate::error::{Error, ErrorKind};
 use crate::lane::{CAPACITY, Call, Lane};
 use crate::protocol::{self, Frame};
 
+/// How many of its sleeps (of 10 ms) a caller in a lane lets pass before it asks the
+/// worker's driver to check the worker even though the worker's pidfd says it runs.
+/// Each check wakes every idle driver.
+const FULL_CHECK_EVERY: u32 = 100;
+
 /// What became of a call offered to the lanes.
 pub(crate) enum Direct {
     /// It ran, or failed for good: its reply.
@@ -42,9 +47,20 @@ impl PoolCore {
         // finds none goes through the queue with the job's own.
         let mut frame = Vec::with_capacity(enc.frame.len() + 16);
         let mut answer = Vec::new();
+        // While the caller sleeps, someone must notice if the worker dies: its driver,
+        // which does not watch an idle worker's socket. The caller asks it to look when
+        // the worker's pidfd says it has exited, and in any case every
+        // `FULL_CHECK_EVERY` sleeps (a worker alive but giving up, say).
+        let mut sleeps = 0u32;
+        let check = || {
+            sleeps = sleeps.wrapping_add(1);
+            if sleeps.is_multiple_of(FULL_CHECK_EVERY) || lane.worker_may_have_exited() {
+                shared.request_check(slot);
+            }
+        };
         let call = match crate::transport::append_frame(&mut frame, header, body, &[], shm) {
             // A frame too large for the lane gives the lane back, not run.
-            Ok(_) => lane.call(&frame[4..], &mut answer, || shared.request_check(slot)),
+            Ok(_) => lane.call(&frame[4..], &mut answer, check),
             Err(_) => lane.unclaim(),
         };
         shared.lane_calls.fetch_sub(1, Ordering::SeqCst);

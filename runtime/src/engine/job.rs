@@ -28,6 +28,9 @@ pub(crate) struct Job {
     pub oneshot: Option<crate::shm::Segment>,
     /// How many workers were given this chunk (more than one after retries).
     pub attempts: u32,
+    /// How many workers died holding this chunk before it started (it went back to the
+    /// queue each time, unblamed).
+    pub bounced: u32,
     /// Set by the caller when it no longer wants the result (it returned early).
     cancel: Option<Arc<AtomicBool>>,
     /// Where the one reply goes; `None` once sent.
@@ -148,6 +151,7 @@ impl Job {
             attachments: enc.attachments,
             oneshot: None,
             attempts: 1,
+            bounced: 0,
             cancel,
             reply: Some(reply),
         }

@@ -51,6 +51,9 @@ struct Queue {
 }
 
 /// What an idle driver gets from the queue.
+// Returned by value once per job, never stored: boxing the job would only add an
+// allocation.
+#[allow(clippy::large_enum_variant)]
 enum Next {
     Job(Job),
     /// Check the worker (see `Queue::check`).

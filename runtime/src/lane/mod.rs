@@ -21,23 +21,25 @@
 //! The state word says whose turn it is; each arrow is a compare-and-swap by one side:
 //!
 //! ```text
-//!  CLOSED --worker--> OPEN --caller--> CLAIMED --caller--> POSTED --worker--> ANSWERED
+//!  CLOSED --worker--> OPEN --caller--> CLAIMED --caller--> POSTED --worker--> RUNNING
 //!         <--worker--      <--caller-- (too large: not posted)                    |
-//!                          <--caller-- (answer read) ----------------------------'
+//!                          <--caller-- (answer read) <-- ANSWERED <--worker------'
 //!
 //!  an answer larger than the buffer goes in parts:
-//!  POSTED --worker--> PART --caller--> TAKEN --worker--> PART ... --worker--> ANSWERED
+//!  RUNNING --worker--> PART --caller--> TAKEN --worker--> PART ... --worker--> ANSWERED
 //!
 //!  GONE, for good, set by the driver: when it loses the worker (from any state but
-//!  ANSWERED, whose answer is read first), or when the pool shuts down (from CLOSED or
-//!  OPEN, once any call has been answered and read)
+//!  ANSWERED, whose answer is read first; a call lost while still POSTED never ran, and
+//!  goes through the queue), or when the pool shuts down (from CLOSED or OPEN, once any
+//!  call has been answered and read)
 //! ```
 //!
 //! The buffer belongs to whoever's turn it is: the caller from CLAIMED to POSTED and in
-//! PART and ANSWERED, the worker in POSTED and TAKEN. Waiting looks at the state for a
+//! PART and ANSWERED, the worker in POSTED, RUNNING and TAKEN. Waiting looks at the state for a
 //! short while (yielding the core now and then), then sleeps on it as a futex; a side
 //! that changes the state wakes the other only if it sleeps.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -80,6 +82,7 @@ const PART: u32 = 4;
 const TAKEN: u32 = 5;
 const ANSWERED: u32 = 6;
 const GONE: u32 = 7;
+const RUNNING: u32 = 8;
 
 /// The lane's header in shared memory; each line is written by as few sides as can be.
 #[repr(C)]
@@ -176,10 +179,19 @@ fn await_turn(
 pub(crate) enum Call {
     /// The worker answered; the answer (a frame's payload) is in the caller's buffer.
     Answered,
-    /// The lane was given up before the call was posted: it never ran.
+    /// The lane was given up, or the worker lost, before the worker took the call: it
+    /// never ran.
     NotRun,
     /// The worker is gone after it took the call; why, as the driver described it.
     Lost(Option<Error>),
+}
+
+/// Why a lane is gone, as its driver said.
+struct Lost {
+    why: Error,
+    /// Whether the worker had taken the call in the lane (a call still POSTED had not
+    /// started).
+    taken: bool,
 }
 
 /// The parent's side of a worker's lane, kept by the worker's driver and shared with
@@ -188,8 +200,12 @@ pub(crate) struct Lane {
     control: Segment,
     base: *mut u8,
     pid: u32,
-    /// Why the worker was lost, set by the driver before it marks the lane GONE.
-    lost: Mutex<Option<Error>>,
+    /// A pidfd of the worker, readable once it has exited: callers asleep in the lane
+    /// look at it, and wake the driver only when the worker is gone. `None` where the
+    /// kernel has no pidfds.
+    exit_watch: Option<OwnedFd>,
+    /// Why the worker was lost, set by the driver while it marks the lane GONE.
+    lost: Mutex<Option<Lost>>,
     /// How many shared-memory segments the worker holds, as its driver last wrote to it.
     /// Calls skip the lane of a worker that holds any: the driver tells the worker which
     /// ones it may release in front of the next frame it writes, so calls must keep
@@ -218,6 +234,7 @@ impl Lane {
             control,
             base,
             pid,
+            exit_watch: pidfd_of(pid),
             lost: Mutex::new(None),
             segments_held: AtomicUsize::new(0),
         })
@@ -251,23 +268,20 @@ impl Lane {
         self.header().kick.count.fetch_add(1, Ordering::Release);
     }
 
-    /// Whether a call is in the lane (claimed, posted or being answered): the worker is
-    /// busy with it.
+    /// Whether a call is in the lane (claimed, posted, running or being answered): the
+    /// worker is busy with it.
     pub(crate) fn in_call(&self) -> bool {
         matches!(
             self.header().turn.state.load(Ordering::Acquire),
-            CLAIMED | POSTED | PART | TAKEN
+            CLAIMED | POSTED | RUNNING | PART | TAKEN
         )
     }
 
-    /// Whether the worker has taken a call from the lane and not yet handed over all of
-    /// its answer. It runs nothing else meanwhile: it only takes calls while it has no
-    /// frame to read, and serves the lane until it closes it.
-    pub(crate) fn worker_in_call(&self) -> bool {
-        matches!(
-            self.header().turn.state.load(Ordering::Acquire),
-            POSTED | PART | TAKEN
-        )
+    /// Whether the worker may have exited: its pidfd says so, or there is none to ask.
+    pub(crate) fn worker_may_have_exited(&self) -> bool {
+        self.exit_watch.as_ref().is_none_or(|fd| {
+            crate::transport::readable_within(fd.as_raw_fd(), Duration::ZERO).unwrap_or(true)
+        })
     }
 
     /// Asks the worker to keep its lane open when it is next idle.
@@ -323,13 +337,13 @@ impl Lane {
         loop {
             let s = await_turn(
                 &h.turn.state,
-                |s| s == POSTED || s == TAKEN,
+                |s| s == POSTED || s == RUNNING || s == TAKEN,
                 &h.sleep.caller,
                 SLEEP_SLICE,
                 &mut check,
             );
             if s != PART && s != ANSWERED {
-                return Call::Lost(self.why_lost());
+                return self.lost_call();
             }
             let n = (h.turn.len.load(Ordering::Relaxed) as usize).min(CAPACITY);
             // SAFETY: in PART and ANSWERED the buffer is ours, and holds `n` bytes that
@@ -352,7 +366,7 @@ impl Lane {
                 .compare_exchange(PART, TAKEN, Ordering::AcqRel, Ordering::Relaxed)
                 .is_err()
             {
-                return Call::Lost(self.why_lost());
+                return self.lost_call();
             }
             wake_if_waiting(&h.turn.state, &h.sleep.worker);
         }
@@ -374,20 +388,32 @@ impl Lane {
         unsafe { self.base.add(BUFFER_AT) }
     }
 
-    fn why_lost(&self) -> Option<Error> {
-        crate::engine::lock(&self.lost)
-            .as_ref()
-            .map(Error::duplicate)
+    /// What became of the call in a lane found GONE: not run if the worker had not
+    /// taken it, else lost, with the driver's reason.
+    fn lost_call(&self) -> Call {
+        // The driver holds the lock while it marks the lane GONE, so taking it here
+        // waits for what it says.
+        match &*crate::engine::lock(&self.lost) {
+            Some(Lost { taken: false, .. }) => Call::NotRun,
+            Some(Lost { why, .. }) => Call::Lost(Some(why.duplicate())),
+            None => Call::Lost(None),
+        }
     }
 
-    /// The worker is gone: marks the lane GONE, with why (for a call it held), and wakes
-    /// its caller. An answer already given is left for its caller to read.
+    /// The worker is gone: marks the lane GONE, with why (for a call it had taken), and
+    /// wakes its caller. An answer already given is left for its caller to read; a call
+    /// posted but not taken was not run.
     pub(crate) fn lose(&self, why: Error) {
-        *crate::engine::lock(&self.lost) = Some(why);
+        let mut lost = crate::engine::lock(&self.lost);
         let state = &self.header().turn.state;
-        let _ = state.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+        let before = state.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
             (s != ANSWERED).then_some(GONE)
         });
+        *lost = Some(Lost {
+            why,
+            taken: before != Ok(POSTED),
+        });
+        drop(lost);
         crate::futex::wake_all(state);
     }
 
@@ -419,6 +445,18 @@ impl Lane {
             }
         }
     }
+}
+
+/// A pidfd of the process `pid` (a child not yet reaped, so the pid is still its own),
+/// or `None` where the kernel refuses.
+fn pidfd_of(pid: u32) -> Option<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; it
+    // touches no memory of ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = libc::c_int::try_from(fd).ok().filter(|&fd| fd >= 0)?;
+    // SAFETY: `fd` was just returned to us by the kernel, and nothing else owns it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 #[cfg(test)]

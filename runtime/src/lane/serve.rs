@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     ANSWERED, BUFFER_AT, CAPACITY, CLAIMED, CLOSED, GONE, Header, LOOKS_PER_YIELD, OPEN, PART,
-    POSTED, TAKEN, await_turn, header, wake_if_waiting,
+    POSTED, RUNNING, TAKEN, await_turn, header, wake_if_waiting,
 };
 
 /// Runs a call's `Run` frame payload, appending the whole answer frame (length prefix
@@ -102,13 +102,21 @@ impl WorkerLane {
                     continue;
                 }
                 POSTED => {
+                    // Taken: from now on, a death of this process fails the call (until
+                    // now, its driver would have sent it through the queue instead).
+                    if state
+                        .compare_exchange(POSTED, RUNNING, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_err()
+                    {
+                        return Ok(Idle::Gone);
+                    }
                     let n = h.turn.len.load(Ordering::Relaxed) as usize;
                     if n > CAPACITY {
                         return Err(format!("protocol error: a call of {n} bytes in the lane"));
                     }
-                    // SAFETY: in POSTED the buffer is ours and holds the `n` bytes the
-                    // caller wrote before its release store of the state; nothing
-                    // writes it until we answer, after the last use of `payload`.
+                    // SAFETY: in RUNNING the buffer is ours and holds the `n` bytes the
+                    // caller wrote before its release store of POSTED; nothing writes
+                    // it until we answer, after the last use of `payload`.
                     let payload = unsafe { std::slice::from_raw_parts(self.buffer(), n) };
                     out.clear();
                     let start = run(payload, out)?;
@@ -163,10 +171,10 @@ impl WorkerLane {
     /// larger than the buffer. False if the lane was given up meanwhile.
     fn answer(&self, mut payload: &[u8]) -> Result<bool, String> {
         let h = self.header();
-        let mut from = POSTED;
+        let mut from = RUNNING;
         loop {
             let n = payload.len().min(CAPACITY);
-            // SAFETY: in POSTED and TAKEN the buffer is ours; `n` bytes fit in it.
+            // SAFETY: in RUNNING and TAKEN the buffer is ours; `n` bytes fit in it.
             unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), self.buffer(), n) };
             h.turn.len.store(n as u32, Ordering::Relaxed);
             let last = n == payload.len();

@@ -279,7 +279,7 @@ fn a_lost_worker_fails_its_call_with_the_reason_given() {
     let loser = {
         let lane = Arc::clone(&lane);
         thread::spawn(move || {
-            until_state(&lane, POSTED);
+            until_state(&lane, RUNNING);
             lane.lose(Error::new(ErrorKind::WorkerDied, "killed by signal 9"));
         })
     };
@@ -296,13 +296,53 @@ fn a_lost_worker_fails_its_call_with_the_reason_given() {
 }
 
 #[test]
+fn a_call_posted_to_a_worker_lost_before_it_took_it_did_not_run() {
+    let lane = lane();
+    // A worker that opened its lane, then died (no thread serves it).
+    lane.header().turn.state.store(OPEN, Ordering::SeqCst);
+    let loser = {
+        let lane = Arc::clone(&lane);
+        thread::spawn(move || {
+            until_state(&lane, POSTED);
+            lane.lose(Error::new(ErrorKind::WorkerDied, "killed by signal 9"));
+        })
+    };
+    let (call, _) = call(&lane, b"abc");
+    assert!(
+        matches!(call, Call::NotRun),
+        "a call never taken counts as lost"
+    );
+    loser.join().unwrap();
+    assert!(!lane.try_claim());
+}
+
+#[test]
+fn the_lane_tells_when_its_worker_has_exited() {
+    let mut child = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let lane = Lane::create(child.id()).unwrap();
+    assert!(lane.exit_watch.is_some(), "no pidfd for a child");
+    assert!(!lane.worker_may_have_exited());
+    child.kill().unwrap();
+    let start = Instant::now();
+    while !lane.worker_may_have_exited() {
+        assert!(start.elapsed() < HANG, "the exit was never seen");
+        thread::yield_now();
+    }
+    child.wait().unwrap();
+    assert!(lane.worker_may_have_exited());
+}
+
+#[test]
 fn closing_waits_for_the_call_in_flight() {
     let lane = lane();
     let worker = Server::start(&lane, 1, Duration::from_millis(200));
     let closer = {
         let lane = Arc::clone(&lane);
         thread::spawn(move || {
-            until_state(&lane, POSTED);
+            until_state(&lane, RUNNING);
             lane.close_when_idle(|| {
                 thread::sleep(Duration::from_millis(1));
                 true
@@ -374,21 +414,21 @@ fn a_worker_holding_segments_is_not_called_through_its_lane() {
 }
 
 #[test]
-fn a_call_counts_as_the_workers_from_when_it_is_posted_to_when_it_is_answered() {
+fn a_call_keeps_the_worker_busy_from_its_claim_to_its_answer() {
     let lane = lane();
     let state = &lane.header().turn.state;
-    for (s, driver_waits, worker_busy) in [
-        (CLOSED, false, false),
-        (OPEN, false, false),
-        (CLAIMED, true, false),
-        (POSTED, true, true),
-        (PART, true, true),
-        (TAKEN, true, true),
-        (ANSWERED, false, false),
-        (GONE, false, false),
+    for (s, in_call) in [
+        (CLOSED, false),
+        (OPEN, false),
+        (CLAIMED, true),
+        (POSTED, true),
+        (RUNNING, true),
+        (PART, true),
+        (TAKEN, true),
+        (ANSWERED, false),
+        (GONE, false),
     ] {
         state.store(s, Ordering::SeqCst);
-        assert_eq!(lane.in_call(), driver_waits, "state {s}");
-        assert_eq!(lane.worker_in_call(), worker_busy, "state {s}");
+        assert_eq!(lane.in_call(), in_call, "state {s}");
     }
 }

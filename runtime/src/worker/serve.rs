@@ -130,6 +130,9 @@ fn run_chunk(
     let done = run(items, count, out, failures);
     let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
     BUSY.store(false, Ordering::SeqCst);
+    // Past its last item: if this process dies before the next chunk starts, its
+    // driver knows that no chunk was running.
+    super::ProgressNote::current().note(count);
     protocol::finish_done(out, start, done, nanos, failures).map_err(|e| e.to_string())?;
     Ok(Ran::Done(start))
 }

@@ -101,24 +101,17 @@ impl Driver<'_> {
         if !matches!(loss, Loss::Died) {
             let _ = live.process.child.kill();
         }
-        // Which job was running: the one the worker's last progress record names. The
-        // ones before it ran, but their results were still held back in the worker (it
-        // batches quick results), so they run again elsewhere; the ones after never
-        // started. Without a record, the oldest is the one; unless a call was in the
-        // worker's lane: then that call was running, and every job here runs again.
-        let record = live.lane.progress_record();
-        let lane_call = live.lane.worker_in_call();
-        let found = self.inflight.iter().enumerate().find_map(|(pos, job)| {
-            crate::worker::progress_item(record, job.chunk).map(|i| (pos, i))
-        });
-        let (pos, item) = match found {
-            Some((pos, i)) => (
-                pos,
-                self.inflight.get(pos).map(|j| j.first_index + i as usize),
-            ),
-            None if lane_call => (self.inflight.len(), None),
-            None => (0, None),
-        };
+        let (pos, item) = blame(
+            live.lane.progress_record(),
+            self.inflight.iter().map(|j| (j.chunk, j.count, j.bounced)),
+            matches!(loss, Loss::Died),
+        );
+        let item = item.and_then(|i| Some(self.inflight.get(pos)?.first_index + i as usize));
+        if pos == self.inflight.len() {
+            for job in &mut self.inflight {
+                job.bounced += 1;
+            }
+        }
         let held_any = !self.inflight.is_empty();
         let lane = Arc::clone(&live.lane);
         let exit = close_and_reap(live);
@@ -196,6 +189,48 @@ impl Driver<'_> {
     }
 }
 
+/// How many workers in a row may die before a job they were given starts, before the
+/// next death is blamed on the job.
+const MAX_BOUNCES: u32 = 3;
+
+/// Which of the jobs a lost worker held (`jobs`, oldest first, as their chunk id, item
+/// count and [`Job::bounced`]) was running when it was lost, going by its last progress
+/// record: the position of that job and the item it was at, if the record says;
+/// `jobs.len()` if none was.
+///
+/// The jobs before the one running had run, but their results were still held back in
+/// the worker (it batches quick results): they go back to the queue, as the jobs after
+/// it do, which never started. A worker that `died` (killed from outside, say) with no
+/// job started, its last chunk finished or its lane call running, fails none of them,
+/// unless the oldest that had not started has already seen [`MAX_BOUNCES`] workers die:
+/// then it is blamed, so that a job that kills workers before their progress record
+/// shows it cannot go round for ever. A worker that gave up or broke the protocol did so
+/// over the oldest job it had not finished.
+fn blame(
+    record: u64,
+    jobs: impl ExactSizeIterator<Item = (u64, u32, u32)>,
+    died: bool,
+) -> (usize, Option<u32>) {
+    let held = jobs.len();
+    let mut unstarted = None;
+    for (pos, (chunk, count, bounced)) in jobs.enumerate() {
+        if unstarted.is_none() {
+            unstarted = Some((pos, bounced));
+        }
+        match crate::worker::progress_item(record, chunk) {
+            Some(i) if i < count => return (pos, Some(i)),
+            // Finished: the oldest not started comes after it.
+            Some(_) => unstarted = None,
+            None => {}
+        }
+    }
+    match unstarted {
+        Some((_, bounced)) if died && bounced < MAX_BOUNCES => (held, None),
+        Some((pos, _)) => (pos, None),
+        None => (held, None),
+    }
+}
+
 /// What a lane call is, in errors: the one item of an `apply`.
 const LANE_CALL: &str = "item 0";
 
@@ -253,4 +288,53 @@ fn close_and_reap(live: Live) -> String {
     spawn::reap(&mut process.child, EXIT_GRACE)
         .map(spawn::describe_exit)
         .unwrap_or_else(|| "could not be reaped".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_BOUNCES, blame};
+
+    /// A progress record: item `index` of chunk `chunk` started (or, as the chunk's
+    /// count, the chunk finished).
+    fn record(chunk: u64, index: u32) -> u64 {
+        chunk << 32 | u64::from(index)
+    }
+
+    /// Chunks 10, 11 and 12 of 4 items each, none bounced yet.
+    fn held() -> [(u64, u32, u32); 3] {
+        [(10, 4, 0), (11, 4, 0), (12, 4, 0)]
+    }
+
+    #[test]
+    fn the_chunk_the_record_names_was_running_at_its_item() {
+        for died in [true, false] {
+            assert_eq!(blame(record(11, 2), held().into_iter(), died), (1, Some(2)));
+        }
+    }
+
+    #[test]
+    fn a_worker_that_died_between_chunks_fails_none() {
+        // Its last record is of a chunk already answered, or of its last chunk finished.
+        for last in [record(9, 4), record(10, 4), record(12, 4), 0] {
+            assert_eq!(blame(last, held().into_iter(), true), (3, None), "{last:x}");
+        }
+    }
+
+    #[test]
+    fn a_worker_that_gave_up_between_chunks_fails_the_next_one() {
+        assert_eq!(blame(record(9, 4), held().into_iter(), false), (0, None));
+        assert_eq!(blame(record(10, 4), held().into_iter(), false), (1, None));
+        assert_eq!(blame(record(12, 4), held().into_iter(), false), (3, None));
+    }
+
+    #[test]
+    fn a_chunk_whose_workers_keep_dying_before_it_starts_is_blamed_in_the_end() {
+        let mut jobs = held();
+        jobs[1].2 = MAX_BOUNCES - 1;
+        assert_eq!(blame(record(10, 4), jobs.into_iter(), true), (3, None));
+        jobs[1].2 = MAX_BOUNCES;
+        assert_eq!(blame(record(10, 4), jobs.into_iter(), true), (1, None));
+        // Only the oldest chunk not started counts.
+        assert_eq!(blame(record(11, 4), jobs.into_iter(), true), (3, None));
+    }
 }
