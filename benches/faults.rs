@@ -17,8 +17,10 @@ fn whoami(_x: u64) -> u32 {
     std::process::id()
 }
 
+/// Creates the file `started` (so the caller knows the task runs), then sleeps `ms`.
 #[parallel]
-fn sleep_ms(ms: u64) -> u64 {
+fn start_then_sleep(started: String, ms: u64) -> u64 {
+    std::fs::write(&started, b"").expect("creating the start mark");
     std::thread::sleep(Duration::from_millis(ms));
     ms
 }
@@ -37,12 +39,20 @@ fn work_or_die_once(x: u64, victim: u64, dir: String) -> u64 {
 }
 
 fn main() -> multiproc::Result<()> {
+    let dir = std::env::temp_dir().join(format!("multiproc-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let started = dir.join("started");
     let pool = Pool::new(1)?;
     let (mut reported, mut replaced) = (Vec::new(), Vec::new());
     for _ in 0..10 {
         let pid = pool.apply(whoami, 0)?;
-        let pending = pool.apply_async(sleep_ms, 60_000);
-        std::thread::sleep(Duration::from_millis(20));
+        let _ = std::fs::remove_file(&started);
+        let mark = started.to_string_lossy().into_owned();
+        let pending = pool.apply_async(start_then_sleep, (mark, 60_000));
+        // Killed before it starts, a task would run on the replacement instead.
+        while !started.exists() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let t = Instant::now();
         // SAFETY: killing our own worker.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
@@ -63,8 +73,6 @@ fn main() -> multiproc::Result<()> {
         median(replaced)
     );
 
-    let dir = std::env::temp_dir().join(format!("multiproc-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("a temporary directory");
     let d = dir.to_string_lossy().into_owned();
     let items = |victim: u64| -> Vec<(u64, u64, String)> {
         (0..20_000).map(|x| (x, victim, d.clone())).collect()
