@@ -1,6 +1,7 @@
-//! Large data in detail: where the automatic shared-memory threshold pays off, and why a
-//! `Vec<u8>` argument should be a `serde_bytes::ByteBuf` (serde encodes a `Vec<u8>` byte by
-//! byte). The headline figures (200 MB argument, 512 MiB `SharedSlice` sum) are in
+//! Large data in detail: where the automatic shared-memory threshold pays off, and what
+//! bytes cost in each form: a `serde_bytes::ByteBuf`, a `Vec<u8>` as the only argument
+//! (sent as its bytes), and a `Vec<u8>` inside a tuple (serde encodes it byte by byte).
+//! The headline figures (200 MB argument, 512 MiB `SharedSlice` sum) are in
 //! `cargo bench --bench peers`.
 //!
 //! Run: `cargo bench --bench shm`.
@@ -18,6 +19,11 @@ fn byte_len(data: ByteBuf) -> usize {
 
 #[parallel]
 fn vec_len(data: Vec<u8>) -> usize {
+    data.len()
+}
+
+#[parallel]
+fn tupled_vec_len(data: Vec<u8>, _tag: u8) -> usize {
     data.len()
 }
 
@@ -60,9 +66,18 @@ fn vec_against_bytebuf() -> multiproc::Result<()> {
     let as_vec = time_ms(3, || {
         assert_eq!(pool.map(vec_len, &vecs).expect("map"), [data.len(); 2]);
     });
+    drop(vecs);
+    let tupled = [(data.clone(), 0), (data.clone(), 1)];
+    let in_tuple = time_ms(3, || {
+        assert_eq!(
+            pool.map(tupled_vec_len, &tupled).expect("map"),
+            [data.len(); 2]
+        );
+    });
     println!("\n## a {MB} MB argument to each of 2 workers (ms, median of 3)");
     println!("ByteBuf (bytes copied at once)     {as_bytes:>9.1}");
-    println!("Vec<u8> (serde, byte by byte)      {as_vec:>9.1}");
+    println!("Vec<u8>, the only argument (same)  {as_vec:>9.1}");
+    println!("Vec<u8> in a tuple (byte by byte)  {in_tuple:>9.1}");
     Ok(())
 }
 

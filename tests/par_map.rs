@@ -386,3 +386,81 @@ fn plain_numbers_and_arrays_round_trip_exactly() {
     let child = Process::spawn(rotate, [1, 2, 3]).unwrap();
     assert_eq!(child.join().unwrap(), [2, 3, 1]);
 }
+
+/// `Vec`s of plain numbers travel as their length and their bytes; the same `Vec`s in a
+/// tuple travel as postcard. Both must give the same answers.
+#[parallel]
+fn reverse_bytes(v: Vec<u8>) -> Vec<u8> {
+    v.into_iter().rev().collect()
+}
+
+mod spelled_out {
+    // The qualified spelling of `Vec` is what this function is about.
+    #![allow(unused_qualifications)]
+    use multiproc::prelude::*;
+
+    #[parallel]
+    pub fn scale(v: std::vec::Vec<f64>) -> Vec<f64> {
+        v.iter().map(|x| x * 0.5).collect()
+    }
+}
+use spelled_out::scale;
+
+#[parallel]
+fn scale_by(v: Vec<f64>, by: f64) -> Vec<f64> {
+    v.iter().map(|x| x * by).collect()
+}
+
+#[parallel]
+fn signed_pairs(n: u64) -> Vec<[i32; 2]> {
+    (0..n as i32).map(|i| [i, -i]).collect()
+}
+
+#[test]
+fn vecs_of_plain_numbers_round_trip_exactly() {
+    let vecs: Vec<Vec<f64>> = (0..500)
+        .map(|i| (0..i).map(|j| f64::from(j) * 1.25 - 3e-310).collect())
+        .collect();
+    let raw = vecs.par_map(scale).unwrap();
+    let tupled: Vec<(Vec<f64>, f64)> = vecs.iter().map(|v| (v.clone(), 0.5)).collect();
+    let postcard = tupled.par_map(scale_by).unwrap();
+    for ((v, a), b) in vecs.iter().zip(&raw).zip(&postcard) {
+        let expected: Vec<u64> = v.iter().map(|x| (x * 0.5).to_bits()).collect();
+        assert_eq!(a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), expected);
+        assert_eq!(b.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), expected);
+    }
+
+    // Large ones go through shared memory, small ones in line, empty ones too.
+    let pool = Pool::builder()
+        .workers(2)
+        .shm_threshold(4096)
+        .build()
+        .unwrap();
+    for len in [0usize, 1, 4095, 4096, 1 << 20] {
+        let v: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let expected: Vec<u8> = v.iter().rev().copied().collect();
+        assert_eq!(
+            pool.apply(reverse_bytes, v.clone()).unwrap(),
+            expected,
+            "{len}"
+        );
+        assert_eq!(
+            pool.apply_async(reverse_bytes, v.clone()).get().unwrap(),
+            expected
+        );
+        let many = vec![v; 3];
+        for out in pool.map(reverse_bytes, &many).unwrap() {
+            assert_eq!(out, expected);
+        }
+        let n = len as u64;
+        let expected: Vec<[i32; 2]> = (0..len as i32).map(|i| [i, -i]).collect();
+        assert_eq!(pool.apply(signed_pairs, n).unwrap(), expected);
+        let streamed: Vec<_> = pool
+            .imap(signed_pairs, vec![n, n])
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(streamed, [expected.clone(), expected]);
+    }
+    let child = Process::spawn(reverse_bytes, vec![1, 2, 3]).unwrap();
+    assert_eq!(child.join().unwrap(), [3, 2, 1]);
+}

@@ -5,7 +5,7 @@ use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 
-use super::validate::TaskFn;
+use super::validate::{TaskFn, Wire};
 
 /// Attributes that describe the item as a whole and belong on the constant users see.
 fn belongs_on_const(attr: &syn::Attribute) -> bool {
@@ -20,8 +20,8 @@ pub(crate) fn expand(task: &TaskFn) -> TokenStream {
         func,
         args,
         ret,
-        raw_arg,
-        raw_ret,
+        arg_wire,
+        ret_wire,
     } = task;
     let private = quote!(#krate::__private);
     let name = &func.sig.ident;
@@ -57,15 +57,14 @@ pub(crate) fn expand(task: &TaskFn) -> TokenStream {
         .iter()
         .map(|ty| quote_spanned!(ty.span()=> #private::assert_argument::<#ty>();));
     let ret_check = quote_spanned!(ret.span()=> #private::assert_result::<#ret>(););
-    // How each side travels: plain numbers as raw bytes, anything else as postcard.
-    let layout = |raw: bool| {
-        if raw {
-            quote!(#private::RawLayout)
-        } else {
-            quote!(#private::PostcardLayout)
-        }
+    // How each side travels: plain numbers (and `Vec`s of them) as raw bytes, anything
+    // else as postcard.
+    let layout = |wire: Wire| match wire {
+        Wire::Raw => quote!(#private::RawLayout),
+        Wire::RawVec => quote!(#private::RawVecLayout),
+        Wire::Postcard => quote!(#private::PostcardLayout),
     };
-    let (arg_layout, ret_layout) = (layout(*raw_arg), layout(*raw_ret));
+    let (arg_layout, ret_layout) = (layout(*arg_wire), layout(*ret_wire));
 
     quote! {
         #(#const_attrs)*

@@ -14,11 +14,33 @@ pub(crate) struct TaskFn {
     pub args: Vec<syn::Type>,
     /// The declared result type, `()` when there is none.
     pub ret: syn::Type,
-    /// The argument (the only one) is a plain number, or an array of them, and travels as
-    /// its raw bytes.
-    pub raw_arg: bool,
-    /// The result is a plain number, or an array of them.
-    pub raw_ret: bool,
+    /// How the argument travels (raw only when it is the only one).
+    pub arg_wire: Wire,
+    /// How the result travels.
+    pub ret_wire: Wire,
+}
+
+/// How one side of a task travels between the processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wire {
+    /// Postcard: any serde type.
+    Postcard,
+    /// A plain number, or an array of them: its raw bytes.
+    Raw,
+    /// A `Vec` of plain numbers: its length, then its elements' bytes in one copy.
+    RawVec,
+}
+
+impl Wire {
+    fn of(ty: &syn::Type) -> Wire {
+        if is_plain_number(ty) {
+            Wire::Raw
+        } else if vec_element(ty).is_some_and(is_plain_number) {
+            Wire::RawVec
+        } else {
+            Wire::Postcard
+        }
+    }
 }
 
 /// Returns the task, or the original item (to re-emit) and every error found.
@@ -104,8 +126,11 @@ pub(crate) fn validate(parsed: Parsed) -> Result<TaskFn, (TokenStream, syn::Erro
         None => Ok(TaskFn {
             krate,
             func,
-            raw_arg: matches!(args.as_slice(), [ty] if is_plain_number(ty)),
-            raw_ret: is_plain_number(&ret),
+            arg_wire: match args.as_slice() {
+                [ty] => Wire::of(ty),
+                _ => Wire::Postcard,
+            },
+            ret_wire: Wire::of(&ret),
             args,
             ret,
         }),
@@ -185,9 +210,70 @@ fn is_plain_number(ty: &syn::Type) -> bool {
     }
 }
 
+/// The element type of `Vec<T>` (also spelled `std::vec::Vec<T>` or
+/// `alloc::vec::Vec<T>`). Recognised by name, as numbers are: a local type named `Vec`
+/// fails to compile rather than being sent as bytes.
+fn vec_element(ty: &syn::Type) -> Option<&syn::Type> {
+    let syn::Type::Path(p) = ty else {
+        return match ty {
+            syn::Type::Paren(p) => vec_element(&p.elem),
+            syn::Type::Group(g) => vec_element(&g.elem),
+            _ => None,
+        };
+    };
+    if p.qself.is_some() {
+        return None;
+    }
+    let segs: Vec<&syn::PathSegment> = p.path.segments.iter().collect();
+    let named = |s: &syn::PathSegment, name: &str| s.ident == name && s.arguments.is_none();
+    let last = match segs.as_slice() {
+        [last] if p.path.leading_colon.is_none() => last,
+        [krate, module, last]
+            if (named(krate, "std") || named(krate, "alloc")) && named(module, "vec") =>
+        {
+            last
+        }
+        _ => return None,
+    };
+    let syn::PathArguments::AngleBracketed(generic) = &last.arguments else {
+        return None;
+    };
+    match (
+        last.ident == "Vec",
+        generic.args.iter().collect::<Vec<_>>().as_slice(),
+    ) {
+        (true, [syn::GenericArgument::Type(elem)]) => Some(elem),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::is_plain_number;
+    use super::{Wire, is_plain_number};
+
+    #[test]
+    fn vecs_of_plain_numbers_travel_raw() {
+        for (ty, wire) in [
+            ("u64", Wire::Raw),
+            ("Vec<u8>", Wire::RawVec),
+            ("Vec<f64>", Wire::RawVec),
+            ("Vec<[f32; 3]>", Wire::RawVec),
+            ("std::vec::Vec<i32>", Wire::RawVec),
+            ("::alloc::vec::Vec<u16>", Wire::RawVec),
+            ("(Vec<u64>)", Wire::RawVec),
+            ("Vec<bool>", Wire::Postcard),
+            ("Vec<Vec<u8>>", Wire::Postcard),
+            ("Vec<String>", Wire::Postcard),
+            ("Vec<u8, A>", Wire::Postcard),
+            ("my::Vec<u8>", Wire::Postcard),
+            ("std::vec::Vec::<u8>", Wire::RawVec),
+            ("VecDeque<u8>", Wire::Postcard),
+            ("Box<[u8]>", Wire::Postcard),
+            ("String", Wire::Postcard),
+        ] {
+            assert_eq!(Wire::of(&syn::parse_str(ty).unwrap()), wire, "{ty}");
+        }
+    }
 
     #[test]
     fn plain_numbers_are_recognised_by_name() {

@@ -172,6 +172,16 @@ fn reserve_huge(buf: &mut Vec<u8>, n: usize) {
     }
 }
 
+/// Appends `data` to the frame being built in `buf`, in huge pages if it is large (see
+/// [`reserve_huge`]).
+#[inline]
+pub(crate) fn extend_frame(buf: &mut Vec<u8>, data: &[u8]) {
+    if data.len() >= HUGE_COPY {
+        reserve_huge(buf, data.len());
+    }
+    buf.extend_from_slice(data);
+}
+
 /// Appends postcard encodings to a `Vec` without an intermediate buffer.
 struct Append<'a>(&'a mut Vec<u8>);
 
@@ -191,10 +201,7 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
         // two overlapping fixed-size copies cover every length up to 16 without one.
         let n = data.len();
         if n > 16 {
-            if n >= HUGE_COPY {
-                reserve_huge(self.0, n);
-            }
-            self.0.extend_from_slice(data);
+            extend_frame(self.0, data);
             return Ok(());
         }
         self.0.reserve(16);
