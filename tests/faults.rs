@@ -260,13 +260,21 @@ fn results_that_fail_to_serialize_or_deserialize_are_errors_naming_the_item() {
         text.contains("make_unserializable") && text.contains("could not be serialized"),
         "{text}"
     );
+    // The impl's own words, which postcard alone would drop.
+    assert!(
+        text.contains("this value refuses to be serialized"),
+        "{text}"
+    );
 
     let err = data.par_map(make_undeserializable).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Serialization, "{err}");
     // Every result fails; the error names whichever item was decoded first.
     assert!(err.task_index().is_some_and(|i| i < 8), "{err}");
     assert!(
-        err.to_string().contains("could not be deserialized"),
+        err.to_string().contains("could not be deserialized")
+            && err
+                .to_string()
+                .contains("this value refuses to be deserialized"),
         "{err}"
     );
     assert_pool_still_works();
@@ -284,6 +292,20 @@ fn arguments_that_fail_to_serialize_are_errors_naming_the_item() {
     assert_eq!(err.kind(), ErrorKind::Serialization, "{err}");
     assert_eq!(err.task_index(), Some(0), "{err}");
     assert!(err.to_string().contains("argument"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("this value refuses to be serialized"),
+        "{err}"
+    );
+    let err = Pool::new(1)
+        .unwrap()
+        .apply(takes_unserializable, Unserializable)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("this value refuses to be serialized"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -573,4 +595,54 @@ fn panics_inside_one_chunk_fail_only_their_items() {
         }
     }
     assert_eq!(pool.apply(identity, 7).unwrap(), 7);
+}
+
+#[parallel]
+fn takes_undeserializable(_u: Undeserializable) -> u8 {
+    0
+}
+
+#[test]
+fn arguments_that_fail_to_deserialize_in_the_worker_say_why() {
+    let pool = Pool::new(1).unwrap();
+    let err = pool
+        .apply(takes_undeserializable, Undeserializable(1))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Serialization, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("deserialized in the worker")
+            && text.contains("this value refuses to be deserialized"),
+        "{text}"
+    );
+    // Through the queue's path too (a stream of calls ends in the lane; a map does not).
+    let items = [Undeserializable(1), Undeserializable(2)];
+    let err = pool.map(takes_undeserializable, &items).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("this value refuses to be deserialized"),
+        "{err}"
+    );
+    assert_eq!(pool.apply(identity, 21).unwrap(), 21);
+}
+
+#[test]
+fn queue_messages_that_fail_to_serialize_or_deserialize_say_why() {
+    let q: Queue<Unserializable> = Queue::new().unwrap();
+    let err = q.put(Unserializable).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Serialization, "{err}");
+    assert!(
+        err.to_string()
+            .contains("this value refuses to be serialized"),
+        "{err}"
+    );
+    let q: Queue<Undeserializable> = Queue::new().unwrap();
+    q.put(Undeserializable(3)).unwrap();
+    let err = q.get().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Serialization, "{err}");
+    assert!(
+        err.to_string()
+            .contains("this value refuses to be deserialized"),
+        "{err}"
+    );
 }

@@ -50,9 +50,10 @@ pub(crate) fn encode_chunk<T: Serialize>(
     let (encoded, attachments) = crate::shm::collect(|| {
         for item in items.take(max) {
             codec.put(item.borrow(), &mut frame).map_err(|e| {
+                let why = crate::codec::ser_failure(item.borrow(), &e);
                 Error::new(
                     ErrorKind::Serialization,
-                    format!("the argument could not be serialized: {e}"),
+                    format!("the argument could not be serialized: {why}"),
                 )
                 .with_task(task)
                 .with_index(first_index + count)
@@ -155,17 +156,22 @@ impl ChunkOrigin {
         }
         let mut reader = Reader::new(bytes);
         for k in 0..count as usize {
-            let value = reader.take(&codec).map_err(|e| self.result_error(k, &e))?;
+            let value = reader
+                .take(&codec)
+                .map_err(|e| self.result_error::<R>(k, reader.rest(), &e))?;
             out.push(value);
         }
         self.check_end(&reader)
     }
 
-    fn result_error(&self, k: usize, e: &postcard::Error) -> Error {
+    /// The error for result `k`, which did not decode from `at` (its bytes, and the
+    /// rest's) with `e`.
+    fn result_error<R: DeserializeOwned>(&self, k: usize, at: &[u8], e: &postcard::Error) -> Error {
+        let why = crate::codec::de_failure::<R>(at, e);
         self.error(
             ErrorKind::Serialization,
             k,
-            format!("the result could not be deserialized: {e}"),
+            format!("the result could not be deserialized: {why}"),
         )
     }
 
@@ -242,7 +248,7 @@ impl ChunkOrigin {
                 Ok(v) => out.push(Ok(v)),
                 Err(e) => {
                     // The values after a bad one cannot be located: fail the rest.
-                    let e = self.result_error(k as usize, &e);
+                    let e = self.result_error::<R>(k as usize, reader.rest(), &e);
                     return fill_with(out, &e, (expected - k) as usize);
                 }
             }

@@ -14,6 +14,8 @@ use serde::de::DeserializeOwned;
 
 use crate::protocol::encode_into;
 
+mod why;
+
 /// Types whose bytes are the whole of their value: no padding, every bit pattern valid,
 /// and serde encodes them as just their number. Sealed.
 pub trait RawItem: bytemuck::Pod + private::Sealed {}
@@ -251,7 +253,7 @@ pub trait Layout<T> {
     fn put(value: &T, out: &mut Vec<u8>) -> postcard::Result<()>
     where
         T: Serialize;
-    /// Reads the next value.
+    /// Reads the next value; leaves `reader` where it was if that fails.
     fn take(reader: &mut Reader<'_>) -> postcard::Result<T>
     where
         T: DeserializeOwned;
@@ -317,6 +319,39 @@ impl<T> Layout<T> for PostcardLayout {
     }
 }
 
+/// Why `value` did not serialize (with `error`), in words. Postcard drops the message of
+/// an error that a `Serialize` impl makes with `custom` (its own text is just "Serde
+/// Serialization Error"); for those, the value is walked again by a serializer that
+/// keeps it ([`why::Probe`]). Runs only after a failure.
+pub(crate) fn ser_failure<T: Serialize + ?Sized>(value: &T, error: &postcard::Error) -> String {
+    if *error != postcard::Error::SerdeSerCustom {
+        return error.to_string();
+    }
+    match value.serialize(why::Probe) {
+        Err(why) => why.0,
+        Ok(()) => error.to_string(),
+    }
+}
+
+/// Why `bytes` did not deserialize as a `T` (with `error`), in words: where postcard
+/// drops the message that the type's own `Deserialize` impl gave `custom` (or
+/// `invalid_value`, ...), the bytes are read again through a deserializer that keeps
+/// it. Only a message that the type's own impl raises itself survives this way (a
+/// `#[serde(try_from = ...)]` conversion that fails, say): one raised inside a visitor,
+/// or by a value nested inside, passes through postcard again on its way out, which
+/// drops it.
+pub(crate) fn de_failure<T: DeserializeOwned>(bytes: &[u8], error: &postcard::Error) -> String {
+    if *error != postcard::Error::SerdeDeCustom {
+        return error.to_string();
+    }
+    let mut deserializer = postcard::Deserializer::from_bytes(bytes);
+    let mut erased = <dyn erased_serde::Deserializer>::erase(&mut deserializer);
+    match erased_serde::deserialize::<T>(&mut erased) {
+        Err(why) => why.to_string(),
+        Ok(_) => error.to_string(),
+    }
+}
+
 /// Reads values one after another from a chunk body.
 pub struct Reader<'a> {
     rest: &'a [u8],
@@ -327,7 +362,7 @@ impl<'a> Reader<'a> {
         Reader { rest: bytes }
     }
 
-    /// The next value.
+    /// The next value. A value that does not decode leaves the reader where it was.
     #[inline]
     pub(crate) fn take<T: DeserializeOwned>(&mut self, codec: &Codec<T>) -> postcard::Result<T> {
         match (codec.raw, codec.raw_vec) {
@@ -335,6 +370,11 @@ impl<'a> Reader<'a> {
             (None, Some(raw_vec)) => (raw_vec.take)(self),
             (None, None) => take_postcard(self),
         }
+    }
+
+    /// The bytes not read yet.
+    pub(crate) fn rest(&self) -> &'a [u8] {
+        self.rest
     }
 
     /// Whether every byte has been read.
@@ -423,6 +463,51 @@ mod tests {
             );
         }
         assert!(Reader::new(&[1, 0, 0]).take(&codec).is_err());
+    }
+
+    /// A number that must be even, checked by a `try_from` conversion.
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(try_from = "u32")]
+    struct Even(#[allow(dead_code)] u32);
+
+    impl TryFrom<u32> for Even {
+        type Error = String;
+        fn try_from(n: u32) -> Result<Self, String> {
+            if n.is_multiple_of(2) {
+                Ok(Even(n))
+            } else {
+                Err(format!("{n} is odd"))
+            }
+        }
+    }
+
+    #[test]
+    fn failures_keep_the_words_of_the_impl_that_failed() {
+        let codec = Codec::<Even>::POSTCARD;
+        let three = postcard::to_stdvec(&3u32).unwrap();
+        let mut reader = Reader::new(&three);
+        let e = reader.take(&codec).unwrap_err();
+        assert_eq!(e, postcard::Error::SerdeDeCustom);
+        // A failed read leaves the reader on the value.
+        assert_eq!(reader.rest(), &three[..]);
+        assert_eq!(de_failure::<Even>(reader.rest(), &e), "3 is odd");
+        // Postcard's own errors are its own words.
+        let e = Reader::new(&[]).take(&codec).unwrap_err();
+        assert_eq!(de_failure::<Even>(&[], &e), e.to_string());
+        // Raised by a value nested inside another (or inside a visitor), the message
+        // is postcard's again, as documented on `de_failure`.
+        let nested = postcard::to_stdvec(&(1u8, 3u32)).unwrap();
+        let codec = Codec::<(u8, Even)>::POSTCARD;
+        let e = Reader::new(&nested).take(&codec).unwrap_err();
+        assert_eq!(de_failure::<(u8, Even)>(&nested, &e), e.to_string());
+
+        // Serialization keeps the message however deep it was raised.
+        let cell = std::cell::RefCell::new(1u8);
+        let _held = cell.borrow_mut();
+        let value = (2u8, vec![Some(&cell)]);
+        let e = Codec::POSTCARD.put(&value, &mut Vec::new()).unwrap_err();
+        let why = ser_failure(&value, &e);
+        assert!(why.contains("borrowed"), "{why}");
     }
 
     #[test]

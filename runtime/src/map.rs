@@ -87,14 +87,20 @@ where
             let mut bytes = Vec::new();
             let arg = codec
                 .put(item, &mut bytes)
-                .and_then(|()| crate::codec::Reader::new(&bytes).take(&codec))
                 .map_err(|e| {
-                    Error::new(
-                        ErrorKind::Serialization,
-                        format!("the argument could not be serialized: {e}"),
-                    )
-                    .with_task(name)
-                    .with_index(index)
+                    let why = crate::codec::ser_failure(item, &e);
+                    format!("the argument could not be serialized: {why}")
+                })
+                .and_then(|()| {
+                    crate::codec::Reader::new(&bytes).take(&codec).map_err(|e| {
+                        let why = crate::codec::de_failure::<A>(&bytes, &e);
+                        format!("the argument could not be deserialized: {why}")
+                    })
+                })
+                .map_err(|message| {
+                    Error::new(ErrorKind::Serialization, message)
+                        .with_task(name)
+                        .with_index(index)
                 })?;
             crate::worker::guarded(|| task.call(arg)).map_err(|message| {
                 Error::new(ErrorKind::Panicked, message)

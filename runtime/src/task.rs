@@ -200,30 +200,32 @@ pub fn run_chunk<A: DeserializeOwned, R: Serialize, LA: Layout<A>, LR: Layout<R>
                 progress.note(index);
                 step.set(Step::Decoding);
                 mark = out.len();
-                let value = LA::take(&mut reader)?;
+                let value = LA::take(&mut reader)
+                    .map_err(|e| crate::codec::de_failure::<A>(reader.rest(), &e))?;
                 step.set(Step::Running);
                 let result = invoke(value);
                 if let Err(e) = LR::put(&result, out) {
                     out.truncate(mark);
+                    let why = crate::codec::ser_failure(&result, &e);
                     failures.push(Failure {
                         index,
                         kind: FailureKind::Serialization,
-                        message: format!("the result could not be serialized in the worker: {e}"),
+                        message: format!("the result could not be serialized in the worker: {why}"),
                     });
                 }
                 step.set(Step::Encoded);
                 drop(result);
                 index += 1;
             }
-            Ok::<(), postcard::Error>(())
+            Ok::<(), String>(())
         });
         match stretch {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => {
+            Ok(Err(why)) => {
                 failures.push(Failure {
                     index,
                     kind: FailureKind::Serialization,
-                    message: format!("the argument could not be deserialized in the worker: {e}"),
+                    message: format!("the argument could not be deserialized in the worker: {why}"),
                 });
                 return index + 1;
             }

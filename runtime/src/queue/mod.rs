@@ -118,15 +118,16 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// Encodes `value` as a message into `msg` (cleared first): inline, or the descriptor
     /// of a segment holding it.
     fn encode(&self, value: &T, msg: &mut Vec<u8>) -> Result<()> {
-        let ser = |e: postcard::Error| {
+        let ser = |why: String| {
             Error::new(
                 ErrorKind::Serialization,
-                format!("a queue message could not be serialized: {e}"),
+                format!("a queue message could not be serialized: {why}"),
             )
         };
         msg.clear();
         msg.push(INLINE);
-        crate::protocol::encode_into(msg, value).map_err(ser)?;
+        crate::protocol::encode_into(msg, value)
+            .map_err(|e| ser(crate::codec::ser_failure(value, &e)))?;
         if msg.len() <= INLINE_MAX {
             return Ok(());
         }
@@ -135,23 +136,27 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         seg.leave_name_to_receiver();
         msg.clear();
         msg.push(IN_SEGMENT);
-        crate::protocol::encode_into(msg, seg.desc()).map_err(ser)
+        crate::protocol::encode_into(msg, seg.desc()).map_err(|e| ser(e.to_string()))
     }
 
     fn decode(&self, msg: &[u8]) -> Result<T> {
-        let bad = |e: postcard::Error| {
+        let bad = |why: String| {
             Error::new(
                 ErrorKind::Serialization,
-                format!("a queue message could not be deserialized: {e}"),
+                format!("a queue message could not be deserialized: {why}"),
             )
         };
+        let value = |bytes: &[u8]| {
+            postcard::from_bytes(bytes).map_err(|e| bad(crate::codec::de_failure::<T>(bytes, &e)))
+        };
         match msg.split_first() {
-            Some((&INLINE, value)) => postcard::from_bytes(value).map_err(bad),
+            Some((&INLINE, bytes)) => value(bytes),
             Some((&IN_SEGMENT, desc)) => {
-                let desc: SegmentDesc = postcard::from_bytes(desc).map_err(bad)?;
+                let desc: SegmentDesc =
+                    postcard::from_bytes(desc).map_err(|e| bad(e.to_string()))?;
                 let mut seg = Segment::open(desc, None)?;
                 seg.unlink_now();
-                postcard::from_bytes(seg.bytes()).map_err(bad)
+                value(seg.bytes())
             }
             _ => Err(Error::new(
                 ErrorKind::Protocol,

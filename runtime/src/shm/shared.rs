@@ -48,9 +48,10 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Shared<T> {
     /// Like [`new`](Self::new), with the segment kind chosen explicitly.
     pub fn with_backend(value: T, backend: ShmBackend) -> Result<Shared<T>> {
         let bytes = postcard::to_stdvec(&value).map_err(|e| {
+            let why = crate::codec::ser_failure(&value, &e);
             Error::new(
                 ErrorKind::Serialization,
-                format!("the value of a Shared could not be serialized: {e}"),
+                format!("the value of a Shared could not be serialized: {why}"),
             )
         })?;
         let segment = Segment::create(backend, &bytes)?;
