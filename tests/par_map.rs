@@ -464,3 +464,54 @@ fn vecs_of_plain_numbers_round_trip_exactly() {
     let child = Process::spawn(reverse_bytes, vec![1, 2, 3]).unwrap();
     assert_eq!(child.join().unwrap(), [3, 2, 1]);
 }
+
+/// Several plain-number arguments, and tuples of plain numbers, travel as their fields'
+/// bytes; with one field that is not a plain number, as postcard.
+#[parallel]
+fn mix(a: u8, b: f64, c: [i16; 2]) -> (f64, u8, i64) {
+    (
+        b * 2.0,
+        a.wrapping_add(1),
+        i64::from(c[0]) * i64::from(c[1]),
+    )
+}
+
+#[parallel]
+fn mix_postcard(a: u8, b: f64, c: [i16; 2], _tag: bool) -> (f64, u8, i64) {
+    (
+        b * 2.0,
+        a.wrapping_add(1),
+        i64::from(c[0]) * i64::from(c[1]),
+    )
+}
+
+#[parallel]
+fn swap(pair: (u32, i8)) -> (i8, u32) {
+    (pair.1, pair.0)
+}
+
+#[test]
+fn tuples_of_plain_numbers_round_trip_exactly() {
+    let args: Vec<(u8, f64, [i16; 2])> = (0..20_000u32)
+        .map(|i| (i as u8, f64::from(i) * -0.75, [i as i16, -(i as i16)]))
+        .collect();
+    let expected: Vec<(f64, u8, i64)> = args.iter().map(|&(a, b, c)| mix(a, b, c)).collect();
+    assert_eq!(args.par_map(mix).unwrap(), expected);
+    let tagged: Vec<_> = args.iter().map(|&(a, b, c)| (a, b, c, true)).collect();
+    assert_eq!(tagged.par_map(mix_postcard).unwrap(), expected);
+
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(pool.apply(mix, args[7]).unwrap(), expected[7]);
+    assert_eq!(pool.apply_async(mix, args[9]).get().unwrap(), expected[9]);
+    let streamed: Vec<_> = pool
+        .imap(mix, args[..100].to_vec())
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(streamed, expected[..100]);
+    assert_eq!(
+        pool.apply(swap, (u32::MAX, -128)).unwrap(),
+        (-128, u32::MAX)
+    );
+    let child = Process::spawn(swap, (5, 6)).unwrap();
+    assert_eq!(child.join().unwrap(), (6, 5));
+}

@@ -5,90 +5,21 @@
 //! copy into the frame, and a chunk of results is one copy out of it, where postcard
 //! costs a varint encode and decode per item. A `Vec` of plain numbers travels as its
 //! length and then its elements' bytes, one copy each way, where postcard encodes and
-//! decodes element by element (a 50 MB `Vec<u8>` took 6.6 ns a byte). `#[parallel]`
-//! picks the raw layouts when it sees such a type in the signature; both processes run
-//! the same binary, so they agree.
+//! decodes element by element (a 50 MB `Vec<u8>` took 6.6 ns a byte); a tuple of plain
+//! numbers (the arguments of a task that takes several) as its fields' bytes, one after
+//! another. `#[parallel]` picks the raw layouts when it sees such types in the
+//! signature; both processes run the same binary, so they agree.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::protocol::encode_into;
 
+mod raw;
 mod why;
 
-/// Types whose bytes are the whole of their value: no padding, every bit pattern valid,
-/// and serde encodes them as just their number. Sealed.
-pub trait RawItem: bytemuck::Pod + private::Sealed {}
-
-mod private {
-    pub trait Sealed {}
-}
-
-macro_rules! raw_items {
-    ($($t:ty)*) => {$(
-        impl private::Sealed for $t {}
-        impl RawItem for $t {}
-    )*};
-}
-raw_items!(u8 u16 u32 u64 u128 usize i8 i16 i32 i64 i128 isize f32 f64);
-
-impl<T: RawItem, const N: usize> private::Sealed for [T; N] where [T; N]: bytemuck::Pod {}
-impl<T: RawItem, const N: usize> RawItem for [T; N] where [T; N]: bytemuck::Pod {}
-
-/// The raw layout of `T`: typed operations, made only for a [`RawItem`] type.
-pub struct Raw<T> {
-    size: usize,
-    as_bytes: fn(&[T]) -> &[u8],
-    put: fn(&T, &mut Vec<u8>) -> postcard::Result<()>,
-    take: fn(&mut Reader<'_>) -> postcard::Result<T>,
-    extend: fn(&[u8], &mut Vec<T>),
-}
-
-impl<T> Clone for Raw<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<T> Copy for Raw<T> {}
-
-impl<T: RawItem> Raw<T> {
-    /// The raw layout of `T`.
-    pub const fn new() -> Self {
-        Raw {
-            size: size_of::<T>(),
-            as_bytes: bytemuck::cast_slice::<T, u8>,
-            put: put_raw::<T>,
-            take: take_raw::<T>,
-            extend: extend_raw::<T>,
-        }
-    }
-}
-
-impl<T: RawItem> Default for Raw<T> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Appends the bytes of one value to `out`.
-#[inline(always)]
-fn put_raw<T: RawItem>(value: &T, out: &mut Vec<u8>) -> postcard::Result<()> {
-    out.extend_from_slice(bytemuck::bytes_of(value));
-    Ok(())
-}
-
-/// Reads the bytes of the next value.
-#[inline(always)]
-fn take_raw<T: RawItem>(reader: &mut Reader<'_>) -> postcard::Result<T> {
-    match reader.rest.split_at_checked(size_of::<T>()) {
-        Some((value, rest)) => {
-            reader.rest = rest;
-            Ok(bytemuck::pod_read_unaligned(value))
-        }
-        None => Err(postcard::Error::DeserializeUnexpectedEnd),
-    }
-}
+pub use raw::{Parts, Raw, RawItem, RawTuple};
+use raw::{put_raw, put_raw_vec, take_raw, take_raw_vec};
 
 /// Reads the postcard encoding of the next value.
 #[inline(always)]
@@ -98,86 +29,11 @@ fn take_postcard<T: DeserializeOwned>(reader: &mut Reader<'_>) -> postcard::Resu
     Ok(value)
 }
 
-/// Appends the values held in `bytes` (a whole number of them) to `out`, with one copy.
-fn extend_raw<T: RawItem>(bytes: &[u8], out: &mut Vec<T>) {
-    let start = out.len();
-    out.resize(start + bytes.len() / size_of::<T>(), T::zeroed());
-    bytemuck::cast_slice_mut::<T, u8>(&mut out[start..]).copy_from_slice(bytes);
-}
-
-/// The raw layout of a `Vec` of plain numbers: its length (a `u64`), then its
-/// elements' bytes. Made only for `Vec<E>` with `E` a [`RawItem`].
-pub struct RawVec<T> {
-    put: fn(&T, &mut Vec<u8>) -> postcard::Result<()>,
-    take: fn(&mut Reader<'_>) -> postcard::Result<T>,
-}
-
-impl<T> Clone for RawVec<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<T> Copy for RawVec<T> {}
-
-impl<E: RawItem> RawVec<Vec<E>> {
-    /// The raw layout of `Vec<E>`.
-    pub const fn new() -> Self {
-        RawVec {
-            put: put_raw_vec::<E>,
-            take: take_raw_vec::<E>,
-        }
-    }
-}
-
-impl<E: RawItem> Default for RawVec<Vec<E>> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Appends the length of `values`, then their bytes, to `out`.
-// `&Vec<E>`: the signature of a `put` for values of type `Vec<E>`.
-#[allow(clippy::ptr_arg)]
-#[inline(always)]
-fn put_raw_vec<E: RawItem>(values: &Vec<E>, out: &mut Vec<u8>) -> postcard::Result<()> {
-    out.extend_from_slice(&(values.len() as u64).to_le_bytes());
-    crate::protocol::extend_frame(out, bytemuck::cast_slice(values));
-    Ok(())
-}
-
-/// Reads a length, then that many values, in one copy.
-#[inline(always)]
-fn take_raw_vec<E: RawItem>(reader: &mut Reader<'_>) -> postcard::Result<Vec<E>> {
-    let (len, rest) = reader
-        .rest
-        .split_first_chunk::<8>()
-        .ok_or(postcard::Error::DeserializeUnexpectedEnd)?;
-    // A length the rest of the body cannot hold is refused before anything is allocated.
-    let bytes = usize::try_from(u64::from_le_bytes(*len))
-        .ok()
-        .and_then(|n| n.checked_mul(size_of::<E>()))
-        .filter(|&n| n <= rest.len())
-        .ok_or(postcard::Error::DeserializeUnexpectedEnd)?;
-    let (values, rest) = rest.split_at(bytes);
-    reader.rest = rest;
-    // One copy into memory allocated for it; zeroing it first would cost a second pass
-    // where the bytes do not sit aligned for `E`.
-    Ok(match bytemuck::try_cast_slice::<u8, E>(values) {
-        Ok(aligned) => aligned.to_vec(),
-        Err(_) => {
-            let mut out = vec![E::zeroed(); bytes / size_of::<E>().max(1)];
-            bytemuck::cast_slice_mut::<E, u8>(&mut out).copy_from_slice(values);
-            out
-        }
-    })
-}
-
-/// A task's layout for one side (its argument or its result): raw, a raw `Vec`, or
-/// postcard.
+/// A task's layout for one side (its argument or its result): raw, in raw parts (a
+/// `Vec` or a tuple of plain numbers), or postcard.
 pub struct Codec<T> {
     raw: Option<Raw<T>>,
-    raw_vec: Option<RawVec<T>>,
+    parts: Option<Parts<T>>,
 }
 
 impl<T> Clone for Codec<T> {
@@ -192,22 +48,22 @@ impl<T> Codec<T> {
     /// Postcard, for any serde type.
     pub const POSTCARD: Self = Codec {
         raw: None,
-        raw_vec: None,
+        parts: None,
     };
 
     /// Raw bytes, for plain numbers.
     pub const fn raw(raw: Raw<T>) -> Self {
         Codec {
             raw: Some(raw),
-            raw_vec: None,
+            parts: None,
         }
     }
 
-    /// A length and raw bytes, for a `Vec` of plain numbers.
-    pub const fn raw_vec(raw_vec: RawVec<T>) -> Self {
+    /// Raw parts, for a `Vec` or a tuple of plain numbers.
+    pub const fn parts(parts: Parts<T>) -> Self {
         Codec {
             raw: None,
-            raw_vec: Some(raw_vec),
+            parts: Some(parts),
         }
     }
 
@@ -232,9 +88,9 @@ impl<T: Serialize> Codec<T> {
     /// Appends one value to `out`.
     #[inline]
     pub(crate) fn put(&self, value: &T, out: &mut Vec<u8>) -> postcard::Result<()> {
-        match (self.raw, self.raw_vec) {
+        match (self.raw, self.parts) {
             (Some(raw), _) => (raw.put)(value, out),
-            (None, Some(raw_vec)) => (raw_vec.put)(value, out),
+            (None, Some(parts)) => (parts.put)(value, out),
             (None, None) => encode_into(out, value),
         }
     }
@@ -267,6 +123,10 @@ pub struct RawLayout;
 #[derive(Debug, Clone, Copy)]
 pub struct RawVecLayout;
 
+/// A tuple of plain numbers (a task's arguments, say): each field's bytes, in order.
+#[derive(Debug, Clone, Copy)]
+pub struct RawTupleLayout;
+
 /// Postcard, for any serde type.
 #[derive(Debug, Clone, Copy)]
 pub struct PostcardLayout;
@@ -286,7 +146,7 @@ impl<T: RawItem> Layout<T> for RawLayout {
 }
 
 impl<E: RawItem> Layout<Vec<E>> for RawVecLayout {
-    const CODEC: Codec<Vec<E>> = Codec::raw_vec(RawVec::new());
+    const CODEC: Codec<Vec<E>> = Codec::parts(Parts::raw_vec());
 
     #[inline(always)]
     fn put(value: &Vec<E>, out: &mut Vec<u8>) -> postcard::Result<()> {
@@ -296,6 +156,20 @@ impl<E: RawItem> Layout<Vec<E>> for RawVecLayout {
     #[inline(always)]
     fn take(reader: &mut Reader<'_>) -> postcard::Result<Vec<E>> {
         take_raw_vec(reader)
+    }
+}
+
+impl<T: RawTuple> Layout<T> for RawTupleLayout {
+    const CODEC: Codec<T> = Codec::parts(Parts::raw_tuple());
+
+    #[inline(always)]
+    fn put(value: &T, out: &mut Vec<u8>) -> postcard::Result<()> {
+        T::put_fields(value, out)
+    }
+
+    #[inline(always)]
+    fn take(reader: &mut Reader<'_>) -> postcard::Result<T> {
+        T::take_fields(reader)
     }
 }
 
@@ -365,9 +239,9 @@ impl<'a> Reader<'a> {
     /// The next value. A value that does not decode leaves the reader where it was.
     #[inline]
     pub(crate) fn take<T: DeserializeOwned>(&mut self, codec: &Codec<T>) -> postcard::Result<T> {
-        match (codec.raw, codec.raw_vec) {
+        match (codec.raw, codec.parts) {
             (Some(raw), _) => (raw.take)(self),
-            (None, Some(raw_vec)) => (raw_vec.take)(self),
+            (None, Some(parts)) => (parts.take)(self),
             (None, None) => take_postcard(self),
         }
     }
@@ -416,7 +290,7 @@ mod tests {
 
     #[test]
     fn vecs_of_plain_numbers_round_trip_as_their_bytes() {
-        let codec = Codec::raw_vec(RawVec::<Vec<u16>>::new());
+        let codec = Codec::parts(Parts::<Vec<u16>>::raw_vec());
         let mut body = Vec::new();
         codec.put(&vec![1, 0xffff, 3], &mut body).unwrap();
         codec.put(&Vec::new(), &mut body).unwrap();
@@ -430,7 +304,7 @@ mod tests {
         assert_eq!(codec.slice_bytes(&[vec![1]]), None);
         assert_eq!(codec.extend_raw(&body, 1, &mut Vec::new()), None);
 
-        let codec = Codec::raw_vec(RawVec::<Vec<[f32; 2]>>::new());
+        let codec = Codec::parts(Parts::<Vec<[f32; 2]>>::raw_vec());
         let mut body = Vec::new();
         codec
             .put(&vec![[1.5, -2.0], [f32::INFINITY, 0.25]], &mut body)
@@ -440,7 +314,7 @@ mod tests {
         assert_eq!(v, [[1.5, -2.0], [f32::INFINITY, 0.25]]);
 
         // Elements that do not sit aligned in the body are copied all the same.
-        let codec = Codec::raw_vec(RawVec::<Vec<u64>>::new());
+        let codec = Codec::parts(Parts::<Vec<u64>>::raw_vec());
         let mut body = vec![0xaa];
         codec.put(&vec![u64::MAX, 1, 1 << 63], &mut body).unwrap();
         let mut reader = Reader::new(&body[1..]);
@@ -449,8 +323,30 @@ mod tests {
     }
 
     #[test]
+    fn tuples_of_plain_numbers_are_their_fields_bytes() {
+        let codec = Codec::parts(Parts::<(u8, f64, [i16; 2])>::raw_tuple());
+        let mut body = Vec::new();
+        codec.put(&(7, -0.5, [-1, 300]), &mut body).unwrap();
+        codec.put(&(0, f64::INFINITY, [0, 0]), &mut body).unwrap();
+        assert_eq!(body.len(), 2 * (1 + 8 + 4));
+        assert_eq!(body[0], 7);
+        assert_eq!(body[1..9], (-0.5f64).to_le_bytes());
+        let mut reader = Reader::new(&body);
+        assert_eq!(reader.take(&codec).unwrap(), (7, -0.5, [-1, 300]));
+        assert_eq!(reader.take(&codec).unwrap(), (0, f64::INFINITY, [0, 0]));
+        assert!(reader.is_empty());
+        // A tuple cut short fails without moving the reader past its first fields.
+        let mut reader = Reader::new(&body[..12]);
+        assert!(matches!(
+            reader.take(&codec),
+            Err(postcard::Error::DeserializeUnexpectedEnd)
+        ));
+        assert_eq!(reader.rest().len(), 12);
+    }
+
+    #[test]
     fn a_vec_longer_than_its_body_is_refused_before_allocating() {
-        let codec = Codec::raw_vec(RawVec::<Vec<u64>>::new());
+        let codec = Codec::parts(Parts::<Vec<u64>>::raw_vec());
         for (len, tail) in [(2u64, 15usize), (1 << 60, 8), (u64::MAX, 8), (1, 0)] {
             let mut body = len.to_le_bytes().to_vec();
             body.resize(8 + tail, 0);

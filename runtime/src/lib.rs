@@ -41,7 +41,9 @@ pub use worker::in_worker;
 /// signatures here change without notice.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::codec::{Codec, Layout, PostcardLayout, RawItem, RawLayout, RawVecLayout};
+    pub use crate::codec::{
+        Codec, Layout, PostcardLayout, RawItem, RawLayout, RawTupleLayout, RawVecLayout,
+    };
     pub use crate::engine::current::CurrentGuard;
     pub use crate::pool::__with_pool_start as with_pool_start;
     pub use crate::task::{Failure, RunChunk, TASKS, Task, TaskEntry, run_chunk};

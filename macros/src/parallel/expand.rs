@@ -62,6 +62,7 @@ pub(crate) fn expand(task: &TaskFn) -> TokenStream {
     let layout = |wire: Wire| match wire {
         Wire::Raw => quote!(#private::RawLayout),
         Wire::RawVec => quote!(#private::RawVecLayout),
+        Wire::RawTuple => quote!(#private::RawTupleLayout),
         Wire::Postcard => quote!(#private::PostcardLayout),
     };
     let (arg_layout, ret_layout) = (layout(*arg_wire), layout(*ret_wire));

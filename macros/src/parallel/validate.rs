@@ -29,14 +29,39 @@ pub(crate) enum Wire {
     Raw,
     /// A `Vec` of plain numbers: its length, then its elements' bytes in one copy.
     RawVec,
+    /// A tuple of plain numbers (the arguments of a task that takes several): each
+    /// field's bytes, in order.
+    RawTuple,
 }
+
+/// The most fields a tuple of plain numbers may have to travel raw (the runtime's
+/// layouts stop there).
+const MAX_RAW_FIELDS: usize = 12;
 
 impl Wire {
     fn of(ty: &syn::Type) -> Wire {
-        if is_plain_number(ty) {
-            Wire::Raw
-        } else if vec_element(ty).is_some_and(is_plain_number) {
-            Wire::RawVec
+        match ty {
+            syn::Type::Tuple(t) => Wire::of_fields(t.elems.iter()),
+            syn::Type::Paren(p) => Wire::of(&p.elem),
+            syn::Type::Group(g) => Wire::of(&g.elem),
+            _ if is_plain_number(ty) => Wire::Raw,
+            _ if vec_element(ty).is_some_and(is_plain_number) => Wire::RawVec,
+            _ => Wire::Postcard,
+        }
+    }
+
+    /// The arguments of a task: one travels as its type does, several as a tuple.
+    fn of_args(args: &[syn::Type]) -> Wire {
+        match args {
+            [ty] => Wire::of(ty),
+            _ => Wire::of_fields(args.iter()),
+        }
+    }
+
+    /// A tuple of these fields.
+    fn of_fields<'a>(fields: impl ExactSizeIterator<Item = &'a syn::Type>) -> Wire {
+        if (1..=MAX_RAW_FIELDS).contains(&fields.len()) && { fields }.all(is_plain_number) {
+            Wire::RawTuple
         } else {
             Wire::Postcard
         }
@@ -126,10 +151,7 @@ pub(crate) fn validate(parsed: Parsed) -> Result<TaskFn, (TokenStream, syn::Erro
         None => Ok(TaskFn {
             krate,
             func,
-            arg_wire: match args.as_slice() {
-                [ty] => Wire::of(ty),
-                _ => Wire::Postcard,
-            },
+            arg_wire: Wire::of_args(&args),
             ret_wire: Wire::of(&ret),
             args,
             ret,
@@ -270,9 +292,31 @@ mod tests {
             ("VecDeque<u8>", Wire::Postcard),
             ("Box<[u8]>", Wire::Postcard),
             ("String", Wire::Postcard),
+            ("(u64, f32)", Wire::RawTuple),
+            ("(u8,)", Wire::RawTuple),
+            ("(u64, [u8; 4], i128)", Wire::RawTuple),
+            (
+                "(u8, u8, u8, u8, u8, u8, u8, u8, u8, u8, u8, u8)",
+                Wire::RawTuple,
+            ),
+            (
+                "(u8, u8, u8, u8, u8, u8, u8, u8, u8, u8, u8, u8, u8)",
+                Wire::Postcard,
+            ),
+            ("()", Wire::Postcard),
+            ("(u64, String)", Wire::Postcard),
+            ("(u64, (u64, u64))", Wire::Postcard),
         ] {
             assert_eq!(Wire::of(&syn::parse_str(ty).unwrap()), wire, "{ty}");
         }
+        let args = |tys: &[&str]| -> Vec<syn::Type> {
+            tys.iter().map(|t| syn::parse_str(t).unwrap()).collect()
+        };
+        assert_eq!(Wire::of_args(&args(&["u64", "f64"])), Wire::RawTuple);
+        assert_eq!(Wire::of_args(&args(&["u64"])), Wire::Raw);
+        assert_eq!(Wire::of_args(&args(&["(u64, u32)"])), Wire::RawTuple);
+        assert_eq!(Wire::of_args(&args(&["u64", "bool"])), Wire::Postcard);
+        assert_eq!(Wire::of_args(&args(&[])), Wire::Postcard);
     }
 
     #[test]
