@@ -257,6 +257,16 @@ impl Driver<'_> {
             }
             return;
         };
+        // Frames written while a call holds the worker's lane would wait behind it. The
+        // lane is taken from callers first (the kick keeps the worker from opening it
+        // again); if a call holds it already (claimed since this driver took the jobs),
+        // the jobs go back to the queue, for another worker.
+        live.lane.kick();
+        if !live.lane.close_for_write() {
+            self.shared.requeue_front(batch.into_iter());
+            self.note_if_idle();
+            return;
+        }
         self.wbuf.clear();
         release_dead_segments(live, &mut self.wbuf);
         let mut fds = Vec::new();

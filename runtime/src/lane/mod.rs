@@ -18,11 +18,17 @@
 //! with a time limit or a quota per worker (its driver enforces those, and it does not
 //! see lane calls).
 //!
+//! A driver about to write to its worker's socket kicks the worker (which then leaves
+//! the lane for its socket) and closes an open lane itself, so that no call claims the
+//! worker between the driver's taking a job and its write; if a call has claimed the
+//! lane already, the driver puts its jobs back in the queue, for another worker.
+//!
 //! The state word says whose turn it is; each arrow is a compare-and-swap by one side:
 //!
 //! ```text
 //!  CLOSED --worker--> OPEN --caller--> CLAIMED --caller--> POSTED --worker--> RUNNING
-//!         <--worker--      <--caller-- (too large: not posted)                    |
+//!         <--worker-- (or the driver)
+//!                          <--caller-- (too large: not posted)                    |
 //!                          <--caller-- (answer read) <-- ANSWERED <--worker------'
 //!
 //!  an answer larger than the buffer goes in parts:
@@ -282,6 +288,33 @@ impl Lane {
         self.exit_watch.as_ref().is_none_or(|fd| {
             crate::transport::readable_within(fd.as_raw_fd(), Duration::ZERO).unwrap_or(true)
         })
+    }
+
+    /// Before its driver writes to the worker's socket (after [`kick`](Self::kick), which
+    /// keeps the worker from opening the lane again): takes an open lane from callers,
+    /// so that no call can claim it and keep the frames waiting. False if a call holds
+    /// the lane already: frames written now would wait for it.
+    pub(crate) fn close_for_write(&self) -> bool {
+        let state = &self.header().turn.state;
+        loop {
+            match state.load(Ordering::Acquire) {
+                OPEN => {
+                    if state
+                        .compare_exchange(OPEN, CLOSED, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        return true;
+                    }
+                }
+                // Its caller is reading the answer, and opens the lane again at once;
+                // closing it under the caller would let the next call overwrite the
+                // answer being read.
+                ANSWERED => std::thread::yield_now(),
+                CLAIMED | POSTED | RUNNING | PART | TAKEN => return false,
+                // Closed (the worker is not watching it), or gone.
+                _ => return true,
+            }
+        }
     }
 
     /// Asks the worker to keep its lane open when it is next idle.

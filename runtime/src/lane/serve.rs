@@ -94,6 +94,10 @@ impl WorkerLane {
             let s = state.load(Ordering::Acquire);
             match s {
                 CLOSED => {
+                    // Closed by the driver (after a kick) or by the worker itself: a
+                    // kick seen now says which, so that a lane the driver closed is
+                    // not opened again under its write.
+                    kicked |= self.kicked();
                     if kicked {
                         return Ok(Idle::Kicked);
                     }

@@ -336,6 +336,76 @@ fn the_lane_tells_when_its_worker_has_exited() {
 }
 
 #[test]
+fn the_driver_takes_an_open_lane_from_callers_but_not_a_call_in_it() {
+    let lane = lane();
+    let state = &lane.header().turn.state;
+    for (s, closes, after) in [
+        (OPEN, true, CLOSED),
+        (CLOSED, true, CLOSED),
+        (GONE, true, GONE),
+        (CLAIMED, false, CLAIMED),
+        (POSTED, false, POSTED),
+        (RUNNING, false, RUNNING),
+        (PART, false, PART),
+        (TAKEN, false, TAKEN),
+    ] {
+        state.store(s, Ordering::SeqCst);
+        assert_eq!(lane.close_for_write(), closes, "state {s}");
+        assert_eq!(state.load(Ordering::SeqCst), after, "state {s}");
+    }
+    // An answer being read is left to its caller, who opens the lane again.
+    state.store(ANSWERED, Ordering::SeqCst);
+    let reader = {
+        let lane = Arc::clone(&lane);
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(50));
+            lane.header().turn.state.store(OPEN, Ordering::SeqCst);
+        })
+    };
+    assert!(lane.close_for_write());
+    reader.join().unwrap();
+    assert_eq!(state.load(Ordering::SeqCst), CLOSED);
+}
+
+#[test]
+fn a_lane_the_driver_closed_is_not_opened_again_before_the_worker_reads_its_socket() {
+    let lane = lane();
+    let mut worker = worker_of(&lane);
+    let server = thread::spawn(move || {
+        let mut run = |payload: &[u8], out: &mut Vec<u8>| Ok(reply(payload, 1, out));
+        worker
+            .serve(HANG, &|| false, &mut Vec::new(), &mut run)
+            .unwrap()
+    });
+    // A caller ready to claim the lane the moment it is closed (were it opened again,
+    // it would claim it, then give it back, so that the worker can leave).
+    let go = Arc::new(AtomicBool::new(false));
+    let claimer = {
+        let (lane, go) = (Arc::clone(&lane), Arc::clone(&go));
+        thread::spawn(move || {
+            while !go.load(Ordering::SeqCst) {
+                std::hint::spin_loop();
+            }
+            let mut claimed = 0;
+            for _ in 0..200_000 {
+                if lane.try_claim() {
+                    claimed += 1;
+                    lane.unclaim();
+                }
+            }
+            claimed
+        })
+    };
+    until_state(&lane, OPEN);
+    lane.kick();
+    assert!(lane.close_for_write());
+    go.store(true, Ordering::SeqCst);
+    assert_eq!(server.join().unwrap(), Idle::Kicked);
+    assert_eq!(claimer.join().unwrap(), 0, "a caller claimed the lane");
+    assert_eq!(lane.header().turn.state.load(Ordering::SeqCst), CLOSED);
+}
+
+#[test]
 fn closing_waits_for_the_call_in_flight() {
     let lane = lane();
     let worker = Server::start(&lane, 1, Duration::from_millis(200));
