@@ -45,6 +45,9 @@ struct Queue {
     /// A driver is polling `changes` for its next job; it takes the first job queued
     /// before it stops, so that job needs no wake-up of a sleeping driver.
     polling: bool,
+    /// Drivers asleep on `ready` waiting for a job (not those whose worker is in a lane
+    /// call: they wait for the call to end).
+    idle_sleeping: usize,
     /// By slot: a caller waiting in the lane of that slot's worker asks its driver to
     /// check that the worker still lives (an idle driver does not watch its socket).
     check: Vec<bool>,
@@ -113,6 +116,28 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl PoolShared {
+    /// The state of a pool of `config.workers` slots, none started yet.
+    fn new(config: PoolConfig) -> PoolShared {
+        let workers = config.workers;
+        PoolShared {
+            queue: Mutex::new(Queue {
+                jobs: VecDeque::new(),
+                closed: false,
+                busy: 0,
+                polling: false,
+                idle_sleeping: 0,
+                check: vec![false; workers],
+            }),
+            ready: Condvar::new(),
+            config,
+            pids: Mutex::new(vec![None; workers]),
+            terminated: AtomicBool::new(false),
+            changes: AtomicU64::new(0),
+            lanes: Mutex::new(vec![None; workers]),
+            lane_calls: AtomicUsize::new(0),
+        }
+    }
+
     /// The first job for the idle worker of `slot`, waiting for one; the driver counts
     /// as busy once it has it. Or a request to check the worker; or `Closed` once the
     /// pool is closed and drained.
@@ -120,7 +145,8 @@ impl PoolShared {
     /// While a call runs in the worker's lane (`lane`), the worker is busy though its
     /// driver holds nothing: the driver takes no job then (it would wait behind the
     /// call while another worker may be free), and looks again when woken or after
-    /// [`LANE_NAP`].
+    /// [`LANE_NAP`]. Woken while jobs are queued and other drivers sleep, it wakes them:
+    /// the wake-up was meant for a driver that can take a job.
     fn next_job(&self, slot: usize, lane: Option<&Lane>) -> Next {
         let mut q = lock(&self.queue);
         let mut polled = false;
@@ -133,6 +159,11 @@ impl PoolShared {
             if lane.is_some_and(Lane::in_call) {
                 if q.closed && q.jobs.is_empty() {
                     return Next::Closed;
+                }
+                if !q.jobs.is_empty() && q.idle_sleeping > 0 {
+                    // The wake-up meant for a job went to this driver (its worker was
+                    // claimed since): pass it on to one that can take the job.
+                    self.ready.notify_all();
                 }
                 q = self
                     .ready
@@ -162,7 +193,9 @@ impl PoolShared {
                 q.polling = false;
                 continue;
             }
+            q.idle_sleeping += 1;
             q = self.ready.wait(q).unwrap_or_else(PoisonError::into_inner);
+            q.idle_sleeping -= 1;
         }
     }
 
@@ -290,22 +323,7 @@ impl PoolCore {
             ));
         }
         let workers = config.workers;
-        let shared = Arc::new(PoolShared {
-            queue: Mutex::new(Queue {
-                jobs: VecDeque::new(),
-                closed: false,
-                busy: 0,
-                polling: false,
-                check: vec![false; workers],
-            }),
-            ready: Condvar::new(),
-            config,
-            pids: Mutex::new(vec![None; workers]),
-            terminated: AtomicBool::new(false),
-            changes: AtomicU64::new(0),
-            lanes: Mutex::new(vec![None; workers]),
-            lane_calls: AtomicUsize::new(0),
-        });
+        let shared = Arc::new(PoolShared::new(config));
         let (completions, completed) = mpsc::channel::<Completion>();
         let completion_thread = std::thread::Builder::new()
             .name("multiproc-results".into())
@@ -452,3 +470,6 @@ impl Drop for PoolCore {
         self.join();
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -283,6 +283,13 @@ impl Lane {
         )
     }
 
+    /// Puts the lane in a call's hands, as a caller's claim does (for tests of the parent's
+    /// side, which have no worker to open the lane).
+    #[cfg(test)]
+    pub(crate) fn claim_for_test(&self) {
+        self.header().turn.state.store(CLAIMED, Ordering::SeqCst);
+    }
+
     /// Whether the worker may have exited: its pidfd says so, or there is none to ask.
     pub(crate) fn worker_may_have_exited(&self) -> bool {
         self.exit_watch.as_ref().is_none_or(|fd| {
