@@ -602,6 +602,11 @@ fn takes_undeserializable(_u: Undeserializable) -> u8 {
     0
 }
 
+#[parallel]
+fn takes_them_deep_inside(_tag: u8, _u: Vec<Option<Undeserializable>>) -> u8 {
+    0
+}
+
 #[test]
 fn arguments_that_fail_to_deserialize_in_the_worker_say_why() {
     let pool = Pool::new(1).unwrap();
@@ -618,6 +623,18 @@ fn arguments_that_fail_to_deserialize_in_the_worker_say_why() {
     // Through the queue's path too (a stream of calls ends in the lane; a map does not).
     let items = [Undeserializable(1), Undeserializable(2)];
     let err = pool.map(takes_undeserializable, &items).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("this value refuses to be deserialized"),
+        "{err}"
+    );
+    // However deep inside the argument the value that refuses is.
+    let err = pool
+        .apply(
+            takes_them_deep_inside,
+            (1, vec![None, Some(Undeserializable(2))]),
+        )
+        .unwrap_err();
     assert!(
         err.to_string()
             .contains("this value refuses to be deserialized"),

@@ -196,32 +196,28 @@ impl<T> Layout<T> for PostcardLayout {
 /// Why `value` did not serialize (with `error`), in words. Postcard drops the message of
 /// an error that a `Serialize` impl makes with `custom` (its own text is just "Serde
 /// Serialization Error"); for those, the value is walked again by a serializer that
-/// keeps it ([`why::Probe`]). Runs only after a failure.
+/// keeps it ([`why::ser::Probe`]). Runs only after a failure.
 pub(crate) fn ser_failure<T: Serialize + ?Sized>(value: &T, error: &postcard::Error) -> String {
     if *error != postcard::Error::SerdeSerCustom {
         return error.to_string();
     }
-    match value.serialize(why::Probe) {
+    match value.serialize(why::ser::Probe) {
         Err(why) => why.0,
         Ok(()) => error.to_string(),
     }
 }
 
 /// Why `bytes` did not deserialize as a `T` (with `error`), in words: where postcard
-/// drops the message that the type's own `Deserialize` impl gave `custom` (or
-/// `invalid_value`, ...), the bytes are read again through a deserializer that keeps
-/// it. Only a message that the type's own impl raises itself survives this way (a
-/// `#[serde(try_from = ...)]` conversion that fails, say): one raised inside a visitor,
-/// or by a value nested inside, passes through postcard again on its way out, which
-/// drops it.
+/// drops the message that a `Deserialize` impl gave `custom` (or `invalid_value`, ...),
+/// the bytes are read again by a deserializer of postcard's format that keeps it
+/// ([`why::de::Reread`]), however deep the value that raised it. Runs only after a
+/// failure.
 pub(crate) fn de_failure<T: DeserializeOwned>(bytes: &[u8], error: &postcard::Error) -> String {
     if *error != postcard::Error::SerdeDeCustom {
         return error.to_string();
     }
-    let mut deserializer = postcard::Deserializer::from_bytes(bytes);
-    let mut erased = <dyn erased_serde::Deserializer>::erase(&mut deserializer);
-    match erased_serde::deserialize::<T>(&mut erased) {
-        Err(why) => why.to_string(),
+    match T::deserialize(&mut why::de::Reread::new(bytes)) {
+        Err(why) => why.0,
         Ok(_) => error.to_string(),
     }
 }
@@ -390,12 +386,11 @@ mod tests {
         // Postcard's own errors are its own words.
         let e = Reader::new(&[]).take(&codec).unwrap_err();
         assert_eq!(de_failure::<Even>(&[], &e), e.to_string());
-        // Raised by a value nested inside another (or inside a visitor), the message
-        // is postcard's again, as documented on `de_failure`.
-        let nested = postcard::to_stdvec(&(1u8, 3u32)).unwrap();
-        let codec = Codec::<(u8, Even)>::POSTCARD;
+        // However deep the value that raised it.
+        let nested = postcard::to_stdvec(&(1u8, vec![2u32, 3])).unwrap();
+        let codec = Codec::<(u8, Vec<Even>)>::POSTCARD;
         let e = Reader::new(&nested).take(&codec).unwrap_err();
-        assert_eq!(de_failure::<(u8, Even)>(&nested, &e), e.to_string());
+        assert_eq!(de_failure::<(u8, Vec<Even>)>(&nested, &e), "3 is odd");
 
         // Serialization keeps the message however deep it was raised.
         let cell = std::cell::RefCell::new(1u8);

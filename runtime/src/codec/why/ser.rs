@@ -1,35 +1,15 @@
-//! Why a value did not serialize, in its own words. Postcard keeps no message for an
-//! error that a `Serialize` impl makes with `custom` (its text is just "Serde
-//! Serialization Error"), so after such a failure the value is walked again by
-//! [`Probe`], a serializer that writes nothing and keeps the first message raised.
-
-use std::fmt;
+//! Why a value did not serialize, in its own words: [`Probe`], a serializer that writes
+//! nothing and keeps the first message raised.
 
 use serde::Serialize;
 use serde::ser::{self, Serializer};
 
-/// An error that keeps its message.
-#[derive(Debug)]
-pub(super) struct Why(pub String);
-
-impl fmt::Display for Why {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Why {}
-
-impl ser::Error for Why {
-    fn custom<T: fmt::Display>(msg: T) -> Self {
-        Why(msg.to_string())
-    }
-}
+use super::Why;
 
 /// Walks a value the way a serializer sees it, writing nothing: its only result is the
 /// first error the value's impls raise, message and all. Not human-readable, as
 /// postcard is not, so that impls take the same branch as they did for postcard.
-pub(super) struct Probe;
+pub(crate) struct Probe;
 
 /// The methods for values with nothing inside: nothing to do.
 macro_rules! leaves {
