@@ -20,6 +20,15 @@ macro_rules! leaves {
     )*};
 }
 
+/// The methods that open a compound value: the probe walks its parts itself.
+macro_rules! openers {
+    ($($method:ident($($arg:ty),*);)*) => {$(
+        fn $method(self, $(_: $arg),*) -> Result<Probe, Why> {
+            Ok(Probe)
+        }
+    )*};
+}
+
 impl Serializer for Probe {
     type Ok = ();
     type Error = Why;
@@ -76,44 +85,14 @@ impl Serializer for Probe {
         value.serialize(Probe)
     }
 
-    fn serialize_seq(self, _: Option<usize>) -> Result<Probe, Why> {
-        Ok(Probe)
-    }
-
-    fn serialize_tuple(self, _: usize) -> Result<Probe, Why> {
-        Ok(Probe)
-    }
-
-    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Probe, Why> {
-        Ok(Probe)
-    }
-
-    fn serialize_tuple_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Probe, Why> {
-        Ok(Probe)
-    }
-
-    fn serialize_map(self, _: Option<usize>) -> Result<Probe, Why> {
-        Ok(Probe)
-    }
-
-    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Probe, Why> {
-        Ok(Probe)
-    }
-
-    fn serialize_struct_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Probe, Why> {
-        Ok(Probe)
+    openers! {
+        serialize_seq(Option<usize>);
+        serialize_tuple(usize);
+        serialize_tuple_struct(&'static str, usize);
+        serialize_tuple_variant(&'static str, u32, &'static str, usize);
+        serialize_map(Option<usize>);
+        serialize_struct(&'static str, usize);
+        serialize_struct_variant(&'static str, u32, &'static str, usize);
     }
 
     fn is_human_readable(&self) -> bool {
