@@ -41,9 +41,9 @@
 //! ```
 //!
 //! The buffer belongs to whoever's turn it is: the caller from CLAIMED to POSTED and in
-//! PART and ANSWERED, the worker in POSTED, RUNNING and TAKEN. Waiting looks at the state for a
-//! short while (yielding the core now and then), then sleeps on it as a futex; a side
-//! that changes the state wakes the other only if it sleeps.
+//! PART and ANSWERED, the worker in POSTED, RUNNING and TAKEN. Waiting looks at the
+//! state for a short while (yielding the core now and then), then sleeps on it as a
+//! futex; a side that changes the state wakes the other only if it sleeps.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Mutex;
