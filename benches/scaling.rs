@@ -86,7 +86,7 @@ fn main() -> multiproc::Result<()> {
 
     println!(
         "\n## 24 equal CPU-bound tasks: speedup vs one sequential loop \
-         (median of 5 back-to-back pairs of runs)"
+         (median of 9 back-to-back pairs of runs)"
     );
     const ROUNDS: u64 = 20_000_000;
     let tasks = vec![ROUNDS; 24];
@@ -133,7 +133,7 @@ fn main() -> multiproc::Result<()> {
 fn uneven_burst(workers: &[usize]) -> multiproc::Result<()> {
     println!(
         "\n## 24 uneven apply_async tasks, long ones first: speedup vs sequential \
-         (median of 5 back-to-back pairs of runs)"
+         (median of 9 back-to-back pairs of runs)"
     );
     let tasks: Vec<u64> = (0..24)
         .map(|i| if i < 6 { 60_000_000 } else { 5_000_000 })

@@ -192,9 +192,13 @@ pub fn queue_rate(pool: &Pool, produce: ProduceTask, producers: usize, n: u64) -
     )
 }
 
-/// Sequential time over parallel time: the median of the ratios of 5 pairs of runs, each
-/// pair run back to back (after one untimed parallel run), so that a slow minute of this
-/// shared machine hits both sides of a ratio alike.
+/// How many pairs of a sequential and a parallel run a speedup is the median of (the
+/// Python script `peers/cpu_bound.py` runs as many).
+pub const SPEEDUP_PAIRS: usize = 9;
+
+/// Sequential time over parallel time: the median of the ratios of [`SPEEDUP_PAIRS`]
+/// pairs of runs, each pair run back to back (after one untimed parallel run), so that a
+/// slow minute of this shared machine hits both sides of a ratio alike.
 pub fn speedup(seq: &mut dyn FnMut(), par: &mut dyn FnMut()) -> f64 {
     par();
     let timed = |f: &mut dyn FnMut()| {
@@ -202,7 +206,11 @@ pub fn speedup(seq: &mut dyn FnMut(), par: &mut dyn FnMut()) -> f64 {
         f();
         t.elapsed().as_secs_f64()
     };
-    median((0..5).map(|_| timed(seq) / timed(par)).collect())
+    median(
+        (0..SPEEDUP_PAIRS)
+            .map(|_| timed(seq) / timed(par))
+            .collect(),
+    )
 }
 
 /// Integer work that the optimiser cannot skip: `n` multiply-adds (~0.75 ns each here).

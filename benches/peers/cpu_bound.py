@@ -1,5 +1,5 @@
 """Python's multiprocessing.Pool(2) (fork) on 24 equal CPU-bound tasks, beside the same
-tasks run one after another; 5 pairs of a sequential and a pool run, back to back, so that
+tasks run one after another; 9 pairs of a sequential and a pool run, back to back, so that
 a slow minute of a shared machine hits both sides of a pair alike. Prints
 `seq_s=<s> pool_s=<s> speedup=<x>`: the median times, and the median of the pairs' ratios
 (the figure `cargo bench --bench peers` shows)."""
@@ -23,7 +23,7 @@ def main():
     par = []
     with get_context("fork").Pool(2) as pool:
         pool.map(burn, [10] * 4)
-        for _ in range(5):
+        for _ in range(9):
             t = time.perf_counter()
             [burn(x) for x in tasks]
             seq.append(time.perf_counter() - t)
