@@ -257,10 +257,11 @@ impl Driver<'_> {
             }
             return;
         };
-        // Frames written while a call holds the worker's lane would wait behind it. The
-        // lane is taken from callers first (the kick keeps the worker from opening it
-        // again); if a call holds it already (claimed since this driver took the jobs),
-        // the jobs go back to the queue, for another worker.
+        // A worker watching its lane goes to its socket (the kick also keeps it from
+        // opening the lane again). Frames written while a call holds the lane would wait
+        // behind it: the lane is taken from callers first; if a call holds it already
+        // (claimed since this driver took the jobs), the jobs go back to the queue, for
+        // another worker.
         live.lane.kick();
         if !live.lane.close_for_write() {
             self.shared.requeue_front(batch.into_iter());
@@ -317,8 +318,6 @@ impl Driver<'_> {
         let Some(live) = self.worker.as_ref() else {
             return self.drop_writes();
         };
-        // A worker watching its lane goes to its socket.
-        live.lane.kick();
         while self.write_pending() {
             match transport::send_now(&live.process.stream, &self.wbuf[self.written..], &self.wfds)
             {
