@@ -27,6 +27,9 @@ pub(crate) struct Encoded {
     pub count: u32,
     /// Segments the items' handles refer to.
     pub attachments: Vec<Arc<crate::shm::Entry>>,
+    /// The `SharedChunkMut` ranges the items lend to the task: held until it has
+    /// answered, or its worker is dead and reaped.
+    pub leases: Vec<crate::shm::Lease>,
 }
 
 /// Encodes up to `max` items from `items` (at least one, if there is one) into a `Run`
@@ -47,7 +50,7 @@ pub(crate) fn encode_chunk<T: Serialize>(
     protocol::begin_run(&mut frame, chunk, 0, task);
     let body_at = frame.len();
     let mut count = 0usize;
-    let (encoded, attachments) = crate::shm::collect(|| {
+    let (encoded, attachments, leases) = crate::shm::collect(|| {
         for item in items.take(max) {
             codec.put(item.borrow(), &mut frame).map_err(|e| {
                 let why = crate::codec::ser_failure(item.borrow(), &e);
@@ -74,6 +77,7 @@ pub(crate) fn encode_chunk<T: Serialize>(
         body_at,
         count: count as u32,
         attachments,
+        leases,
     }))
 }
 
@@ -106,6 +110,7 @@ pub(crate) fn encode_slice<T: Serialize>(
         body_at,
         count: items.len() as u32,
         attachments: Vec::new(),
+        leases: Vec::new(),
     }))
 }
 

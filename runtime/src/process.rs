@@ -140,7 +140,7 @@ impl ProcessBuilder {
 fn keep(
     task: &'static str,
     daemon: bool,
-    enc: chunk::Encoded,
+    mut enc: chunk::Encoded,
     started: mpsc::Sender<Result<Arc<Shared>>>,
 ) {
     let shm = ShmConfig::default();
@@ -186,10 +186,14 @@ fn keep(
             return;
         }
     };
+    // The ranges the argument lends go back once the child is reaped, not before: a
+    // child that dies without answering may have been writing them to the end.
+    let leases = std::mem::take(&mut enc.leases);
     let answer = run_one(&worker.stream, enc, shm);
     drop(worker.stream);
     lock(&shared.state).reaping = true;
     let status = spawn::reap(&mut worker.child, Duration::from_secs(1));
+    drop(leases);
     let outcome = match answer {
         Some((count, nanos, body, values_len)) => Reply::Done {
             first_index: 0,

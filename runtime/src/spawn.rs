@@ -53,7 +53,8 @@ pub(crate) fn start_worker(program: &Path) -> Result<WorkerProcess> {
     if let Some(arg0) = std::env::args_os().next() {
         cmd.arg0(arg0);
     }
-    let token = crate::shm::segment::random_u64();
+    let token = crate::shm::segment::random_u64("the worker's token")
+        .map_err(|e| Error::new(ErrorKind::Spawn, e.message()))?;
     // The child's end becomes its standard input, the only descriptor it inherits besides
     // stdout and stderr (both ends are close-on-exec here, so no other child ever holds
     // it); the worker moves it elsewhere and reopens stdin on /dev/null.

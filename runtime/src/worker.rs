@@ -297,8 +297,16 @@ pub(crate) fn progress_item(record: u64, chunk: u64) -> Option<u32> {
 /// The parent closed the socket: it is done with us or gone. Leave at once; finish
 /// writing buffered output only if no task is in the middle of printing.
 fn exit_on_parent_gone() -> ! {
+    // The serving thread and the hang-up watcher may both get here: the first one
+    // leaves, the other waits for it, so that nothing is cut short half-way.
+    static LEAVING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _leaving = LEAVING.lock();
     if !BUSY.load(Ordering::SeqCst) {
         let _ = std::io::stdout().flush();
+        // Let go of the segments the parent sent, as a release frame would have: the
+        // last process to let go of a queue removes its large messages (`queue::life`).
+        // Only Arcs are dropped: a handle still in use keeps its own.
+        crate::shm::release_all();
     }
     // SAFETY: `_exit` ends the process without running destructors or atexit handlers,
     // which is what we want while another thread may be inside user code.

@@ -142,6 +142,14 @@ pub(crate) fn validate(parsed: Parsed) -> Result<TaskFn, (TokenStream, syn::Erro
         syn::ReturnType::Default => syn::parse_quote!(()),
         syn::ReturnType::Type(_, ty) => {
             check_type(ty, "result", &mut fail);
+            if let Some(range) = find_range_handle(ty) {
+                fail(
+                    range,
+                    "a #[parallel] function cannot return a `SharedChunkMut`: a range stays in \
+                     the task it was sent to, so that no two processes write it; write the \
+                     range here and return the data, or nothing",
+                );
+            }
             (**ty).clone()
         }
     };
@@ -163,6 +171,25 @@ pub(crate) fn validate(parsed: Parsed) -> Result<TaskFn, (TokenStream, syn::Erro
             Err((func.into_token_stream(), first))
         }
     }
+}
+
+/// The first path segment named `SharedChunkMut` anywhere in `ty` (a tuple, an
+/// `Option`, a `Vec`, ...). By name: an alias hides it, and the runtime then refuses it
+/// when the result is serialized in the worker.
+fn find_range_handle(ty: &syn::Type) -> Option<&syn::PathSegment> {
+    use syn::visit::Visit;
+    struct Find<'a>(Option<&'a syn::PathSegment>);
+    impl<'a> Visit<'a> for Find<'a> {
+        fn visit_path_segment(&mut self, seg: &'a syn::PathSegment) {
+            if self.0.is_none() && seg.ident == "SharedChunkMut" {
+                self.0 = Some(seg);
+            }
+            syn::visit::visit_path_segment(self, seg);
+        }
+    }
+    let mut find = Find(None);
+    find.visit_type(ty);
+    find.0
 }
 
 /// Rejects borrowed and `impl Trait` types, which cannot cross a process boundary. Other

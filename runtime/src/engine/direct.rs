@@ -33,7 +33,11 @@ impl PoolCore {
     pub(crate) fn call_direct(&self, task: &'static str, enc: &Encoded) -> Direct {
         let shm = self.shared.config.shm;
         let (header, body) = enc.frame.split_at(enc.body_at);
-        if !enc.attachments.is_empty() || body.len() > shm.threshold || enc.frame.len() > CAPACITY {
+        if !enc.attachments.is_empty()
+            || !enc.leases.is_empty()
+            || body.len() > shm.threshold
+            || enc.frame.len() > CAPACITY
+        {
             return Direct::NotRun;
         }
         let shared = &self.shared;

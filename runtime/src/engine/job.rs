@@ -24,6 +24,11 @@ pub(crate) struct Job {
     pub body_at: usize,
     /// The segments the chunk's handles refer to; held until the job is done.
     pub attachments: Vec<Arc<crate::shm::Entry>>,
+    /// The ranges the chunk lends to its task. Given back right before the reply, which
+    /// is sent only once the task answered or its worker is dead and reaped (a job that
+    /// goes back to the queue keeps them). Before, not after: a caller woken by the
+    /// reply may read the slice at once.
+    leases: Vec<crate::shm::Lease>,
     /// The one-shot segment holding the body, once the driver moved it out of line.
     pub oneshot: Option<crate::shm::Segment>,
     /// How many workers were given this chunk (more than one after retries).
@@ -149,6 +154,7 @@ impl Job {
             frame: enc.frame,
             body_at: enc.body_at,
             attachments: enc.attachments,
+            leases: enc.leases,
             oneshot: None,
             attempts: 1,
             bounced: 0,
@@ -165,6 +171,7 @@ impl Job {
 
     /// Sends the job's reply. A caller that went away is not an error.
     pub(crate) fn reply(mut self, reply: Reply) {
+        self.leases.clear();
         if let Some(to) = self.reply.take() {
             deliver(to, reply);
         }
@@ -208,6 +215,7 @@ fn deliver(to: ReplyTo, reply: Reply) {
 
 impl Drop for Job {
     fn drop(&mut self) {
+        self.leases.clear();
         if let Some(to) = self.reply.take() {
             let error = Error::new(ErrorKind::Closed, "the pool shut down before the item ran")
                 .with_task(self.task)

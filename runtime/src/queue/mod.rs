@@ -1,5 +1,7 @@
 //! [`Queue<T>`]: a cross-process, multi-producer multi-consumer queue in shared memory.
 
+mod life;
+mod lock;
 mod ring;
 
 use std::marker::PhantomData;
@@ -9,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use self::life::Life;
 use self::ring::{HEADER_BYTES, Ring, Stop};
 use crate::error::{Error, ErrorKind, Result};
 use crate::shm::{Entry, Pages, Segment, SegmentDesc, ShmBackend};
@@ -32,9 +35,11 @@ const INLINE_MAX: usize = 256 << 10;
 /// `put` waits while a bounded queue is full (that is its back-pressure); `get` waits
 /// while it is empty. After [`close`](Self::close), `put` is [`ErrorKind::Closed`] and
 /// `get` returns what is left, then [`ErrorKind::Closed`]. Messages are serde values of
-/// any size; large ones travel through shared memory of their own. The queue lives in a
-/// shared-memory ring; a process killed in the middle of a `put` or `get` leaves it
-/// consistent and unlocked (see the module documentation of the ring).
+/// any size; one over 256 KiB travels in a named shared-memory segment of its own,
+/// which lives until it is read or no process holds the queue any more, whoever put it
+/// (see `queue::life` in the source). The queue lives in a shared-memory ring; a process
+/// killed in the middle of a `put` or `get` leaves it consistent and unlocked (see the
+/// module documentation of the ring).
 ///
 /// Create queues in the parent: a worker can use any queue it is given, but a handle to
 /// a queue made in a worker cannot be sent to another process (it is an error there).
@@ -89,9 +94,12 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn with_ring(bytes: usize, max_count: u64) -> Result<Queue<T>> {
+        life::sweep_once();
         let segment =
             Segment::create_writable(ShmBackend::Memfd, HEADER_BYTES + bytes, Pages::Now)?;
         let entry = Entry::new(segment);
+        let id = entry.segment.id();
+        entry.keep_with(|| Life::create(id))?;
         crate::shm::register_created(&entry);
         let queue = Queue::from_entry(entry)?;
         queue.ring.init(max_count);
@@ -99,6 +107,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn from_entry(entry: Arc<Entry>) -> Result<Queue<T>> {
+        // The creator made it already; another process joins here, once.
+        let id = entry.segment.id();
+        entry.keep_with(|| Life::join(id))?;
         let base = entry.segment.as_mut_ptr().ok_or_else(|| {
             Error::new(
                 ErrorKind::Protocol,
@@ -116,8 +127,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// Encodes `value` as a message into `msg` (cleared first): inline, or the descriptor
-    /// of a segment holding it.
-    fn encode(&self, value: &T, msg: &mut Vec<u8>) -> Result<()> {
+    /// of a segment holding it. The segment is returned: it is removed when dropped,
+    /// unless the message was put (see [`Queue::put_until`]).
+    fn encode(&self, value: &T, msg: &mut Vec<u8>) -> Result<Option<Segment>> {
         let ser = |why: String| {
             Error::new(
                 ErrorKind::Serialization,
@@ -129,14 +141,15 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         crate::protocol::encode_into(msg, value)
             .map_err(|e| ser(crate::codec::ser_failure(value, &e)))?;
         if msg.len() <= INLINE_MAX {
-            return Ok(());
+            return Ok(None);
         }
         let body = &msg[1..];
-        let mut seg = Segment::create(ShmBackend::Posix, body)?;
-        seg.leave_name_to_receiver();
+        let n = crate::shm::segment::random_u64("a queue message's name")?;
+        let seg = Segment::create_named(life::message_name(self.entry.segment.id(), n), body)?;
         msg.clear();
         msg.push(IN_SEGMENT);
-        crate::protocol::encode_into(msg, seg.desc()).map_err(|e| ser(e.to_string()))
+        crate::protocol::encode_into(msg, seg.desc()).map_err(|e| ser(e.to_string()))?;
+        Ok(Some(seg))
     }
 
     fn decode(&self, msg: &[u8]) -> Result<T> {
@@ -173,10 +186,16 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         }
         SCRATCH.with(|scratch| {
             let mut msg = scratch.take();
-            let result = self.encode(value, &mut msg).and_then(|()| {
+            let result = self.encode(value, &mut msg).and_then(|seg| {
                 self.ring
                     .put(&msg, deadline)
-                    .map_err(|s| stop_error(s, "put"))
+                    .map_err(|s| stop_error(s, "put"))?;
+                // Put: the consumer that takes it removes the name (or the queue's last
+                // holder does). Not put: dropping `seg` removes it now.
+                if let Some(mut seg) = seg {
+                    seg.leave_name_to_receiver();
+                }
+                Ok(())
             });
             if msg.capacity() <= 1 << 20 {
                 scratch.replace(msg);

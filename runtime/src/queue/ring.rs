@@ -1,12 +1,13 @@
 //! The shared ring behind [`Queue`](super::Queue): a header and a byte ring in one
 //! writable shared-memory segment, mapped by every process that holds the queue.
 //!
-//! - Two tiny locks (the holder's thread id in one word each): one for producers, one
-//!   for consumers, so a put and a get never wait for each other. A lock is only held
-//!   while bytes are copied, never across a system call. A process killed while holding
-//!   one leaves its id behind; the next process that finds it held by a thread that no
-//!   longer exists takes it over. The producers' and the consumers' fields sit on cache
-//!   lines of their own.
+//! - Two tiny locks (the holder's thread id and start time in one word each): one for
+//!   producers, one for consumers, so a put and a get never wait for each other. A lock
+//!   is only held while bytes are copied, never across a system call. A process killed
+//!   while holding one leaves its identity behind; the next process that finds it held
+//!   by a thread that no longer exists (or whose id now belongs to a thread that started
+//!   later) takes it over (see [`super::lock`]). The producers' and the consumers'
+//!   fields sit on cache lines of their own.
 //! - Every change is committed by a single store at the end (`tail` and the count of
 //!   messages put, packed in one word, for a put; `head` and the count taken for a get),
 //!   so a process killed half-way leaves the ring as it was before: its message was not
@@ -38,7 +39,8 @@ pub(crate) struct Header {
 /// One side's lock and what it has committed.
 #[repr(C, align(64))]
 struct Side {
-    lock: AtomicU32,
+    /// The holder's identity (see [`super::lock`]), or 0.
+    lock: AtomicU64,
     /// This side's byte offset and message count, packed (see [`pack`]): `tail` and
     /// messages put for producers, `head` and messages taken for consumers. One store
     /// commits a put or a get.
@@ -127,21 +129,6 @@ unsafe impl Send for Ring {}
 // SAFETY: see `Send`.
 unsafe impl Sync for Ring {}
 
-/// This thread's id, asked of the kernel once per thread.
-fn gettid() -> u32 {
-    thread_local! {
-        // SAFETY: gettid has no preconditions.
-        static TID: u32 = unsafe { libc::syscall(libc::SYS_gettid) as u32 };
-    }
-    TID.with(|t| *t)
-}
-
-fn thread_alive(tid: u32) -> bool {
-    // SAFETY: signal 0 only checks that the thread (or process) exists.
-    let rc = unsafe { libc::kill(tid as libc::pid_t, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
 /// Bumps `word` and wakes its sleepers.
 fn ring_bell(word: &AtomicU32) {
     word.fetch_add(1, Ordering::SeqCst);
@@ -151,14 +138,6 @@ fn ring_bell(word: &AtomicU32) {
 /// After a commit: wakes the other side if any of it sleeps.
 fn wake_if_waiting(waiting: &AtomicU32, word: &AtomicU32) {
     crate::futex::if_sleeping(waiting, || ring_bell(word));
-}
-
-struct Guard<'a>(&'a AtomicU32);
-
-impl Drop for Guard<'_> {
-    fn drop(&mut self) {
-        self.0.store(0, Ordering::Release);
-    }
 }
 
 impl Ring {
@@ -189,35 +168,6 @@ impl Ring {
 
     fn capacity(&self) -> u64 {
         self.header().common.capacity.load(Ordering::Acquire)
-    }
-
-    fn lock<'a>(&self, word: &'a AtomicU32) -> Guard<'a> {
-        let me = gettid();
-        let mut spins = 0u32;
-        loop {
-            match word.compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed) {
-                Ok(_) => return Guard(word),
-                Err(0) => continue,
-                Err(holder) => {
-                    spins = spins.wrapping_add(1);
-                    if spins.is_multiple_of(256) && !thread_alive(holder) {
-                        // The holder died inside a put or get: every change is committed
-                        // by one final store, so the ring is consistent; take over.
-                        if word
-                            .compare_exchange(holder, me, Ordering::Acquire, Ordering::Relaxed)
-                            .is_ok()
-                        {
-                            return Guard(word);
-                        }
-                    }
-                    if spins < 64 {
-                        std::hint::spin_loop();
-                    } else {
-                        std::thread::yield_now();
-                    }
-                }
-            }
-        }
     }
 
     fn data(&self) -> *mut u8 {
@@ -289,7 +239,7 @@ impl Ring {
         };
         loop {
             let head = {
-                let _g = self.lock(&me.lock);
+                let _g = super::lock::lock(&me.lock);
                 if self.is_closed() {
                     return Err(Stop::Closed);
                 }
@@ -355,7 +305,7 @@ impl Ring {
         let (me, them) = (&h.consumers, &h.producers);
         loop {
             let tail = {
-                let _g = self.lock(&me.lock);
+                let _g = super::lock::lock(&me.lock);
                 let head = me.committed.load(Ordering::Relaxed);
                 let mut tail = me.seen.load(Ordering::Relaxed);
                 if offset(tail) == offset(head) {

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, Weak};
 pub use segment::ShmBackend;
 pub(crate) use segment::{Pages, Segment, SegmentDesc};
 pub use shared::Shared;
+pub(crate) use slice::Lease;
 pub use slice::{SharedChunkMut, SharedSlice, SharedSliceMut};
 
 use crate::engine::lock;
@@ -31,8 +32,16 @@ pub(crate) struct Entry {
     /// `Shared<T>` values decoded from this segment in this process, one per type.
     values: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
     /// Element ranges of a writable segment currently claimed by a live
-    /// `SharedChunkMut` in this process (byte offset, byte length).
-    claims: Mutex<Vec<(usize, usize)>>,
+    /// `SharedChunkMut` received in this process (claim id, byte offset, byte length).
+    claims: Mutex<Vec<Claim>>,
+}
+
+/// A range of a writable segment that a received `SharedChunkMut` writes.
+#[derive(Clone, Copy)]
+pub(crate) struct Claim {
+    pub id: u64,
+    pub start: usize,
+    pub len: usize,
 }
 
 impl Entry {
@@ -42,6 +51,26 @@ impl Entry {
             values: Mutex::new(HashMap::new()),
             claims: Mutex::new(Vec::new()),
         })
+    }
+
+    /// A value kept with this entry in this process (one per type), made by `make` the
+    /// first time: it lives exactly as long as the entry does here.
+    pub(crate) fn keep_with<V: Any + Send + Sync>(
+        &self,
+        make: impl FnOnce() -> crate::error::Result<V>,
+    ) -> crate::error::Result<Arc<V>> {
+        let mut values = lock(&self.values);
+        if let Some(v) = values.get(&TypeId::of::<V>())
+            && let Ok(v) = Arc::clone(v).downcast::<V>()
+        {
+            return Ok(v);
+        }
+        let v = Arc::new(make()?);
+        values.insert(
+            TypeId::of::<V>(),
+            Arc::clone(&v) as Arc<dyn Any + Send + Sync>,
+        );
+        Ok(v)
     }
 }
 
@@ -79,6 +108,13 @@ pub(crate) fn release(ids: &[u64]) {
     }
 }
 
+/// Drops this process's hold on every segment it received (a worker about to exit).
+pub(crate) fn release_all() {
+    let held: Vec<Held> = lock(table()).drain().map(|(_, held)| held).collect();
+    // Dropped outside the table's lock: an entry's values may do I/O when they go.
+    drop(held);
+}
+
 /// The entry for a segment id, if this process has it.
 pub(crate) fn resolve(id: u64) -> Option<Arc<Entry>> {
     match lock(table()).get(&id)? {
@@ -98,30 +134,119 @@ pub fn segments_held() -> usize {
         .count()
 }
 
-thread_local! {
-    /// Segments referenced by the handles serialized into the chunk being encoded.
-    static OUTGOING: RefCell<Option<Vec<Arc<Entry>>>> = const { RefCell::new(None) };
+/// What the handles serialized into one chunk take with them.
+#[derive(Default)]
+struct Outgoing {
+    /// The segments they refer to.
+    segments: Vec<Arc<Entry>>,
+    /// The `SharedChunkMut` ranges they lend to the task, held until it has answered.
+    leases: Vec<Lease>,
 }
 
-/// Runs `encode`, returning with its result the segments its handles referred to.
-pub(crate) fn collect<R>(encode: impl FnOnce() -> R) -> (R, Vec<Arc<Entry>>) {
-    let outer = OUTGOING.with(|o| o.borrow_mut().replace(Vec::new()));
+/// The claims of the ranges received with the arguments being decoded on this thread,
+/// while a worker decodes them.
+struct Receiving {
+    claims: Vec<(Weak<Entry>, Claim)>,
+}
+
+thread_local! {
+    /// Set while a chunk is encoded for a worker (see [`collect`]).
+    static OUTGOING: RefCell<Option<Outgoing>> = const { RefCell::new(None) };
+    /// Set while a worker decodes a task's arguments (see [`receiving`]).
+    static RECEIVING: RefCell<Option<Receiving>> = const { RefCell::new(None) };
+    /// Every claim received on this thread since [`ranges_kept`] last looked.
+    static RECEIVED: RefCell<Vec<(Weak<Entry>, Claim)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `encode`, returning with its result the segments its handles referred to and
+/// the leases of the ranges they lend.
+pub(crate) fn collect<R>(encode: impl FnOnce() -> R) -> (R, Vec<Arc<Entry>>, Vec<Lease>) {
+    let outer = OUTGOING.with(|o| o.borrow_mut().replace(Outgoing::default()));
     let result = encode();
-    let mut mine = OUTGOING
+    let mine = OUTGOING
         .with(|o| std::mem::replace(&mut *o.borrow_mut(), outer))
         .unwrap_or_default();
+    let Outgoing {
+        segments: mut mine,
+        leases,
+    } = mine;
     mine.sort_by_key(|e| e.segment.id());
     mine.dedup_by_key(|e| e.segment.id());
-    (result, mine)
+    (result, mine, leases)
 }
 
 /// Called by a handle's `Serialize`: the chunk being encoded needs this segment.
 pub(crate) fn note_outgoing(entry: &Arc<Entry>) {
     OUTGOING.with(|o| {
-        if let Some(list) = o.borrow_mut().as_mut() {
-            list.push(Arc::clone(entry));
+        if let Some(out) = o.borrow_mut().as_mut() {
+            out.segments.push(Arc::clone(entry));
         }
     });
+}
+
+/// Called by a `SharedChunkMut`'s `Serialize`: hands its lease to the chunk being
+/// encoded, or gives it back if no chunk for a worker is being encoded.
+pub(crate) fn lend(lease: Lease) -> Result<(), Lease> {
+    OUTGOING.with(|o| match o.borrow_mut().as_mut() {
+        Some(out) => {
+            out.leases.push(lease);
+            Ok(())
+        }
+        None => Err(lease),
+    })
+}
+
+/// Runs `decode` (a worker decoding a task's argument), during which `SharedChunkMut`
+/// handles may be received; their claims are remembered for [`ranges_kept`].
+pub(crate) fn receiving<R>(decode: impl FnOnce() -> R) -> R {
+    let outer = RECEIVING.with(|r| r.borrow_mut().replace(Receiving { claims: Vec::new() }));
+    /// Restores the outer state also when `decode` panics.
+    struct Restore(Option<Receiving>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let outer = self.0.take();
+            if let Some(mine) = RECEIVING.with(|r| std::mem::replace(&mut *r.borrow_mut(), outer)) {
+                RECEIVED.with(|all| all.borrow_mut().extend(mine.claims));
+            }
+        }
+    }
+    let _restore = Restore(outer);
+    decode()
+}
+
+/// Called by a `SharedChunkMut`'s `Deserialize`: whether a worker is decoding a task's
+/// argument here, and if so, notes the claim.
+pub(crate) fn note_received(entry: &Arc<Entry>, claim: Claim) -> bool {
+    RECEIVING.with(|r| match r.borrow_mut().as_mut() {
+        Some(receiving) => {
+            receiving.claims.push((Arc::downgrade(entry), claim));
+            true
+        }
+        None => false,
+    })
+}
+
+/// After a chunk ran in a worker: the ranges it received that a handle still claims
+/// (a task moved one into a thread, a static or `mem::forget`), described; `None` if
+/// every one was dropped. Forgets the chunk's claims either way.
+pub(crate) fn ranges_kept() -> Option<String> {
+    let received = RECEIVED.with(|all| std::mem::take(&mut *all.borrow_mut()));
+    let kept: Vec<String> = received
+        .iter()
+        .filter_map(|(entry, claim)| {
+            let entry = entry.upgrade()?;
+            let live = lock(&entry.claims).iter().any(|c| c.id == claim.id);
+            live.then(|| format!("bytes {}..{}", claim.start, claim.start + claim.len))
+        })
+        .collect();
+    (!kept.is_empty()).then(|| {
+        format!(
+            "a task kept a SharedChunkMut past its return (moved into a thread, a static \
+             or mem::forget), so its range ({}) could still be written after the parent \
+             reads it; the worker exits instead of answering",
+            kept.join(", ")
+        )
+    })
 }
 
 /// The error a handle gives when its segment is not available in this process.

@@ -69,25 +69,33 @@ fn os_err(context: &str) -> Error {
     Error::io(ErrorKind::Io, context, std::io::Error::last_os_error())
 }
 
-/// 64 random bits from the kernel (or, if that fails, from the clock and the pid).
-pub(crate) fn random_u64() -> u64 {
-    let mut random = [0u8; 8];
-    // SAFETY: getrandom writes at most `len` bytes into the buffer we own.
-    let got = unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
-    if got == 8 {
-        return u64::from_le_bytes(random);
+/// 64 random bits from the kernel (`getrandom(2)`, waiting until its pool is ready).
+/// There is no fallback: a worker's token is what makes a process a worker, so a
+/// guessable one is worse than none. `what` names the use, for the error.
+pub(crate) fn random_u64(what: &str) -> Result<u64> {
+    let mut bytes = [0u8; 8];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        match rustix::rand::getrandom(&mut bytes[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                return Err(Error::io(
+                    ErrorKind::Io,
+                    format_args!("the operating system gave no randomness for {what}"),
+                    e.into(),
+                ));
+            }
+        }
     }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    nanos ^ u64::from(std::process::id()).rotate_left(32)
+    Ok(u64::from_le_bytes(bytes))
 }
 
-fn fresh_id() -> u64 {
+fn fresh_id() -> Result<u64> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let salt = random_u64();
-    (u64::from(std::process::id()) << 40 ^ n).wrapping_add(salt.rotate_left(17)) ^ salt
+    let salt = random_u64("a shared-memory segment's id")?;
+    Ok((u64::from(std::process::id()) << 40 ^ n).wrapping_add(salt.rotate_left(17)) ^ salt)
 }
 
 /// How a mapping sets up its pages: all at once, in one pass (`MAP_POPULATE`: several
@@ -138,9 +146,24 @@ impl Segment {
     /// of the write, not a signal. The creator's own read-only view is mapped lazily: it
     /// mostly sends the segment on.
     pub(crate) fn create(backend: ShmBackend, bytes: &[u8]) -> Result<Segment> {
+        let id = fresh_id()?;
+        let (fd, name) = new_fd(backend, id, bytes.len(), Reserve::OnWrite)?;
+        Segment::filled(id, fd, name, bytes)
+    }
+
+    /// Like [`create`](Self::create), as a named segment called `name` (which must
+    /// start with the prefix of multiproc's names): for a queue's large messages, whose
+    /// names say which queue they belong to.
+    pub(crate) fn create_named(name: String, bytes: &[u8]) -> Result<Segment> {
+        let id = fresh_id()?;
+        debug_assert!(name.starts_with(NAME_PREFIX));
+        let fd = create_posix(&name, bytes.len(), Reserve::OnWrite)?;
+        Segment::filled(id, fd, Some(name), bytes)
+    }
+
+    /// Writes `bytes` into a new segment's fd, seals a memfd, and maps it read-only.
+    fn filled(id: u64, fd: OwnedFd, name: Option<String>, bytes: &[u8]) -> Result<Segment> {
         let len = bytes.len();
-        let id = fresh_id();
-        let (fd, name) = new_fd(backend, id, len, Reserve::OnWrite)?;
         let undo = |e: Error| {
             if let Some(name) = &name {
                 unlink(name);
@@ -176,7 +199,7 @@ impl Segment {
         len: usize,
         pages: Pages,
     ) -> Result<Segment> {
-        let id = fresh_id();
+        let id = fresh_id()?;
         let reserve = match pages {
             Pages::Now => Reserve::Now,
             Pages::OnTouch => Reserve::OnWrite,

@@ -62,10 +62,13 @@ pub(super) fn work(socket: UnixStream, shm: ShmConfig) -> Result<std::convert::I
         }
         let incoming = next_run(&mut reader)?;
         let started = Instant::now();
+        let done_so_far = out.len();
         let items = incoming.body.as_ref().map(Segment::bytes);
         let start = match run_chunk(&incoming.frame, items, &mut out, &mut failures)? {
             Ran::Done(start) => start,
-            Ran::UnknownTask(why) => {
+            Ran::UnknownTask(why) | Ran::KeptRange(why) => {
+                // Answers already held back go first: their chunks are done.
+                out.truncate(done_so_far);
                 flush(&mut writer, &mut out, &mut batch_started);
                 let _ = protocol::fatal_frame(&mut out, &why).map(|()| writer.write_all(&out));
                 return Err(why);
@@ -97,6 +100,10 @@ enum Ran {
     Done(usize),
     /// The frame names a task this binary does not have.
     UnknownTask(String),
+    /// The task kept a range it received (`SharedChunkMut`) past its return: the
+    /// worker must not answer, so that the parent keeps the range lent until it has
+    /// killed and reaped this process.
+    KeptRange(String),
 }
 
 /// Runs the chunk of a `Run` frame (its payload `frame`; its items in `items` when they
@@ -130,6 +137,10 @@ fn run_chunk(
     let done = run(items, count, out, failures);
     let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
     BUSY.store(false, Ordering::SeqCst);
+    if let Some(why) = crate::shm::ranges_kept() {
+        // Before the progress note: the parent blames the item that ran last.
+        return Ok(Ran::KeptRange(why));
+    }
     // Past its last item: if this process dies before the next chunk starts, its
     // driver knows that no chunk was running.
     super::ProgressNote::current().note(count);
@@ -155,6 +166,7 @@ fn run_lane_call(
             protocol::finish_with(out, start, &[], false).map_err(|e| e.to_string())?;
             Ok(start)
         }
+        Ran::KeptRange(why) => Err(format!("protocol error: {why} (in a lane call)")),
         Ran::UnknownTask(why) => {
             let start = out.len();
             protocol::fatal_frame(out, &why).map_err(|e| e.to_string())?;

@@ -133,3 +133,165 @@ fn close_wakes_a_sleeping_consumer_and_keeps_what_was_put() {
     });
     assert_eq!(ring.put(b"late", None), Err(Stop::Closed));
 }
+
+/// A ring in a file that another process maps too, with `data` bytes of ring.
+struct FileRing {
+    ptr: *mut u8,
+    len: usize,
+    ring: Ring,
+}
+
+impl FileRing {
+    /// Maps `path` (created and zeroed if `create`).
+    fn map(path: std::path::PathBuf, create: bool) -> FileRing {
+        let len = HEADER_BYTES + 4096;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(create)
+            .open(&path)
+            .expect("open the ring file");
+        file.set_len(len as u64).expect("size the ring file");
+        use std::os::fd::AsRawFd;
+        // SAFETY: a shared mapping of `len` bytes of a file we hold open; checked below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(ptr, libc::MAP_FAILED);
+        // SAFETY: `ptr` maps `len` writable, page-aligned bytes until `drop`.
+        let ring = unsafe { Ring::new(ptr.cast(), len) };
+        if create {
+            ring.init(0);
+        }
+        FileRing {
+            ptr: ptr.cast(),
+            len,
+            ring,
+        }
+    }
+}
+
+impl Drop for FileRing {
+    fn drop(&mut self) {
+        // SAFETY: mapped in `map` with this length.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// Where the holder child (below) finds the ring, and where it marks that it holds it.
+const HOLD_ENV: &str = "MULTIPROC_TEST_RING_HOLD";
+
+/// Not a test of its own: the child of `a_lock_whose_holder_was_killed_is_taken_over`.
+/// It takes the producers' lock of the ring in the file `$HOLD_ENV`, says so with a
+/// mark file beside it, and waits to be killed.
+#[test]
+#[ignore = "run as a child process by the lock take-over test"]
+fn hold_the_put_lock_until_killed() {
+    let Some(path) = std::env::var_os(HOLD_ENV) else {
+        return;
+    };
+    let path = std::path::PathBuf::from(path);
+    let file = FileRing::map(path.clone(), false);
+    let guard = super::super::lock::lock(&file.ring.header().producers.lock);
+    std::fs::write(path.with_extension("held"), b"").expect("mark");
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let _ = &guard;
+    }
+}
+
+/// Waits up to a minute for `path` to exist.
+fn wait_for(path: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn a_lock_whose_holder_was_killed_is_taken_over() {
+    let dir = std::env::temp_dir().join(format!("multiproc-ring-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("ring");
+    let file = FileRing::map(path.clone(), true);
+    let lock = &file.ring.header().producers.lock;
+    let exe = std::env::current_exe().expect("test binary");
+    for round in 0..8 {
+        let _ = std::fs::remove_file(path.with_extension("held"));
+        let mut child = std::process::Command::new(&exe)
+            .args(["--exact", "--ignored", "--nocapture"])
+            .arg("queue::ring::tests::hold_the_put_lock_until_killed")
+            .env(HOLD_ENV, &path)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the holder");
+        wait_for(&path.with_extension("held"));
+        assert_ne!(lock.load(Ordering::SeqCst), 0, "the child holds the lock");
+        // While the holder lives, nobody takes its lock.
+        assert!(super::super::lock::try_lock_for(lock, 2048).is_none());
+        child.kill().expect("kill the holder");
+        // Half the rounds take the lock over from a zombie, not yet reaped.
+        if round % 2 == 0 {
+            child.wait().expect("reap the holder");
+        } else {
+            let stat = format!("/proc/{}/stat", child.id());
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !std::fs::read_to_string(&stat).is_ok_and(|s| s.contains(") Z ")) {
+                assert!(
+                    Instant::now() < deadline,
+                    "the holder never became a zombie"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let taken = super::super::lock::try_lock_for(lock, 100_000);
+        assert!(taken.is_some(), "the dead holder's lock was not taken over");
+        drop(taken);
+        file.ring
+            .put(&[round as u8], None)
+            .expect("put after the take-over");
+        let _ = child.wait();
+        assert_eq!(get(&file.ring), Ok(vec![round as u8]));
+    }
+    drop(file);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_dead_holders_id_reused_by_a_live_thread_does_not_wedge_the_lock() {
+    let heap = Heap::new(1024, 0);
+    let lock = &heap.ring.header().producers.lock;
+    let mut other = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .expect("start a process whose thread id to fake");
+    let live = super::super::lock::identity_of(other.id()).expect("its /proc entry");
+    // The word names a live thread of another process, with the start time of the
+    // (dead) thread that held the id before it: as after an id was reused.
+    lock.store(live ^ 1, Ordering::SeqCst);
+    let taken = super::super::lock::try_lock_for(lock, 100_000).is_some();
+    // With its real start time, it is a live holder, and its lock is left alone.
+    lock.store(live, Ordering::SeqCst);
+    let left_alone = super::super::lock::try_lock_for(lock, 2048).is_none();
+    let _ = other.kill();
+    let _ = other.wait();
+    assert!(
+        taken,
+        "a lock word naming a reused thread id wedged the lock"
+    );
+    assert!(left_alone, "a live holder's lock was taken");
+    let _g = super::super::lock::try_lock_for(lock, 100_000).expect("taken once it died");
+}
