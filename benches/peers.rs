@@ -437,7 +437,7 @@ fn slice_sum(memory: &mut Vec<String>) -> multiproc::Result<Row> {
     };
     let expect: f64 = xs.iter().sum();
     let close = |s: f64| (s - expect).abs() < 1e-3 * expect.abs().max(1.0);
-    let views = xs.chunks(N / 64)?;
+    let views = xs.views(N / 64)?;
     let pool = Pool::new(WORKERS)?;
     pool.map(worker_reset_peak, &[0u8; 64])?;
     reset_peak();

@@ -1,10 +1,12 @@
 //! Large data in detail: where the automatic shared-memory threshold pays off, and what
 //! bytes cost in each form: a `serde_bytes::ByteBuf`, a `Vec<u8>` as the only argument
 //! (sent as its bytes), and a `Vec<u8>` inside a tuple (serde encodes it byte by byte).
-//! The headline figures (200 MB argument, 512 MiB `SharedSlice` sum) are in
-//! `cargo bench --bench peers`.
+//! Then what the soundness rules cost: a `SharedSliceMut` filled by workers (each range
+//! lent to its task until it answers) and large `Queue` messages (each in a named
+//! segment that lives as long as the queue does). The headline figures (200 MB argument,
+//! 512 MiB `SharedSlice` sum) are in `cargo bench --bench peers`.
 //!
-//! Run: `cargo bench --bench shm`.
+//! Run: `cargo bench --bench shm` (`SHM_BENCH_ONLY_COSTS=1`: only the last two parts).
 
 #[path = "common/mod.rs"]
 mod common;
@@ -25,6 +27,23 @@ fn vec_len(data: Vec<u8>) -> usize {
 #[parallel]
 fn tupled_vec_len(data: Vec<u8>, _tag: u8) -> usize {
     data.len()
+}
+
+#[parallel]
+fn fill_range(mut part: SharedChunkMut<f64>) -> usize {
+    let start = part.offset();
+    for (i, x) in part.iter_mut().enumerate() {
+        *x = (start + i) as f64;
+    }
+    part.len()
+}
+
+#[parallel]
+fn put_messages(q: Queue<ByteBuf>, n: u64) -> u64 {
+    for _ in 0..n {
+        q.put(ByteBuf::from(vec![7u8; 1 << 20])).expect("put");
+    }
+    n
 }
 
 fn time_ms(runs: usize, f: impl FnMut()) -> f64 {
@@ -81,8 +100,55 @@ fn vec_against_bytebuf() -> multiproc::Result<()> {
     Ok(())
 }
 
+fn shared_slice_mut_fill() -> multiproc::Result<()> {
+    const LEN: usize = 8 << 20; // 64 MiB of f64
+    let pool = Pool::new(2)?;
+    let mut out = SharedSliceMut::<f64>::zeroed(LEN)?;
+    println!("\n## a 64 MiB SharedSliceMut<f64> filled by 2 workers (ms, median of 11)");
+    for ranges in [16usize, 1024] {
+        let ms = time_ms(11, || {
+            let parts = out.chunks_mut(LEN / ranges).expect("ranges");
+            let filled: usize = pool.map(fill_range, &parts).expect("map").iter().sum();
+            assert_eq!(filled, LEN);
+            drop(parts);
+            assert_eq!(out.as_slice().expect("readable")[LEN - 1], (LEN - 1) as f64);
+        });
+        println!("{ranges:>5} ranges  {ms:>9.2}");
+    }
+    Ok(())
+}
+
+fn queue_large_messages() -> multiproc::Result<()> {
+    const N: u64 = 200;
+    println!("\n## {N} queue messages of 1 MiB (each in a segment of its own; ms per message)");
+    let q: Queue<ByteBuf> = Queue::new()?;
+    let message = ByteBuf::from(vec![7u8; 1 << 20]);
+    let here = time_ms(5, || {
+        for _ in 0..N {
+            q.put(message.clone()).expect("put");
+        }
+        for _ in 0..N {
+            assert_eq!(q.get().expect("get").len(), 1 << 20);
+        }
+    }) / N as f64;
+    println!("put then get, one process             {here:>7.3}");
+    let across = time_ms(5, || {
+        let producer = Process::spawn(put_messages, (q.clone(), N)).expect("spawn");
+        for _ in 0..N {
+            assert_eq!(q.get().expect("get").len(), 1 << 20);
+        }
+        assert_eq!(producer.join().expect("join"), N);
+    }) / N as f64;
+    println!("a child puts, the parent gets         {across:>7.3}");
+    Ok(())
+}
+
 fn main() -> multiproc::Result<()> {
-    threshold_table()?;
-    vec_against_bytebuf()?;
+    if std::env::var_os("SHM_BENCH_ONLY_COSTS").is_none() {
+        threshold_table()?;
+        vec_against_bytebuf()?;
+    }
+    shared_slice_mut_fill()?;
+    queue_large_messages()?;
     Ok(())
 }

@@ -55,7 +55,7 @@ fn main() -> multiproc::Result<()> {
 
     let floats: Vec<f64> = (0..10_000_000).map(|i| i as f64).collect();
     let xs = SharedSlice::from_slice(&floats)?;
-    let total: f64 = pool.map(sum, &xs.chunks(1 << 20)?)?.iter().sum();
+    let total: f64 = pool.map(sum, &xs.views(1 << 20)?)?.iter().sum();
     println!("sum of 10M floats in views: {total}");
 
     let mut out = SharedSliceMut::<f64>::zeroed(1_000)?;

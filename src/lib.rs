@@ -83,14 +83,14 @@
 //! workers write disjoint ranges of a result in place. On Linux segments are sealed
 //! memfds passed over the socket; `MULTIPROC_SHM=posix` selects named POSIX segments.
 //!
-//! //! ## Queues and pipelines
+//! ## Queues and pipelines
 //!
 //! [`Queue`] is a cross-process queue in shared memory that the parent, any pool's
 //! workers and [`Process`] children share; it is an ordinary argument of a `#[parallel]`
 //! function. [`pipeline`] chains stages, each with its own workers:
 //! `pipeline(items).stage(parse, 2).stage(score, 4).collect()`.
 //!
-//! //! ## Rules for `#[parallel]` functions
+//! ## Rules for `#[parallel]` functions
 //!
 //! Put the work in one free function whose arguments and result are owned and implement
 //! serde's `Serialize` and `DeserializeOwned`. A function of several arguments takes a
@@ -112,10 +112,40 @@
 
 pub use multiproc_macros::{parallel, with_pool};
 pub use multiproc_runtime::{
-    AsyncResult, Error, ErrorKind, IMap, IntoPool, OkOnly, ParMap, Pipeline, Pool, PoolBuilder,
-    Process, ProcessBuilder, Queue, QueueIter, Result, Shared, SharedChunkMut, SharedSlice,
-    SharedSliceMut, ShmBackend, Source, Stage, Task, in_worker, pipeline, segments_held,
+    AsyncResult, Error, ErrorKind, IMap, IntoPool, ParMap, Pipeline, Pool, PoolBuilder, Process,
+    ProcessBuilder, Queue, QueueIter, Rejected, Result, Shared, SharedChunkMut, SharedSlice,
+    SharedSliceMut, ShmBackend, Task, in_worker, pipeline,
 };
+
+/// The iterator adapters a [`pipeline`](fn@pipeline) is made of. The function that
+/// starts one is [`multiproc::pipeline`](fn@crate::pipeline).
+pub mod pipeline {
+    pub use multiproc_runtime::{OkOnly, Pipeline, Source, Stage};
+}
+
+/// Helpers for tests and leak checks.
+pub mod testing {
+    /// The number of shared-memory segments this process holds: handles it made that
+    /// are still alive, and segments it received from its parent that it was not told
+    /// to release yet. A leak check compares it before and after.
+    pub use multiproc_runtime::segments_held;
+}
+
+/// Moved to [`pipeline::Source`].
+#[deprecated(since = "0.1.0", note = "moved to `multiproc::pipeline::Source`")]
+pub type Source<I> = pipeline::Source<I>;
+/// Moved to [`pipeline::Stage`].
+#[deprecated(since = "0.1.0", note = "moved to `multiproc::pipeline::Stage`")]
+pub type Stage<S, T, R> = pipeline::Stage<S, T, R>;
+/// Moved to [`pipeline::OkOnly`].
+#[deprecated(since = "0.1.0", note = "moved to `multiproc::pipeline::OkOnly`")]
+pub type OkOnly<S, T> = pipeline::OkOnly<S, T>;
+
+/// Moved to [`testing::segments_held`].
+#[deprecated(since = "0.1.0", note = "moved to `multiproc::testing::segments_held`")]
+pub fn segments_held() -> usize {
+    testing::segments_held()
+}
 
 /// The everyday names: `use multiproc::prelude::*;`.
 pub mod prelude {

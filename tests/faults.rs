@@ -493,12 +493,31 @@ fn the_socket_a_worker_inherits_is_neither_its_stdin_nor_its_childrens() {
 }
 
 #[test]
-fn a_marker_naming_another_parent_ends_the_worker_at_once() {
-    // The parent it names is not ours (or is gone): the worker leaves before reading
-    // anything, as it would if its parent had died before it started.
+fn a_marker_naming_another_live_process_as_the_parent_is_refused_on_stderr() {
+    // Process 1 lives, and is not the parent: the marker was set by hand.
     let (ours, theirs) = UnixStream::pair().unwrap();
     let out = Command::new(std::env::current_exe().unwrap())
         .env("MULTIPROC_WORKER", "token=1,parent=1")
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .output()
+        .unwrap();
+    drop(ours);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("names process 1 as the parent"), "{stderr}");
+    assert!(stderr.contains("cannot be started by hand"), "{stderr}");
+}
+
+#[test]
+fn a_marker_naming_a_parent_that_is_gone_ends_the_worker_quietly() {
+    // As if the parent had died before the worker started: nothing to say, nobody to
+    // say it to.
+    let mut gone = Command::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env("MULTIPROC_WORKER", format!("token=1,parent={pid}"))
         .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
         .output()
         .unwrap();

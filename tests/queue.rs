@@ -30,6 +30,9 @@ fn a_full_bounded_queue_blocks_put_until_there_is_room() {
     q.put(2).unwrap();
     let e = q.put_timeout(3, Duration::from_millis(100)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Timeout);
+    // The message comes back, and converts into a plain error for `?`.
+    assert!(e.to_string().contains("given back"), "{e}");
+    assert_eq!(e.into_value(), 3);
     let q2 = q.clone();
     let t = std::thread::spawn(move || q2.put(3)); // waits for room
     std::thread::sleep(Duration::from_millis(50));
@@ -185,11 +188,12 @@ fn score(x: u64) -> u64 {
 #[test]
 fn a_pipeline_keeps_order_by_default_and_can_be_unordered() {
     let lines: Vec<String> = (0..500).map(|i| format!(" {i} ")).collect();
-    let out = pipeline(lines.clone())
-        .stage(parse, 2)
-        .stage(score, 2)
-        .collect()
-        .unwrap();
+    // The adapters are named in `multiproc::pipeline`; the function stays at the root.
+    use multiproc::pipeline::{Pipeline, Source, Stage};
+    type Parsed = Stage<Source<std::vec::IntoIter<String>>, String, u64>;
+    let staged: Pipeline<Stage<Parsed, u64, u64>> =
+        pipeline(lines.clone()).stage(parse, 2).stage(score, 2);
+    let out = staged.collect().unwrap();
     assert_eq!(out, (0..500u64).map(|x| x * x).collect::<Vec<_>>());
     let mut unordered = pipeline(lines)
         .unordered()
@@ -225,4 +229,25 @@ fn a_panicking_stage_is_an_error_naming_the_stage_and_the_item() {
         .map(Result::unwrap)
         .collect();
     assert_eq!(first, [0, 1, 4, 9, 16]);
+}
+
+#[test]
+fn put_timeout_gives_the_message_back_from_a_closed_queue_and_try_get_says_closed() {
+    let q: Queue<String> = Queue::new().unwrap();
+    q.put("kept".to_owned()).unwrap();
+    q.close();
+    let rejected = q
+        .put_timeout("late".to_owned(), Duration::from_secs(1))
+        .unwrap_err();
+    assert_eq!(rejected.kind(), ErrorKind::Closed);
+    let (error, value) = rejected.into_parts();
+    assert_eq!((error.kind(), value.as_str()), (ErrorKind::Closed, "late"));
+    let as_error: multiproc::Error = q
+        .put_timeout("x".to_owned(), Duration::ZERO)
+        .unwrap_err()
+        .into();
+    assert_eq!(as_error.kind(), ErrorKind::Closed);
+    // A closed queue still gives what is left, then says it is closed.
+    assert_eq!(q.try_get().unwrap().as_deref(), Some("kept"));
+    assert_eq!(q.try_get().unwrap_err().kind(), ErrorKind::Closed);
 }

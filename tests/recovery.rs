@@ -255,7 +255,7 @@ fn child_soaks() {
             None => assert_eq!(result.unwrap().len(), 200),
         }
         // Shared memory in flight too.
-        let views = shared.chunks(1 << 12).unwrap();
+        let views = shared.views(1 << 12).unwrap();
         drop(views);
         if round == 49 {
             wait_for_children(2);
@@ -275,7 +275,7 @@ fn child_soaks() {
     println!("CHILDREN={}", children().len());
     drop(pool);
     drop(shared);
-    println!("HELD={}", multiproc::segments_held());
+    println!("HELD={}", multiproc::testing::segments_held());
 }
 
 #[test]

@@ -137,7 +137,7 @@ fn shared_slice_views_read_the_right_ranges() {
         let data: Vec<f64> = (0..10_007).map(f64::from).collect();
         let xs = SharedSlice::from_slice_with(&data, backend).unwrap();
         assert_eq!(&xs[..], &data[..]);
-        let views = xs.chunks(1000).unwrap();
+        let views = xs.views(1000).unwrap();
         assert_eq!(views.len(), 11);
         let out = with_pool!(2, { views.par_map(describe_view).unwrap() });
         for (k, (offset, len, first, last, sum)) in out.into_iter().enumerate() {
@@ -153,11 +153,8 @@ fn shared_slice_views_read_the_right_ranges() {
 fn empty_slices_and_zero_chunks() {
     let empty = SharedSlice::<u32>::from_slice(&[]).unwrap();
     assert!(empty.is_empty());
-    assert!(empty.chunks(4).unwrap().is_empty());
-    assert_eq!(
-        empty.chunks(0).unwrap_err().kind(),
-        ErrorKind::InvalidConfig
-    );
+    assert!(empty.views(4).unwrap().is_empty());
+    assert_eq!(empty.views(0).unwrap_err().kind(), ErrorKind::InvalidConfig);
     let pool = Pool::new(1).unwrap();
     let out = pool
         .map(
@@ -340,7 +337,7 @@ fn child_uses_segments() {
             SharedSlice::from_slice_with(&(0..100_000u64).collect::<Vec<_>>(), backend).unwrap();
         let big = vec![7u8; 4 << 20];
         let args: Vec<_> = xs
-            .chunks(10_000)
+            .views(10_000)
             .unwrap()
             .into_iter()
             .map(|v| (v, big.clone(), false))
@@ -356,7 +353,7 @@ fn child_uses_segments() {
     }
     println!("FDS before={before} after={}", fd_count());
     println!("SEGMENTS={:?}", my_named_segments());
-    println!("HELD={}", multiproc::segments_held());
+    println!("HELD={}", multiproc::testing::segments_held());
     if std::env::var_os("CHILD_WAIT").is_some() {
         // Leave named segments behind in a worker that is busy when we are killed.
         let xs = SharedSlice::from_slice_with(&[1u64; 1000], ShmBackend::Posix).unwrap();
@@ -447,7 +444,7 @@ fn running_out_of_file_descriptors_is_an_error() {
 
 #[parallel]
 fn held_here(_x: u8) -> usize {
-    multiproc::segments_held()
+    multiproc::testing::segments_held()
 }
 
 #[parallel]
@@ -503,4 +500,38 @@ fn multiproc_shm_selects_named_segments() {
     let memfd = common::run_child_test("child_makes_a_default_segment", &[]);
     let out = String::from_utf8_lossy(&memfd.stdout);
     assert!(out.contains("NAMED=0") && out.contains("SUM=6"), "{out}");
+}
+
+#[test]
+#[allow(deprecated)]
+fn views_is_the_new_name_of_chunks_which_still_works() {
+    let xs = SharedSlice::from_slice(&[1u64, 2, 3, 4, 5]).unwrap();
+    let views = xs.views(2).unwrap();
+    let old = xs.chunks(2).unwrap();
+    let lens: Vec<usize> = views.iter().map(|v| v.len()).collect();
+    assert_eq!(lens, [2, 2, 1]);
+    assert_eq!(old.len(), 3);
+    // Through `Deref`, the slice's own `chunks` is there too.
+    assert_eq!((*xs).chunks(2).count(), 3);
+}
+
+#[test]
+#[ignore = "run as a child process by the backend default test"]
+fn default_backend_child() {
+    if !common::is_child() {
+        return;
+    }
+    println!("default: {:?}", ShmBackend::default());
+}
+
+#[test]
+fn the_default_backend_honours_multiproc_shm() {
+    for (var, want) in [("posix", "Posix"), ("memfd", "Memfd")] {
+        let out = common::run_child_test("default_backend_child", &[("MULTIPROC_SHM", var)]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(&format!("default: {want}")),
+            "{var}: {stdout}"
+        );
+    }
 }

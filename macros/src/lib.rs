@@ -9,7 +9,7 @@ mod with_pool;
 
 /// Marks a function that worker processes can run.
 ///
-/// ```ignore
+/// ```no_run
 /// use multiproc::prelude::*;
 ///
 /// #[parallel]
@@ -52,14 +52,29 @@ pub fn parallel(args: TokenStream, item: TokenStream) -> TokenStream {
 
 /// Runs a block with a pool of its own, like Python's `with Pool(3) as pool:`.
 ///
-/// ```ignore
-/// let v = with_pool!(3, |pool| {
-///     let r = pool.apply_async(t1, 5);
-///     let all = data.par_map(t1)?;          // runs on this pool inside the block
-///     r.get()?
-/// });
-/// let v = with_pool!(Pool::builder().workers(2).chunk_size(1), |pool| pool.map(t1, &data))?;
-/// let v = with_pool!(3, { data.par_map(t1)? });
+/// ```no_run
+/// use multiproc::prelude::*;
+///
+/// #[parallel]
+/// fn t1(x: u64) -> u64 {
+///     x * 10
+/// }
+///
+/// fn main() -> multiproc::Result<()> {
+///     let data: Vec<u64> = (0..100).collect();
+///     let v = with_pool!(3, |pool| {
+///         let r = pool.apply_async(t1, 5);
+///         let all = data.par_map(t1)?; // runs on this pool inside the block
+///         assert_eq!(all.len(), 100);
+///         r.get()?
+///     });
+///     assert_eq!(v, 50);
+///     let v = with_pool!(Pool::builder().workers(2).chunk_size(1), |pool| pool.map(t1, &data))?;
+///     assert_eq!(v[1], 10);
+///     let v = with_pool!(3, { data.par_map(t1)? });
+///     assert_eq!(v[2], 20);
+///     Ok(())
+/// }
 /// ```
 ///
 /// The first argument is a worker count or a `PoolBuilder`. The body is expanded inline,

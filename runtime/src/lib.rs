@@ -32,7 +32,7 @@ pub use map::ParMap;
 pub use pipeline::{OkOnly, Pipeline, Source, Stage, pipeline};
 pub use pool::{IntoPool, Pool, PoolBuilder};
 pub use process::{Process, ProcessBuilder};
-pub use queue::{Queue, QueueIter};
+pub use queue::{Queue, QueueIter, Rejected};
 pub use shm::{Shared, SharedChunkMut, SharedSlice, SharedSliceMut, ShmBackend, segments_held};
 pub use task::Task;
 pub use worker::in_worker;
@@ -73,7 +73,7 @@ pub mod __private {
     }
 
     /// A type that can travel between processes. Only used to give the compile error
-    /// for an argument or result type that cannot a clear message.
+    /// for an argument or result type that cannot, with a clear message.
     #[diagnostic::on_unimplemented(
         message = "`{Self}` cannot travel between processes: it does not implement serde's `Serialize` and `DeserializeOwned`",
         label = "the arguments and the result of a #[parallel] function must be serializable",

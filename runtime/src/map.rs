@@ -23,7 +23,7 @@ use crate::task::Task;
 /// thread, else the global pool (started on first use with one worker per core, or
 /// `MULTIPROC_WORKERS`). Called inside a worker, it runs inline in that worker.
 ///
-/// ```ignore
+/// ```no_run
 /// use multiproc::prelude::*;
 ///
 /// #[parallel]

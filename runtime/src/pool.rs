@@ -17,7 +17,7 @@ use crate::transport::ShmConfig;
 
 /// A pool of worker processes, like Python's `multiprocessing.Pool`.
 ///
-/// ```ignore
+/// ```no_run
 /// use multiproc::prelude::*;
 ///
 /// #[parallel]

@@ -18,10 +18,20 @@ use crate::transport::{self, ShmConfig};
 
 /// A task running in a child process of its own.
 ///
-/// ```ignore
-/// let p = Process::spawn(t1, 5)?;
-/// println!("started {}", p.pid());
-/// let result = p.join()?;
+/// ```no_run
+/// use multiproc::prelude::*;
+///
+/// #[parallel]
+/// fn t1(x: u64) -> u64 {
+///     x * 10
+/// }
+///
+/// fn main() -> multiproc::Result<()> {
+///     let p = Process::spawn(t1, 5)?;
+///     println!("started {}", p.pid());
+///     assert_eq!(p.join()?, 50);
+///     Ok(())
+/// }
 /// ```
 ///
 /// As in Python: dropping the handle neither kills the child nor waits for it; a program

@@ -200,8 +200,7 @@ pub fn run_chunk<A: DeserializeOwned, R: Serialize, LA: Layout<A>, LR: Layout<R>
                 progress.note(index);
                 step.set(Step::Decoding);
                 mark = out.len();
-                // Range handles (`SharedChunkMut`) decode as writers only here.
-                let value = crate::shm::receiving(|| LA::take(&mut reader))
+                let value = LA::take(&mut reader)
                     .map_err(|e| crate::codec::de_failure::<A>(reader.rest(), &e))?;
                 step.set(Step::Running);
                 let result = invoke(value);

@@ -34,6 +34,11 @@ pub(crate) struct FdReader {
 }
 
 impl FdReader {
+    /// Makes reads return `WouldBlock` instead of waiting (for a peer known to be gone).
+    pub(crate) fn set_nonblocking(&self) -> io::Result<()> {
+        self.stream.set_nonblocking(true)
+    }
+
     pub(crate) fn new(stream: UnixStream) -> Self {
         FdReader {
             stream,

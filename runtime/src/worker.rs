@@ -14,7 +14,10 @@ use std::time::Duration;
 use crate::protocol::{self, Frame, Hello};
 use crate::transport::ShmConfig;
 
+mod overflow;
 mod serve;
+
+pub(crate) use overflow::STACK_OVERFLOW;
 
 use serve::work;
 
@@ -42,9 +45,18 @@ fn worker_entry() {
     let Some(value) = std::env::var_os(MARKER) else {
         return;
     };
+    // The string as the kernel laid it out, which `/proc/<pid>/environ` shows: removing
+    // the variable only takes it out of the `environ` array.
+    let original = original_marker();
     // SAFETY: constructors run before `main`, while the process has a single thread, so
     // nothing can read the environment concurrently.
     unsafe { std::env::remove_var(MARKER) };
+    if let Some((ptr, len)) = original {
+        // SAFETY: `ptr..ptr + len` is the marker's string in the initial environment
+        // block (writable memory of this process); nothing refers to it any more, since
+        // the variable was just removed (and its value copied into `value`).
+        unsafe { std::ptr::write_bytes(ptr, b'x', len) };
+    }
     IN_WORKER.store(true, Ordering::Relaxed);
     let code = match serve(&value.to_string_lossy()) {
         Ok(()) => 0,
@@ -55,6 +67,28 @@ fn worker_entry() {
     };
     let _ = std::io::stdout().flush();
     std::process::exit(code);
+}
+
+/// Where the marker's `NAME=value` string lies in the initial environment, and its
+/// length without the NUL. Read before anything could have changed the environment.
+fn original_marker() -> Option<(*mut u8, usize)> {
+    unsafe extern "C" {
+        static environ: *const *mut libc::c_char;
+    }
+    let prefix = format!("{MARKER}=");
+    // SAFETY: `environ` is the C library's NUL-terminated array of NUL-terminated
+    // strings; the constructor runs single threaded, before anything can change it.
+    unsafe {
+        let mut p = environ;
+        while !p.is_null() && !(*p).is_null() {
+            let entry = std::ffi::CStr::from_ptr(*p);
+            if entry.to_bytes().starts_with(prefix.as_bytes()) {
+                return Some(((*p).cast::<u8>(), entry.to_bytes().len()));
+            }
+            p = p.add(1);
+        }
+    }
+    None
 }
 
 /// The marker's contents: the parent's token and pid.
@@ -82,9 +116,10 @@ fn parse_marker(value: &str) -> Result<Marker, String> {
 }
 
 /// Dies with the thread that started us: the parent-death signal, set here because
-/// nothing runs between fork and exec in the parent. A parent that is already gone (or
-/// a process that is not the one the marker names) ends us now.
-fn die_with_parent(parent: u32) {
+/// nothing runs between fork and exec in the parent. A parent that is already gone ends
+/// us now, quietly. A marker that names a live process that is not our parent was set
+/// by hand: that is an error, which the caller reports.
+fn die_with_parent(parent: u32) -> Result<(), String> {
     // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and no pointers.
     let set = unsafe {
         libc::prctl(
@@ -96,9 +131,27 @@ fn die_with_parent(parent: u32) {
         )
     };
     // SAFETY: getppid has no preconditions.
-    if set != 0 || unsafe { libc::getppid() } as u32 != parent {
+    let actual = unsafe { libc::getppid() } as u32;
+    if set != 0 {
         exit_on_parent_gone();
     }
+    if actual != parent {
+        // Our parent died before we looked (we were handed to another process), or the
+        // marker names some other process.
+        let named_lives = i32::try_from(parent).is_ok_and(|pid| {
+            // SAFETY: signal 0 only checks that the process exists.
+            let rc = unsafe { libc::kill(pid, 0) };
+            rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+        });
+        if !named_lives || actual == 1 {
+            exit_on_parent_gone();
+        }
+        return Err(format!(
+            "{MARKER} names process {parent} as the parent, but the parent is {actual}; \
+             {NOT_STARTED_BY_PARENT}"
+        ));
+    }
+    Ok(())
 }
 
 /// Takes the socket the parent passed as standard input: moves it to a close-on-exec
@@ -148,7 +201,7 @@ fn inherited_socket() -> Result<RawFd, String> {
 
 fn serve(marker: &str) -> Result<(), String> {
     let marker = parse_marker(marker)?;
-    die_with_parent(marker.parent);
+    die_with_parent(marker.parent)?;
     let fd = inherited_socket()?;
     // SAFETY: `fd` is an open socket (checked above) that this process inherited for
     // exactly this purpose; nothing else in the process owns or closes it.
@@ -174,6 +227,7 @@ fn serve(marker: &str) -> Result<(), String> {
         .name("multiproc-worker".into())
         .stack_size(main_stack_size())
         .spawn(move || {
+            overflow::watch_this_thread();
             let Err(why) = work(reader, shm);
             eprintln!("multiproc worker {}: {why}", std::process::id());
             let _ = std::io::stdout().flush();
@@ -248,6 +302,10 @@ fn install_control(mut fds: Vec<std::os::fd::OwnedFd>) -> Result<(), String> {
         ));
     }
     PROGRESS.store(p.cast(), Ordering::Release);
+    // SAFETY: the second word of the mapping (see `Lane::death_note`): in bounds and
+    // aligned for an `AtomicU64`.
+    let note = unsafe { p.cast::<AtomicU64>().add(1) };
+    overflow::DEATH_NOTE.store(note, Ordering::Release);
     Ok(())
 }
 

@@ -33,7 +33,10 @@ impl PoolCore {
     pub(crate) fn call_direct(&self, task: &'static str, enc: &Encoded) -> Direct {
         let shm = self.shared.config.shm;
         let (header, body) = enc.frame.split_at(enc.body_at);
-        if !enc.attachments.is_empty()
+        // A fork()ed child must not reach the original's workers through the lanes it
+        // inherited: its call goes to `submit`, which refuses it.
+        if self.foreign()
+            || !enc.attachments.is_empty()
             || !enc.leases.is_empty()
             || body.len() > shm.threshold
             || enc.frame.len() > CAPACITY

@@ -32,6 +32,11 @@ const SMALL_WINDOW: usize = 128;
 const SMALL_BACKLOG_NANOS: u64 = 1_000_000;
 /// How long a worker that closed its socket gets to finish exiting before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(1);
+/// Under a time limit, the longest a driver sleeps in `poll` at a time (see `wait`).
+const LIMIT_TICK: Duration = Duration::from_millis(100);
+/// How late a `poll` may return before the lateness counts as time this process was
+/// stopped rather than a busy machine.
+const STALL_SLACK: Duration = Duration::from_millis(100);
 
 pub(super) fn run(slot: usize, shared: &PoolShared, started: mpsc::Sender<Result<()>>) {
     let mut driver = Driver {
@@ -93,10 +98,13 @@ struct Driver<'a> {
     wfds: Vec<RawFd>,
 }
 
-/// What a worker's socket is ready for.
+/// What a worker's socket is ready for, and whether the worker has exited.
 struct Ready {
     readable: bool,
     writable: bool,
+    /// The worker's pidfd is readable: it has exited, whether or not its socket says
+    /// so (a process it forked may hold the socket open for as long as it lives).
+    exited: bool,
 }
 
 /// Why a worker is being given up.
@@ -128,20 +136,26 @@ impl Driver<'_> {
             if self.inflight.is_empty() {
                 continue;
             }
+            // Every read waits in `poll` first, on the socket and on the worker's pidfd:
+            // a blocking read would never return for a worker that died while a process
+            // it forked keeps its socket open.
             let limit = self.shared.config.task_timeout;
-            if limit.is_some() || self.write_pending() {
-                let ready = self.wait(limit.map(|l| self.front_started + l));
-                if ready.writable {
-                    self.push_writes();
+            let ready = self.wait(limit);
+            if ready.exited {
+                self.lose_exited_worker(&mut rbuf);
+                continue;
+            }
+            if ready.writable {
+                self.push_writes();
+            }
+            if !ready.readable {
+                if let Some(limit) = limit
+                    && !ready.writable
+                    && Instant::now() >= self.front_started + limit
+                {
+                    self.lose_worker(Loss::TimedOut(limit));
                 }
-                if !ready.readable {
-                    if let Some(limit) = limit
-                        && !ready.writable
-                    {
-                        self.lose_worker(Loss::TimedOut(limit));
-                    }
-                    continue;
-                }
+                continue;
             }
             self.read_from_worker(&mut rbuf);
         }
@@ -344,12 +358,19 @@ impl Driver<'_> {
     }
 
     /// Waits until the worker has something to read, or (while frames are pending) room
-    /// to write, or `deadline` passes. The end of the connection counts as readable:
-    /// reading reports it.
-    fn wait(&self, deadline: Option<Instant>) -> Ready {
+    /// to write, or it has exited, or the running job's time `limit` may have passed.
+    /// The end of the connection counts as readable: reading reports it.
+    ///
+    /// With a limit, `poll` sleeps at most `LIMIT_TICK` at a time, and time that passed
+    /// beyond a tick (plus `STALL_SLACK`) is not counted against the job: this process
+    /// was not running, as when the job is stopped with Ctrl-Z (SIGTSTP) and continued.
+    /// Without that, every worker busy when the job stopped would be killed for the
+    /// time it spent stopped.
+    fn wait(&mut self, limit: Option<Duration>) -> Ready {
         let readable = Ready {
             readable: true,
             writable: false,
+            exited: false,
         };
         let Some(live) = &self.worker else {
             return readable;
@@ -358,41 +379,80 @@ impl Driver<'_> {
             return readable;
         }
         let fd = live.reader.get_ref().raw_fd();
+        let exit_fd = live.lane.exit_fd();
         let events = if self.write_pending() {
             libc::POLLIN | libc::POLLOUT
         } else {
             libc::POLLIN
         };
         loop {
-            let ms = match deadline {
-                None => -1,
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
+            let tick = match limit {
+                None => None,
+                Some(limit) => {
+                    let left =
+                        (self.front_started + limit).saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return Ready {
                             readable: false,
                             writable: false,
+                            exited: false,
                         };
                     }
-                    libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX)
+                    Some(left.min(LIMIT_TICK))
                 }
             };
-            let mut pfd = libc::pollfd {
-                fd,
-                events,
-                revents: 0,
-            };
-            // SAFETY: `pfd` is one valid pollfd and we pass a count of 1.
-            let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+            let ms = tick.map_or(-1, |t| {
+                libc::c_int::try_from(t.as_millis().max(1)).unwrap_or(libc::c_int::MAX)
+            });
+            let mut pfds = [
+                libc::pollfd {
+                    fd,
+                    events,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: exit_fd.unwrap_or(-1),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            let count = if exit_fd.is_some() { 2 } else { 1 };
+            let before = Instant::now();
+            // SAFETY: `pfds` holds `count` valid pollfds (2 at most), and lives through
+            // the call.
+            let n = unsafe { libc::poll(pfds.as_mut_ptr(), count, ms) };
+            if let Some(tick) = tick {
+                let stalled = before.elapsed().saturating_sub(tick + STALL_SLACK);
+                if !stalled.is_zero() {
+                    self.front_started += stalled;
+                }
+            }
             if n > 0 {
+                let [socket, exit] = pfds;
                 return Ready {
-                    readable: pfd.revents & !libc::POLLOUT != 0,
-                    writable: pfd.revents & libc::POLLOUT != 0,
+                    readable: socket.revents & !libc::POLLOUT != 0,
+                    writable: socket.revents & libc::POLLOUT != 0,
+                    exited: exit.revents != 0,
                 };
             }
             if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
                 return readable; // reading will report the error
             }
+        }
+    }
+
+    /// The worker has exited: reads what it wrote before it did, without waiting for
+    /// more (its socket may never end), then loses it.
+    fn lose_exited_worker(&mut self, rbuf: &mut Vec<u8>) {
+        let Some(live) = &self.worker else {
+            return;
+        };
+        let pid = live.process.pid;
+        // Reads from now on fail with `WouldBlock` rather than wait: that is the end.
+        let _ = live.reader.get_ref().set_nonblocking();
+        // Until it is lost (a replacement may start in its slot then: not read here).
+        while self.worker.as_ref().is_some_and(|w| w.process.pid == pid) {
+            self.read_from_worker(rbuf);
         }
     }
 

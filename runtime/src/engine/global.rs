@@ -17,7 +17,15 @@ static GLOBAL: Mutex<Option<Arc<PoolCore>>> = Mutex::new(None);
 pub(crate) fn global() -> Result<Arc<PoolCore>> {
     let mut slot = lock(&GLOBAL);
     if let Some(pool) = &*slot {
-        return Ok(Arc::clone(pool));
+        if !pool.foreign() {
+            return Ok(Arc::clone(pool));
+        }
+        // This process is a fork()ed copy of the one that started the pool: it gets a
+        // fresh pool of its own. The inherited one is forgotten, not dropped: dropping
+        // it would wait for drivers that exist only in the original.
+        if let Some(inherited) = slot.take() {
+            std::mem::forget(inherited);
+        }
     }
     let workers = workers_from_env(std::env::var(WORKERS_VAR).ok().as_deref())?;
     let pool = Arc::new(PoolCore::start(PoolConfig {
@@ -60,8 +68,11 @@ extern "C" fn shutdown_global() {
         Ok(mut slot) => slot.take(),
         Err(_) => None,
     };
-    if let Some(pool) = pool {
-        pool.shutdown_within(Duration::from_secs(2));
+    match pool {
+        // An inherited pool (this is a fork()ed copy) is not ours to shut down.
+        Some(pool) if pool.foreign() => std::mem::forget(pool),
+        Some(pool) => pool.shutdown_within(Duration::from_secs(2)),
+        None => {}
     }
 }
 

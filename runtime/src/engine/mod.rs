@@ -5,6 +5,7 @@
 pub(crate) mod current;
 mod direct;
 mod driver;
+mod fork;
 mod global;
 mod job;
 
@@ -108,6 +109,9 @@ const DRIVER_POLL: Duration = Duration::from_micros(50);
 /// How long a driver whose worker runs a lane call waits before it looks again (it is
 /// also woken when a job is queued, and when a lane call ends with jobs queued).
 const LANE_NAP: Duration = Duration::from_millis(10);
+/// How often an idle driver looks at its worker: one killed while the pool is idle is
+/// reaped and replaced within this time, not left a zombie until the next call.
+const IDLE_CHECK: Duration = Duration::from_millis(250);
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding these locks leaves the data consistent (every critical
@@ -194,8 +198,16 @@ impl PoolShared {
                 continue;
             }
             q.idle_sleeping += 1;
-            q = self.ready.wait(q).unwrap_or_else(PoisonError::into_inner);
+            let (guard, waited) = self
+                .ready
+                .wait_timeout(q, IDLE_CHECK)
+                .unwrap_or_else(PoisonError::into_inner);
+            q = guard;
             q.idle_sleeping -= 1;
+            if waited.timed_out() {
+                // Nothing to do for a while: look at the worker (is it still alive?).
+                return Next::Check;
+            }
         }
     }
 
@@ -299,9 +311,27 @@ pub(crate) struct PoolCore {
     completions: Mutex<Option<mpsc::Sender<Completion>>>,
     completion_thread: Mutex<Option<JoinHandle<()>>>,
     completion_thread_id: ThreadId,
+    /// The fork generation of the process that started the pool (see [`fork`]).
+    generation: u64,
 }
 
 impl PoolCore {
+    /// True in a `fork()`ed copy of the process that started the pool: none of its
+    /// threads or workers are this process's, so nothing may be sent, joined or killed.
+    pub(crate) fn foreign(&self) -> bool {
+        fork::generation() != self.generation
+    }
+
+    /// The error for using a pool in a `fork()`ed child.
+    fn foreign_error() -> Error {
+        Error::new(
+            ErrorKind::Closed,
+            "this pool belongs to the process this one was fork()ed from: its workers and \
+             threads are not here; start a new Pool in this process (par_map outside a \
+             pool starts a fresh global pool by itself)",
+        )
+    }
+
     /// Starts `config.workers` workers and waits until every one has passed its handshake.
     pub(crate) fn start(config: PoolConfig) -> Result<PoolCore> {
         if config.workers == 0 {
@@ -323,6 +353,7 @@ impl PoolCore {
             ));
         }
         let workers = config.workers;
+        let generation = fork::generation();
         let shared = Arc::new(PoolShared::new(config));
         let (completions, completed) = mpsc::channel::<Completion>();
         let completion_thread = std::thread::Builder::new()
@@ -344,6 +375,7 @@ impl PoolCore {
             completion_thread_id: completion_thread.thread().id(),
             completions: Mutex::new(Some(completions)),
             completion_thread: Mutex::new(Some(completion_thread)),
+            generation,
         };
         let (started_tx, started_rx) = mpsc::channel();
         for slot in 0..workers {
@@ -386,6 +418,11 @@ impl PoolCore {
 
     /// Queues a job. On a closed pool the job is dropped, which replies `Closed`.
     pub(crate) fn submit(&self, job: Job) -> Result<()> {
+        if self.foreign() {
+            // Dropped here: it replies `Closed` to anyone waiting.
+            drop(job);
+            return Err(PoolCore::foreign_error());
+        }
         let mut q = lock(&self.shared.queue);
         if q.closed {
             drop(q);
@@ -420,6 +457,10 @@ impl PoolCore {
     /// Closes the pool, waits for every queued job to finish and every worker to exit,
     /// then for the completion thread to run the last callbacks.
     pub(crate) fn join(&self) {
+        if self.foreign() {
+            // The drivers to wait for live in the original process only.
+            return;
+        }
         self.close();
         let drivers = std::mem::take(&mut *lock(&self.drivers));
         for d in drivers {
@@ -436,6 +477,10 @@ impl PoolCore {
 
     /// Kills every worker now; queued and running jobs fail with `Closed`.
     pub(crate) fn terminate(&self) {
+        if self.foreign() {
+            // The workers are the original process's: never kill them from here.
+            return;
+        }
         self.shared.terminated.store(true, Ordering::SeqCst);
         let dropped: Vec<Job> = {
             let mut q = lock(&self.shared.queue);
@@ -451,6 +496,9 @@ impl PoolCore {
     /// Closes, waits up to `grace` for the queued work, then kills what is left.
     /// Used at process exit, where waiting forever is not an option.
     pub(crate) fn shutdown_within(&self, grace: Duration) {
+        if self.foreign() {
+            return;
+        }
         self.close();
         let deadline = Instant::now() + grace;
         let all_done = || lock(&self.drivers).iter().all(JoinHandle::is_finished);
@@ -467,6 +515,12 @@ impl PoolCore {
 
 impl Drop for PoolCore {
     fn drop(&mut self) {
+        if self.foreign() {
+            // Handles to threads of the original process: not joined, not detached.
+            std::mem::forget(std::mem::take(&mut *lock(&self.drivers)));
+            std::mem::forget(lock(&self.completion_thread).take());
+            return;
+        }
         self.join();
     }
 }

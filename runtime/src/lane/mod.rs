@@ -269,6 +269,14 @@ impl Lane {
         unsafe { (*self.base.cast::<AtomicU64>()).load(Ordering::Acquire) }
     }
 
+    /// What the worker noted about its own death (the second word of the control
+    /// segment): 0, or [`crate::worker::STACK_OVERFLOW`].
+    pub(crate) fn death_note(&self) -> u64 {
+        // SAFETY: as in `progress_record`; the second word is within the progress word's
+        // 64-byte line, before the lane's header, and only stored to atomically.
+        unsafe { (*self.base.cast::<AtomicU64>().add(1)).load(Ordering::Acquire) }
+    }
+
     /// Tells a worker watching its lane that frames are coming on its socket.
     pub(crate) fn kick(&self) {
         self.header().kick.count.fetch_add(1, Ordering::Release);
@@ -288,6 +296,18 @@ impl Lane {
     #[cfg(test)]
     pub(crate) fn claim_for_test(&self) {
         self.header().turn.state.store(CLAIMED, Ordering::SeqCst);
+    }
+
+    /// Whether the worker has exited, as its pidfd says (false without a pidfd).
+    pub(crate) fn worker_has_exited(&self) -> bool {
+        self.exit_watch.as_ref().is_some_and(|fd| {
+            crate::transport::readable_within(fd.as_raw_fd(), Duration::ZERO).unwrap_or(false)
+        })
+    }
+
+    /// The worker's pidfd (readable once it has exited), if the kernel has pidfds.
+    pub(crate) fn exit_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.exit_watch.as_ref().map(AsRawFd::as_raw_fd)
     }
 
     /// Whether the worker may have exited: its pidfd says so, or there is none to ask.

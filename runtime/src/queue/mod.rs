@@ -26,10 +26,25 @@ const INLINE_MAX: usize = 256 << 10;
 /// A queue that the parent, the workers of any pool and `Process` children share, like
 /// Python's `multiprocessing.Queue` (and unlike it, usable as an argument of a pool task).
 ///
-/// ```ignore
-/// let q: Queue<u64> = Queue::bounded(1024)?;
-/// let p = Process::spawn(producer, (q.clone(), 10))?;   // Queue is Clone + serde
-/// for x in q.iter().take(10) { println!("{x}"); }
+/// ```no_run
+/// use multiproc::prelude::*;
+///
+/// #[parallel]
+/// fn producer(q: Queue<u64>, n: u64) {
+///     for i in 0..n {
+///         q.put(i).expect("the queue is open");
+///     }
+/// }
+///
+/// fn main() -> multiproc::Result<()> {
+///     let q: Queue<u64> = Queue::bounded(1024)?;
+///     let p = Process::spawn(producer, (q.clone(), 10))?; // Queue is Clone + serde
+///     for x in q.iter().take(10) {
+///         println!("{x}");
+///     }
+///     p.join()?;
+///     Ok(())
+/// }
 /// ```
 ///
 /// `put` waits while a bounded queue is full (that is its back-pressure); `get` waits
@@ -210,10 +225,29 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         self.put_until(&value, None)
     }
 
-    /// Like [`put`](Self::put), waiting at most `timeout` for room:
-    /// [`ErrorKind::Timeout`] if there was none.
-    pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<()> {
-        self.put_until(&value, Some(Instant::now() + timeout))
+    /// Like [`put`](Self::put), waiting at most `timeout` for room. A message that could
+    /// not be put comes back with the reason (as crossbeam's `SendTimeoutError` does):
+    /// [`ErrorKind::Timeout`] if there was no room, [`ErrorKind::Closed`] if the queue
+    /// is closed. `?` turns it into a [`multiproc::Error`](Error).
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # fn main() -> multiproc::Result<()> {
+    /// let q = multiproc::Queue::<String>::bounded(1)?;
+    /// q.put("first".to_owned())?;
+    /// if let Err(rejected) = q.put_timeout("second".to_owned(), Duration::from_millis(10)) {
+    ///     assert_eq!(rejected.kind(), multiproc::ErrorKind::Timeout);
+    ///     let second: String = rejected.into_value(); // not lost: try again later
+    ///     assert_eq!(second, "second");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn put_timeout(&self, value: T, timeout: Duration) -> std::result::Result<(), Rejected<T>> {
+        match self.put_until(&value, Some(Instant::now() + timeout)) {
+            Ok(()) => Ok(()),
+            Err(error) => Err(Rejected { error, value }),
+        }
     }
 
     /// Takes the oldest message, waiting for one. A closed queue that is empty is
@@ -224,7 +258,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             .map_err(|s| stop_error(s, "get"))?
     }
 
-    /// Takes the oldest message if there is one now.
+    /// Takes the oldest message if there is one now: `Ok(None)` if the queue is empty
+    /// and open. A closed queue still gives what is left, then [`ErrorKind::Closed`]
+    /// once it is empty (as [`get`](Self::get) does), so a consumer loop ends.
     pub fn try_get(&self) -> Result<Option<T>> {
         self.get_timeout(Duration::ZERO)
     }
@@ -265,6 +301,60 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// The messages, in order, until the queue is closed and drained.
     pub fn iter(&self) -> QueueIter<'_, T> {
         QueueIter { queue: self }
+    }
+}
+
+/// A message that [`Queue::put_timeout`] could not put, given back with the reason.
+pub struct Rejected<T> {
+    error: Error,
+    value: T,
+}
+
+impl<T> Rejected<T> {
+    /// Why it was not put: [`ErrorKind::Timeout`], [`ErrorKind::Closed`], ...
+    pub fn kind(&self) -> ErrorKind {
+        self.error.kind()
+    }
+
+    /// The error, in full.
+    pub fn error(&self) -> &Error {
+        &self.error
+    }
+
+    /// The message that was not put.
+    pub fn into_value(self) -> T {
+        self.value
+    }
+
+    /// The error and the message.
+    pub fn into_parts(self) -> (Error, T) {
+        (self.error, self.value)
+    }
+}
+
+impl<T> From<Rejected<T>> for Error {
+    fn from(r: Rejected<T>) -> Error {
+        r.error
+    }
+}
+
+impl<T> std::fmt::Debug for Rejected<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rejected")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> std::fmt::Display for Rejected<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (the message is given back)", self.error)
+    }
+}
+
+impl<T> std::error::Error for Rejected<T> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
     }
 }
 

@@ -143,17 +143,11 @@ struct Outgoing {
     leases: Vec<Lease>,
 }
 
-/// The claims of the ranges received with the arguments being decoded on this thread,
-/// while a worker decodes them.
-struct Receiving {
-    claims: Vec<(Weak<Entry>, Claim)>,
-}
-
 thread_local! {
     /// Set while a chunk is encoded for a worker (see [`collect`]).
     static OUTGOING: RefCell<Option<Outgoing>> = const { RefCell::new(None) };
-    /// Set while a worker decodes a task's arguments (see [`receiving`]).
-    static RECEIVING: RefCell<Option<Receiving>> = const { RefCell::new(None) };
+    /// Set while a worker runs a chunk that came from its parent (see [`receiving`]).
+    static RECEIVING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// Every claim received on this thread since [`ranges_kept`] last looked.
     static RECEIVED: RefCell<Vec<(Weak<Entry>, Claim)>> = const { RefCell::new(Vec::new()) };
 }
@@ -196,34 +190,32 @@ pub(crate) fn lend(lease: Lease) -> Result<(), Lease> {
     })
 }
 
-/// Runs `decode` (a worker decoding a task's argument), during which `SharedChunkMut`
-/// handles may be received; their claims are remembered for [`ranges_kept`].
-pub(crate) fn receiving<R>(decode: impl FnOnce() -> R) -> R {
-    let outer = RECEIVING.with(|r| r.borrow_mut().replace(Receiving { claims: Vec::new() }));
-    /// Restores the outer state also when `decode` panics.
-    struct Restore(Option<Receiving>);
+/// Runs `run` (a worker running a chunk its parent sent), during which `SharedChunkMut`
+/// handles may be received as writers; their claims are remembered for
+/// [`ranges_kept`]. Per chunk, not per item: one flag, so a chunk of tiny items pays
+/// nothing. Results of a nested pool decoded inside such a task are in scope too, which
+/// is still sound: the worker refuses a claim that overlaps a live one, and a claim
+/// still alive when the chunk ends stops the worker from answering.
+pub(crate) fn receiving<R>(run: impl FnOnce() -> R) -> R {
+    /// Restores the outer state also when `run` panics.
+    struct Restore(bool);
     impl Drop for Restore {
         fn drop(&mut self) {
-            let outer = self.0.take();
-            if let Some(mine) = RECEIVING.with(|r| std::mem::replace(&mut *r.borrow_mut(), outer)) {
-                RECEIVED.with(|all| all.borrow_mut().extend(mine.claims));
-            }
+            RECEIVING.with(|r| r.set(self.0));
         }
     }
-    let _restore = Restore(outer);
-    decode()
+    let _restore = Restore(RECEIVING.with(|r| r.replace(true)));
+    run()
 }
 
-/// Called by a `SharedChunkMut`'s `Deserialize`: whether a worker is decoding a task's
-/// argument here, and if so, notes the claim.
+/// Called by a `SharedChunkMut`'s `Deserialize`: whether a worker is decoding a chunk
+/// from its parent here, and if so, notes the claim.
 pub(crate) fn note_received(entry: &Arc<Entry>, claim: Claim) -> bool {
-    RECEIVING.with(|r| match r.borrow_mut().as_mut() {
-        Some(receiving) => {
-            receiving.claims.push((Arc::downgrade(entry), claim));
-            true
-        }
-        None => false,
-    })
+    let receiving = RECEIVING.with(std::cell::Cell::get);
+    if receiving {
+        RECEIVED.with(|all| all.borrow_mut().push((Arc::downgrade(entry), claim)));
+    }
+    receiving
 }
 
 /// After a chunk ran in a worker: the ranges it received that a handle still claims

@@ -11,14 +11,22 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Which kind of segment to create.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ShmBackend {
     /// A sealed `memfd`, passed to workers over the socket (`SCM_RIGHTS`). The default on
     /// Linux.
-    #[default]
     Memfd,
     /// A named POSIX segment in `/dev/shm` (mode 0600, random name), opened by name.
     Posix,
+}
+
+/// This process's choice: `MULTIPROC_SHM=posix` selects named segments, anything else
+/// (or nothing) memfds. Read once.
+impl Default for ShmBackend {
+    fn default() -> ShmBackend {
+        default_backend()
+    }
 }
 
 /// Chooses the backend for this process: `MULTIPROC_SHM=posix` selects named segments.

@@ -12,13 +12,26 @@ use crate::error::{Error, ErrorKind, Result};
 
 /// A value written once into shared memory; a cheap handle to it travels to workers.
 ///
-/// ```ignore
-/// let table = Shared::new(big_lookup_table)?;   // serialized once, into shared memory
-/// let out = pool.map(lookup, &keys.iter().map(|k| (table.clone(), *k)).collect::<Vec<_>>())?;
+/// ```no_run
+/// use std::collections::HashMap;
+///
+/// use multiproc::prelude::*;
 ///
 /// #[parallel]
 /// fn lookup(table: Shared<HashMap<u64, String>>, key: u64) -> Option<String> {
-///     table.get(&key).cloned()                   // derefs to the value
+///     table.get(&key).cloned() // derefs to the value
+/// }
+///
+/// fn main() -> multiproc::Result<()> {
+///     let big_lookup_table: HashMap<u64, String> =
+///         (0..100_000).map(|k| (k, format!("value {k}"))).collect();
+///     let table = Shared::new(big_lookup_table)?; // serialized once, into shared memory
+///     let keys = [3u64, 30, 300_000];
+///     let pool = Pool::new(2)?;
+///     let args: Vec<_> = keys.iter().map(|k| (table.clone(), *k)).collect();
+///     let out = pool.map(lookup, &args)?;
+///     assert_eq!(out[0].as_deref(), Some("value 3"));
+///     Ok(())
 /// }
 /// ```
 ///

@@ -14,13 +14,20 @@ use crate::error::{Error, ErrorKind, Result};
 
 /// A read-only slice of plain numbers (`bytemuck::Pod`) in shared memory.
 ///
-/// ```ignore
-/// let xs = SharedSlice::from_slice(&floats)?;      // one copy, into shared memory
-/// let sums = xs.chunks(1 << 20)?.par_map(sum)?;     // views: a few bytes each
+/// ```no_run
+/// use multiproc::prelude::*;
 ///
 /// #[parallel]
 /// fn sum(part: SharedSlice<f64>) -> f64 {
-///     part.iter().sum()                             // reads the shared pages, no copy
+///     part.iter().sum() // reads the shared pages, no copy
+/// }
+///
+/// fn main() -> multiproc::Result<()> {
+///     let floats: Vec<f64> = (0..(4 << 20)).map(f64::from).collect();
+///     let xs = SharedSlice::from_slice(&floats)?; // one copy, into shared memory
+///     let sums = xs.views(1 << 20)?.par_map(sum)?; // views: a few bytes each
+///     assert_eq!(sums.len(), 4);
+///     Ok(())
 /// }
 /// ```
 ///
@@ -69,8 +76,8 @@ impl<T: Pod> SharedSlice<T> {
     /// Views of at most `n` elements each, covering the slice in order. Each view
     /// serializes to a few bytes and shares this slice's memory. `n == 0` is
     /// [`ErrorKind::InvalidConfig`].
-    pub fn chunks(&self, n: usize) -> Result<Vec<SharedSlice<T>>> {
-        Ok(chunk_ranges(self.len, n, "SharedSlice::chunks")?
+    pub fn views(&self, n: usize) -> Result<Vec<SharedSlice<T>>> {
+        Ok(chunk_ranges(self.len, n, "SharedSlice::views")?
             .map(|(start, len)| SharedSlice {
                 entry: Arc::clone(&self.entry),
                 offset: self.offset + start,
@@ -78,6 +85,13 @@ impl<T: Pod> SharedSlice<T> {
                 _t: PhantomData,
             })
             .collect())
+    }
+
+    /// The old name of [`views`](Self::views). It shadowed `<[T]>::chunks`, which a
+    /// `SharedSlice` also has through `Deref`, with another signature.
+    #[deprecated(since = "0.1.0", note = "use `views`; `chunks` is `<[T]>::chunks`")]
+    pub fn chunks(&self, n: usize) -> Result<Vec<SharedSlice<T>>> {
+        self.views(n)
     }
 
     /// The view's first element's position in the whole slice.

@@ -64,7 +64,11 @@ pub(super) fn work(socket: UnixStream, shm: ShmConfig) -> Result<std::convert::I
         let started = Instant::now();
         let done_so_far = out.len();
         let items = incoming.body.as_ref().map(Segment::bytes);
-        let start = match run_chunk(&incoming.frame, items, &mut out, &mut failures)? {
+        // Range handles (`SharedChunkMut`) decode as writers only in chunks from the
+        // parent's socket (never in lane calls, which carry no segments).
+        let ran =
+            crate::shm::receiving(|| run_chunk(&incoming.frame, items, &mut out, &mut failures));
+        let start = match ran? {
             Ran::Done(start) => start,
             Ran::UnknownTask(why) | Ran::KeptRange(why) => {
                 // Answers already held back go first: their chunks are done.

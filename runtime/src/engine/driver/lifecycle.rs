@@ -19,19 +19,27 @@ impl Driver<'_> {
             std::thread::sleep(backoff.min(Duration::from_secs(1)));
         }
         let config = &self.shared.config;
-        let started = spawn::spawn_worker(&config.program, config.shm).and_then(|process| {
-            let reader = process
+        let started = spawn::spawn_worker(&config.program, config.shm).and_then(|mut process| {
+            let setup = process
                 .stream
                 .try_clone()
-                .map_err(|e| Error::io(ErrorKind::Spawn, "cannot duplicate a socket", e))?;
-            let lane = Arc::new(send_control(&process)?);
-            Ok(Live {
-                process,
-                reader: BufReader::with_capacity(256 << 10, FdReader::new(reader)),
-                items: 0,
-                segments: HashMap::new(),
-                lane,
-            })
+                .map_err(|e| Error::io(ErrorKind::Spawn, "cannot duplicate a socket", e))
+                .and_then(|reader| Ok((reader, Arc::new(send_control(&process)?))));
+            match setup {
+                Ok((reader, lane)) => Ok(Live {
+                    process,
+                    reader: BufReader::with_capacity(256 << 10, FdReader::new(reader)),
+                    items: 0,
+                    segments: HashMap::new(),
+                    lane,
+                }),
+                Err(e) => {
+                    // Started, but unusable (no descriptors left, say): never a zombie.
+                    let _ = process.child.kill();
+                    let _ = spawn::reap(&mut process.child, EXIT_GRACE);
+                    Err(e.with_pid(process.pid))
+                }
+            }
         });
         match started {
             Ok(live) => {
@@ -70,13 +78,21 @@ impl Driver<'_> {
         }
     }
 
-    /// A caller waiting in this worker's lane asks whether the worker still lives. With
-    /// nothing in flight, anything to read is the end of the stream (or a `Fatal`
-    /// frame): the worker is lost (its lane call with it), and replaced.
+    /// A caller waiting in this worker's lane asks whether the worker still lives, or
+    /// the driver looks by itself while idle (every `IDLE_CHECK`). With nothing in
+    /// flight, anything to read is the end of the stream (or a `Fatal` frame): the
+    /// worker is lost (its lane call with it), reaped, and replaced at once, so that the
+    /// pool keeps its size and no zombie waits for the next call.
     pub(super) fn check_worker(&mut self) {
         let Some(live) = self.worker.as_ref() else {
             return;
         };
+        // Its pidfd first: a process it forked may hold its socket open.
+        if live.lane.worker_has_exited() {
+            self.lose_exited_worker(&mut Vec::new());
+            let _ = self.ensure_worker();
+            return;
+        }
         if live.reader.buffer().is_empty()
             && !hung_up(live.reader.get_ref().raw_fd(), Duration::ZERO)
         {
@@ -115,6 +131,12 @@ impl Driver<'_> {
         let held_any = !self.inflight.is_empty();
         let lane = Arc::clone(&live.lane);
         let exit = close_and_reap(live);
+        // Read after the reap: the worker cannot write it any more.
+        let exit = if lane.death_note() == crate::worker::STACK_OVERFLOW {
+            format!("overflowed its stack and {exit}")
+        } else {
+            exit
+        };
         // A call in the lane (the worker's only one, if it held it) fails the same way.
         lane.lose(loss_error(&loss, &exit, LANE_CALL, "").with_pid(pid));
         let before: Vec<Job> = self.inflight.drain(..pos).collect();
