@@ -80,6 +80,12 @@ impl WorkerLane {
         // loop updates.
         let h: &Header = unsafe { header(self.base) };
         let state = &h.turn.state;
+        // Gone is final, invited or not: a worker whose invitation lapsed (after a window
+        // without calls) and that only looked at that would never learn it. The lane's
+        // test server spun on exactly that, now and then, once the lane was closed.
+        if state.load(Ordering::Acquire) == GONE {
+            return Ok(Idle::Gone);
+        }
         if h.kick.invite.load(Ordering::Relaxed) == 0 {
             return Ok(Idle::Uninvited);
         }
