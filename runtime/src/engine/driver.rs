@@ -98,6 +98,18 @@ struct Driver<'a> {
     wfds: Vec<RawFd>,
 }
 
+/// A driver that unwinds (a bug) must not give back the ranges its jobs lend
+/// (`SharedChunkMut`) while their worker may still write them: the worker is killed and
+/// reaped before the jobs are dropped. On every normal path `retire` took it already.
+impl Drop for Driver<'_> {
+    fn drop(&mut self) {
+        if let Some(mut live) = self.worker.take() {
+            let _ = live.process.child.kill();
+            let _ = live.process.child.wait();
+        }
+    }
+}
+
 /// What a worker's socket is ready for, and whether the worker has exited.
 struct Ready {
     readable: bool,

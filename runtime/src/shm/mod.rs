@@ -115,6 +115,11 @@ pub(crate) fn release_all() {
     drop(held);
 }
 
+/// Whether this process received segment `id` from its parent (rather than made it).
+pub(crate) fn is_received(id: u64) -> bool {
+    matches!(lock(table()).get(&id), Some(Held::Strong(_)))
+}
+
 /// The entry for a segment id, if this process has it.
 pub(crate) fn resolve(id: u64) -> Option<Arc<Entry>> {
     match lock(table()).get(&id)? {

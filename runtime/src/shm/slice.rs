@@ -559,6 +559,15 @@ impl<'de, T: Pod> Deserialize<'de> for SharedChunkMut<T> {
                 "this segment is read-only: a SharedChunkMut comes from SharedSliceMut::chunks_mut",
             ));
         }
+        // The process that made the slice never decodes a writer of it: its own handles
+        // are the ones it lends, and one coming back (in a result, from any worker,
+        // forged or not) would be a second.
+        if !super::is_received(w.id) {
+            return Err(D::Error::custom(format_args!(
+                "{range} of a SharedSliceMut made in this process: a range handle never comes \
+                 back to the process that lent it"
+            )));
+        }
         let claim = Claim {
             id: NEXT_CLAIM.fetch_add(1, Ordering::Relaxed),
             start: offset * size,

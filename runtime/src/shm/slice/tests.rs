@@ -21,6 +21,13 @@ fn a_range_handle_decodes_only_as_a_workers_argument_and_only_once() {
         e.is_some(),
         "a range handle decoded outside a task's argument"
     );
+    // Not even as an argument in the process that made the slice (a result smuggled
+    // back from a nested worker would be decoded in such a scope).
+    let own = crate::shm::receiving(|| postcard::from_bytes::<SharedChunkMut<u64>>(&bytes));
+    assert!(own.is_err(), "the slice's own process decoded a writer");
+    // Here the test plays the worker that received the segment from its parent.
+    let id = out.entry.segment.id();
+    crate::shm::register_received(Arc::clone(&out.entry));
     // As a task's argument: one writer.
     let writer = crate::shm::receiving(|| postcard::from_bytes::<SharedChunkMut<u64>>(&bytes))
         .expect("decoded as an argument");
@@ -41,6 +48,7 @@ fn a_range_handle_decodes_only_as_a_workers_argument_and_only_once() {
     assert!(third.is_ok());
     drop(third);
     assert!(crate::shm::ranges_kept().is_none());
+    crate::shm::release(&[id]);
 }
 
 #[test]
