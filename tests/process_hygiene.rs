@@ -302,3 +302,37 @@ fn the_marker_is_gone_from_a_workers_environment_and_its_proc_entry() {
     let pool = Pool::new(1).unwrap();
     assert_eq!(pool.apply(marker_visible, 0).unwrap(), (false, false));
 }
+
+/// On item 7, closes every socket descriptor of its worker (the worker's own among
+/// them), as a task that closes "all the descriptors it inherited" would.
+#[parallel]
+fn close_sockets_on_7(x: u64) -> u64 {
+    if x == 7 {
+        for fd in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+            let target = std::fs::read_link(fd.path()).unwrap_or_default();
+            if target.to_string_lossy().starts_with("socket:") {
+                let n: i32 = fd.file_name().to_str().unwrap().parse().unwrap();
+                // SAFETY: closing a descriptor of this process; that is the fault.
+                unsafe { libc::close(n) };
+            }
+        }
+    }
+    x
+}
+
+#[test]
+fn a_task_that_closes_its_workers_socket_is_named_as_the_item_that_did() {
+    let data: Vec<u64> = (0..20).collect();
+    // One item per chunk: the exact item.
+    let pool = Pool::builder().workers(1).chunk_size(1).build().unwrap();
+    let e = pool.map(close_sockets_on_7, &data).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::WorkerDied, "{e}");
+    assert_eq!(e.task_index(), Some(7), "{e}");
+    assert!(e.to_string().contains("item 7"), "{e}");
+    assert!(e.to_string().contains("the task closed it"), "{e}");
+    assert_eq!(pool.apply(times_two, 1).unwrap(), 2, "the pool was healed");
+    // Five items per chunk: the chunk that held it, no other.
+    let pool = Pool::builder().workers(1).chunk_size(5).build().unwrap();
+    let e = pool.map(close_sockets_on_7, &data).unwrap_err();
+    assert!(e.to_string().contains("items 5..10"), "{e}");
+}

@@ -81,7 +81,9 @@ impl PoolBuilder {
 
     /// Kills and replaces a worker whose item runs longer than `limit`; that item fails
     /// with [`ErrorKind::Timeout`]. Items are then sent one per chunk, each with its own
-    /// deadline.
+    /// deadline. Time this process spends stopped (the job suspended with Ctrl-Z, then
+    /// continued) is not counted. Without a limit, an item whose worker is stopped
+    /// (SIGSTOP) waits until it is continued: a stopped worker is not a dead one.
     pub fn task_timeout(mut self, limit: Duration) -> Self {
         self.task_timeout = Some(limit);
         self

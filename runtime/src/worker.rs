@@ -17,7 +17,7 @@ use crate::transport::ShmConfig;
 mod overflow;
 mod serve;
 
-pub(crate) use overflow::STACK_OVERFLOW;
+pub(crate) use overflow::{SOCKET_TAKEN, STACK_OVERFLOW};
 
 use serve::work;
 

@@ -17,6 +17,19 @@ use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 /// The note a worker leaves in its control segment when a task overflowed its stack.
 pub(crate) const STACK_OVERFLOW: u64 = 1;
+/// The note a worker leaves when a task closed (or replaced) the worker's socket: the
+/// chunk that ran last did it, though the worker only finds out when it answers.
+pub(crate) const SOCKET_TAKEN: u64 = 2;
+
+/// Leaves `note` for the parent, which reads it once this process is dead.
+pub(crate) fn leave_note(note: u64) {
+    let slot = DEATH_NOTE.load(Ordering::Acquire);
+    if !slot.is_null() {
+        // SAFETY: a non-null slot points into the control segment, mapped for the life
+        // of the process (see `install_control`).
+        unsafe { (*slot).store(note, Ordering::Release) };
+    }
+}
 
 /// The word of the control segment where a dying worker leaves its note (null before
 /// the parent's `Setup` frame, and in `Process` children, which have no control
@@ -107,12 +120,7 @@ extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut 
                         fatal runtime error: stack overflow in a task\n";
         // SAFETY: write(2) of a static buffer to stderr.
         unsafe { libc::write(2, message.as_ptr().cast(), message.len()) };
-        let note = DEATH_NOTE.load(Ordering::Acquire);
-        if !note.is_null() {
-            // SAFETY: `note` points into the control segment, mapped for the life of the
-            // process (see `install_control`).
-            unsafe { (*note).store(STACK_OVERFLOW, Ordering::Release) };
-        }
+        leave_note(STACK_OVERFLOW);
     }
     // SAFETY: restoring the default disposition; returning re-runs the faulting access,
     // which now kills the process with this signal.

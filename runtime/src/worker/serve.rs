@@ -79,6 +79,9 @@ pub(super) fn work(socket: UnixStream, shm: ShmConfig) -> Result<std::convert::I
             }
         };
         drop(incoming);
+        if !socket_still_ours(&writer, reader.get_ref().raw_fd()) {
+            socket_taken("the descriptor is closed");
+        }
         let body_at = protocol::done_body_at(start);
         let (fds, oneshot) = transport::seal_frame(&mut out, start, body_at, &[], shm)
             .map_err(|e| format!("cannot send a result: {e}"))?;
@@ -224,6 +227,34 @@ fn next_run(reader: &mut std::io::BufReader<FdReader>) -> Result<Incoming, Strin
     }
 }
 
+/// Whether both of the worker's descriptors for its socket are still open: a task can
+/// close them (say, by closing every descriptor it finds). Checked after every chunk,
+/// so that the chunk that did it is the one the parent blames: two `fcntl` calls, a few
+/// tens of nanoseconds each, against a chunk's microsecond or more. (A descriptor
+/// closed and reused at once for another socket is not seen here; writing to it then
+/// fails, or the parent sees the worker die.)
+fn socket_still_ours(writer: &UnixStream, reader: RawFd) -> bool {
+    use std::os::fd::AsRawFd;
+    // Raw descriptors, not borrowed ones: the point is that they may have been closed
+    // behind their owners' backs.
+    [writer.as_raw_fd(), reader].into_iter().all(|fd| {
+        // SAFETY: F_GETFD takes no pointer; on a closed descriptor it fails with EBADF.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        flags >= 0
+    })
+}
+
+/// A task closed this worker's socket: leaves the note that makes the parent blame the
+/// chunk that ran last (see `SOCKET_TAKEN`), says so on stderr, and exits.
+fn socket_taken(why: &str) -> ! {
+    super::overflow::leave_note(super::SOCKET_TAKEN);
+    eprintln!(
+        "multiproc worker {}: a task closed the worker's socket ({why}); the worker exits",
+        std::process::id()
+    );
+    std::process::exit(super::EXIT_FAILURE)
+}
+
 /// Writes the held results; a parent that is gone ends the worker.
 fn flush(writer: &mut UnixStream, out: &mut Vec<u8>, batch_started: &mut Option<Instant>) {
     flush_with(writer, out, &[], batch_started);
@@ -240,7 +271,11 @@ fn flush_with(
     if out.is_empty() {
         return;
     }
-    if transport::send(writer, out, fds).is_err() {
+    if let Err(e) = transport::send(writer, out, fds) {
+        if matches!(e.raw_os_error(), Some(libc::EBADF | libc::ENOTSOCK)) {
+            // Not the parent hanging up: something else now sits at the descriptor.
+            socket_taken(&e.to_string());
+        }
         exit_on_parent_gone();
     }
     out.clear();

@@ -117,11 +117,18 @@ impl Driver<'_> {
         if !matches!(loss, Loss::Died) {
             let _ = live.process.child.kill();
         }
-        let (pos, item) = blame(
-            live.lane.progress_record(),
-            self.inflight.iter().map(|j| (j.chunk, j.count, j.bounced)),
-            matches!(loss, Loss::Died),
-        );
+        let record = live.lane.progress_record();
+        let (pos, item) = if live.lane.death_note() == crate::worker::SOCKET_TAKEN {
+            // A task closed the worker's socket: the chunk that ran last did it, which
+            // the worker had finished (its answer could not be sent).
+            blame_last_finished(record, self.inflight.iter().map(|j| (j.chunk, j.count)))
+        } else {
+            blame(
+                record,
+                self.inflight.iter().map(|j| (j.chunk, j.count, j.bounced)),
+                matches!(loss, Loss::Died),
+            )
+        };
         let item = item.and_then(|i| Some(self.inflight.get(pos)?.first_index + i as usize));
         if pos == self.inflight.len() {
             for job in &mut self.inflight {
@@ -132,10 +139,12 @@ impl Driver<'_> {
         let lane = Arc::clone(&live.lane);
         let exit = close_and_reap(live);
         // Read after the reap: the worker cannot write it any more.
-        let exit = if lane.death_note() == crate::worker::STACK_OVERFLOW {
-            format!("overflowed its stack and {exit}")
-        } else {
-            exit
+        let exit = match lane.death_note() {
+            crate::worker::STACK_OVERFLOW => format!("overflowed its stack and {exit}"),
+            crate::worker::SOCKET_TAKEN => {
+                format!("lost its socket (the task closed it) and {exit}")
+            }
+            _ => exit,
         };
         // A call in the lane (the worker's only one, if it held it) fails the same way.
         lane.lose(loss_error(&loss, &exit, LANE_CALL, "").with_pid(pid));
@@ -251,6 +260,22 @@ fn blame(
         Some((pos, _)) => (pos, None),
         None => (held, None),
     }
+}
+
+/// The job a worker whose socket a task closed was blamed for: the one its progress
+/// record says it finished last (its answer never left), and its item if it had only
+/// one. `jobs.len()` if the record names none of them.
+fn blame_last_finished(
+    record: u64,
+    jobs: impl ExactSizeIterator<Item = (u64, u32)>,
+) -> (usize, Option<u32>) {
+    let held = jobs.len();
+    for (pos, (chunk, count)) in jobs.enumerate() {
+        if crate::worker::progress_item(record, chunk).is_some() {
+            return (pos, (count == 1).then_some(0));
+        }
+    }
+    (held, None)
 }
 
 /// What a lane call is, in errors: the one item of an `apply`.
