@@ -336,3 +336,25 @@ fn a_task_that_closes_its_workers_socket_is_named_as_the_item_that_did() {
     let e = pool.map(close_sockets_on_7, &data).unwrap_err();
     assert!(e.to_string().contains("items 5..10"), "{e}");
 }
+
+#[test]
+fn a_stopped_worker_without_a_time_limit_holds_its_call_until_it_is_continued() {
+    let pool = Pool::new(1).unwrap();
+    let pid = pool.apply(pid_of_worker, 0).unwrap();
+    // SAFETY: SIGSTOP to this pool's worker.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _ = tx.send(pool.apply(times_two, 21));
+        });
+        // A stopped process cannot answer: the call waits (documented), it does not fail.
+        assert!(rx.recv_timeout(Duration::from_millis(500)).is_err());
+        // SAFETY: SIGCONT to the worker stopped above.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGCONT) }, 0);
+        let answer = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("answered once continued");
+        assert_eq!(answer.unwrap(), 42);
+    });
+}
