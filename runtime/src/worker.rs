@@ -138,11 +138,7 @@ fn die_with_parent(parent: u32) -> Result<(), String> {
     if actual != parent {
         // Our parent died before we looked (we were handed to another process), or the
         // marker names some other process.
-        let named_lives = i32::try_from(parent).is_ok_and(|pid| {
-            // SAFETY: signal 0 only checks that the process exists.
-            let rc = unsafe { libc::kill(pid, 0) };
-            rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-        });
+        let named_lives = i32::try_from(parent).is_ok_and(crate::shm::segment::process_exists);
         if !named_lives || actual == 1 {
             exit_on_parent_gone();
         }

@@ -298,11 +298,17 @@ impl Lane {
         self.header().turn.state.store(CLAIMED, Ordering::SeqCst);
     }
 
+    /// Whether the worker's pidfd says it has exited; `unknown` without a pidfd, or if
+    /// asking it fails.
+    fn pidfd_says_exited(&self, unknown: bool) -> bool {
+        self.exit_watch.as_ref().map_or(unknown, |fd| {
+            crate::transport::readable_within(fd.as_raw_fd(), Duration::ZERO).unwrap_or(unknown)
+        })
+    }
+
     /// Whether the worker has exited, as its pidfd says (false without a pidfd).
     pub(crate) fn worker_has_exited(&self) -> bool {
-        self.exit_watch.as_ref().is_some_and(|fd| {
-            crate::transport::readable_within(fd.as_raw_fd(), Duration::ZERO).unwrap_or(false)
-        })
+        self.pidfd_says_exited(false)
     }
 
     /// The worker's pidfd (readable once it has exited), if the kernel has pidfds.
@@ -312,9 +318,7 @@ impl Lane {
 
     /// Whether the worker may have exited: its pidfd says so, or there is none to ask.
     pub(crate) fn worker_may_have_exited(&self) -> bool {
-        self.exit_watch.as_ref().is_none_or(|fd| {
-            crate::transport::readable_within(fd.as_raw_fd(), Duration::ZERO).unwrap_or(true)
-        })
+        self.pidfd_says_exited(true)
     }
 
     /// Before its driver writes to the worker's socket (after [`kick`](Self::kick), which

@@ -55,10 +55,10 @@ impl Entry {
 
     /// A value kept with this entry in this process (one per type), made by `make` the
     /// first time: it lives exactly as long as the entry does here.
-    pub(crate) fn keep_with<V: Any + Send + Sync>(
+    pub(crate) fn keep_with<V: Any + Send + Sync, E>(
         &self,
-        make: impl FnOnce() -> crate::error::Result<V>,
-    ) -> crate::error::Result<Arc<V>> {
+        make: impl FnOnce() -> Result<V, E>,
+    ) -> Result<Arc<V>, E> {
         let mut values = lock(&self.values);
         if let Some(v) = values.get(&TypeId::of::<V>())
             && let Ok(v) = Arc::clone(v).downcast::<V>()

@@ -553,6 +553,13 @@ fn sweep_stale_once() {
     ONCE.call_once(sweep_stale);
 }
 
+/// Whether a process `pid` exists (one of another user's counts: EPERM).
+pub(crate) fn process_exists(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks whether the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 pub(crate) fn sweep_stale() {
     let Ok(dir) = std::fs::read_dir("/dev/shm") else {
         return;
@@ -566,10 +573,7 @@ pub(crate) fn sweep_stale() {
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
             continue;
         };
-        // SAFETY: kill with signal 0 only checks whether the process exists.
-        let alive = unsafe { libc::kill(pid, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-        if !alive {
+        if !process_exists(pid) {
             unlink(name);
         }
     }

@@ -1,13 +1,12 @@
 //! [`Shared<T>`]: one value, written once into shared memory, read by every worker.
 
-use std::any::{Any, TypeId};
 use std::ops::Deref;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{Entry, Segment, ShmBackend, lock};
+use super::{Entry, Segment, ShmBackend};
 use crate::error::{Error, ErrorKind, Result};
 
 /// A value written once into shared memory; a cheap handle to it travels to workers.
@@ -70,11 +69,8 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Shared<T> {
         let segment = Segment::create(backend, &bytes)?;
         let entry = Entry::new(segment);
         super::register_created(&entry);
-        let value = Arc::new(value);
-        lock(&entry.values).insert(
-            TypeId::of::<T>(),
-            Arc::clone(&value) as Arc<dyn Any + Send + Sync>,
-        );
+        // The creator's own handles read the value it already has.
+        let Ok(value) = entry.keep_with(|| Ok::<T, std::convert::Infallible>(value));
         Ok(Shared { entry, value })
     }
 }
@@ -107,24 +103,13 @@ where
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let id = u64::deserialize(d)?;
         let entry = super::resolve(id).ok_or_else(|| super::missing::<D::Error>(id))?;
-        let mut values = lock(&entry.values);
-        let value = match values.get(&TypeId::of::<T>()) {
-            Some(v) => Arc::clone(v),
-            None => {
-                let v: T = postcard::from_bytes(entry.segment.bytes()).map_err(|e| {
-                    <D::Error as serde::de::Error>::custom(format_args!(
-                        "the value in shared-memory segment {id:016x} does not decode as this type: {e}"
-                    ))
-                })?;
-                let v: Arc<dyn Any + Send + Sync> = Arc::new(v);
-                values.insert(TypeId::of::<T>(), Arc::clone(&v));
-                v
-            }
-        };
-        drop(values);
-        let value = value
-            .downcast::<T>()
-            .map_err(|_| super::missing::<D::Error>(id))?;
+        let value = entry.keep_with(|| {
+            postcard::from_bytes::<T>(entry.segment.bytes()).map_err(|e| {
+                <D::Error as serde::de::Error>::custom(format_args!(
+                    "the value in shared-memory segment {id:016x} does not decode as this type: {e}"
+                ))
+            })
+        })?;
         Ok(Shared { entry, value })
     }
 }
