@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use multiproc::ErrorKind;
 use multiproc::prelude::*;
@@ -36,18 +36,12 @@ fn pid_of_worker(_x: u64) -> u32 {
     std::process::id()
 }
 
+/// Deadlines of this file: only to detect a hang.
+const MINUTE: Duration = Duration::from_secs(60);
+
 /// True once `pid` is gone from `/proc` altogether: exited and reaped (a zombie is not).
 fn reaped(pid: u32) -> bool {
     !Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// Waits (a minute at most: only to detect a hang) until `done` holds.
-fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within a minute");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 #[test]
@@ -75,7 +69,7 @@ fn a_worker_killed_while_the_pool_is_idle_is_reaped_and_replaced_without_a_call(
     // SAFETY: SIGKILL to this pool's worker.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
     // No call is made meanwhile: the driver notices by itself.
-    eventually("the killed idle worker is reaped", || reaped(pid));
+    common::eventually("the killed idle worker is reaped", MINUTE, || reaped(pid));
     let replacement = pool.apply(pid_of_worker, 0).unwrap();
     assert_ne!(replacement, pid);
 }
@@ -142,13 +136,7 @@ fn few_descriptors_child() {
 
 #[test]
 fn a_pool_that_fails_to_start_for_want_of_descriptors_leaves_no_zombie() {
-    let out = common::run_child_test("few_descriptors_child", &[]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = common::child_stdout("few_descriptors_child", &[]);
     assert!(stdout.contains("zombies: []"), "{stdout}");
 }
 
@@ -195,15 +183,10 @@ fn fork_after_the_pool_child() {
 
 #[test]
 fn par_map_in_a_forked_child_gets_a_pool_of_its_own() {
-    let out = common::within(Duration::from_secs(120), || {
-        common::run_child_test("fork_after_the_pool_child", &[])
+    let stdout = common::within(Duration::from_secs(120), || {
+        common::child_stdout("fork_after_the_pool_child", &[])
     });
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("forked child exited with 0"),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(stdout.contains("forked child exited with 0"), "{stdout}");
 }
 
 /// Marks that it started, then sleeps `ms` (wall time, which a stop also uses up).
@@ -250,7 +233,7 @@ fn a_job_stopped_with_ctrl_z_and_continued_gets_no_false_timeout() {
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let child = cmd.spawn().unwrap();
     let pgid = child.id() as i32;
-    eventually("the task starts", || dir.join("napping").exists());
+    common::eventually("the task starts", MINUTE, || dir.join("napping").exists());
     // SAFETY: signals to the process group of the child this test started.
     unsafe { libc::kill(-pgid, libc::SIGSTOP) };
     // Stopped for longer than the time limit (this wait is the point of the test).

@@ -371,13 +371,7 @@ fn child_uses_segments() {
 
 #[test]
 fn nothing_leaks_after_normal_runs_and_a_killed_worker() {
-    let out = common::run_child_test("child_uses_segments", &[]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = common::child_stdout("child_uses_segments", &[]);
     let line = stdout.lines().find(|l| l.starts_with("FDS")).unwrap();
     let nums: Vec<usize> = line
         .split_whitespace()

@@ -21,15 +21,8 @@ fn scratch(name: &str) -> PathBuf {
 
 /// Waits (a minute at most: only to detect a hang) until `path` exists.
 fn wait_for(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let what = format!("{} appears", path.display());
+    common::eventually(&what, Duration::from_secs(60), || path.exists());
 }
 
 /// Says it started (a mark file named after its range, holding its pid), waits for the
@@ -342,13 +335,7 @@ fn without_randomness_child() {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn no_worker_starts_when_the_os_gives_no_randomness() {
-    let out = common::run_child_test("without_randomness_child", &[]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = common::child_stdout("without_randomness_child", &[]);
     let refusals: Vec<&str> = stdout
         .lines()
         .filter_map(|l| Some(&l[l.find("refused: ")?..]))
@@ -429,12 +416,7 @@ fn large_queue_messages_child() {
         .join()
         .unwrap();
     q.put(vec![1u8; BIG as usize]).unwrap();
-    let out = common::run_child_test("sweeping_child", &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::child_stdout("sweeping_child", &[]);
     assert_eq!(
         q.get().unwrap(),
         vec![9u8; BIG as usize],
@@ -510,13 +492,8 @@ fn sweeping_child() {
 }
 
 fn large_messages_under(backend: &str) {
-    let out = common::run_child_test("large_queue_messages_child", &[("MULTIPROC_SHM", backend)]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("large messages: ok"),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = common::child_stdout("large_queue_messages_child", &[("MULTIPROC_SHM", backend)]);
+    assert!(stdout.contains("large messages: ok"), "{stdout}");
 }
 
 #[test]
@@ -579,11 +556,6 @@ fn a_killed_last_holders_large_messages_are_swept() {
     child.kill().unwrap();
     child.wait().unwrap();
     // A later program's start-up sweep removes them: nobody holds the queue now.
-    let out = common::run_child_test("sweeping_child", &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::child_stdout("sweeping_child", &[]);
     assert!(files_of_queue(&id).is_empty(), "{:?}", files_of_queue(&id));
 }

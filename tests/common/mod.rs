@@ -27,6 +27,29 @@ pub fn run_child_test(test: &str, envs: &[(&str, &str)]) -> Output {
     cmd.output().expect("running the child test")
 }
 
+/// Runs one test of the current test binary as [`run_child_test`] does, fails unless it
+/// passed (showing its output), and returns its standard output.
+pub fn child_stdout(test: &str, envs: &[(&str, &str)]) -> String {
+    let out = run_child_test(test, envs);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{test} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Waits until `done` holds, failing the test after `limit`: only to detect a hang,
+/// never to order events.
+pub fn eventually(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// True inside a process started by [`run_child_test`].
 pub fn is_child() -> bool {
     std::env::var_os("MULTIPROC_TEST_CHILD").is_some()
@@ -122,11 +145,11 @@ pub fn signal_child_test_after(
 
 /// Waits (30 s at most, to detect a hang) until none of `pids` is running.
 pub fn wait_until_gone(pids: &[u32]) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while pids.iter().any(|&p| process_exists(p)) {
-        assert!(Instant::now() < deadline, "{pids:?} outlived their parent");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(
+        &format!("{pids:?} outlived their parent"),
+        Duration::from_secs(30),
+        || !pids.iter().any(|&p| process_exists(p)),
+    );
 }
 
 /// Runs `f` on another thread; fails the test if it takes longer than `limit` (a hang).
