@@ -118,7 +118,10 @@ impl Driver<'_> {
             let _ = live.process.child.kill();
         }
         let record = live.lane.progress_record();
-        let (pos, item) = if live.lane.death_note() == crate::worker::SOCKET_TAKEN {
+        // What the worker noted about its death, if anything: written before it died,
+        // which is how it got here (or it was just killed, and noted nothing).
+        let note = live.lane.death_note();
+        let (pos, item) = if note == crate::worker::SOCKET_TAKEN {
             // A task closed the worker's socket: the chunk that ran last did it, which
             // the worker had finished (its answer could not be sent).
             blame_last_finished(record, self.inflight.iter().map(|j| (j.chunk, j.count)))
@@ -138,8 +141,7 @@ impl Driver<'_> {
         let held_any = !self.inflight.is_empty();
         let lane = Arc::clone(&live.lane);
         let exit = close_and_reap(live);
-        // Read after the reap: the worker cannot write it any more.
-        let exit = match lane.death_note() {
+        let exit = match note {
             crate::worker::STACK_OVERFLOW => format!("overflowed its stack and {exit}"),
             crate::worker::SOCKET_TAKEN => {
                 format!("lost its socket (the task closed it) and {exit}")
