@@ -388,13 +388,12 @@ fn files_of_queue(id: &str) -> Vec<String> {
         .collect()
 }
 
-/// The id of queue `q`: the lock file this process opened while making it.
-fn queue_id<T>(before: &[String], q: &Queue<T>) -> String {
-    let _ = q;
-    let now = held_queues();
-    let new: Vec<&String> = now.iter().filter(|id| !before.contains(id)).collect();
-    assert_eq!(new.len(), 1, "{before:?} -> {now:?}");
-    new[0].clone()
+/// The id of `_queue`: the lock file this process opened while making it.
+fn queue_id<T>(_queue: &Queue<T>) -> String {
+    // The only queue this (child) process holds is the one just made.
+    let held = held_queues();
+    assert_eq!(held.len(), 1, "{held:?}");
+    held[0].clone()
 }
 
 const BIG: u64 = 1 << 20;
@@ -410,7 +409,7 @@ fn large_queue_messages_child() {
     // Lost: once its producer has exited, the message waits in the queue; any later
     // sweep (this process's first large put, another program's start) keeps it.
     let q = Queue::<Vec<u8>>::new().unwrap();
-    let id = queue_id(&[], &q);
+    let id = queue_id(&q);
     Process::spawn(put_big, (q.clone(), BIG))
         .unwrap()
         .join()
@@ -430,7 +429,7 @@ fn large_queue_messages_child() {
     // Leaked: a timed-out put, a put refused by a closed queue, a retry loop, a queue
     // dropped while it holds large messages.
     let q = Queue::<Vec<u8>>::bounded(1).unwrap();
-    let id = queue_id(&[], &q);
+    let id = queue_id(&q);
     q.put(vec![0]).unwrap();
     for _ in 0..5 {
         let e = q
@@ -449,7 +448,7 @@ fn large_queue_messages_child() {
     assert!(files_of_queue(&id).is_empty());
 
     let q = Queue::<Vec<u8>>::new().unwrap();
-    let id = queue_id(&[], &q);
+    let id = queue_id(&q);
     for k in 0..3 {
         q.put(vec![k; BIG as usize]).unwrap();
     }
@@ -465,7 +464,7 @@ fn large_queue_messages_child() {
     // parent lets go of its own handle.
     let pool = Pool::new(2).unwrap();
     let q = Queue::<Vec<u8>>::new().unwrap();
-    let id = queue_id(&[], &q);
+    let id = queue_id(&q);
     let puts: Vec<(Queue<Vec<u8>>, u64)> = (0..4).map(|_| (q.clone(), BIG)).collect();
     assert_eq!(pool.map(put_big, &puts).unwrap(), vec![BIG; 4]);
     drop(puts);
@@ -514,7 +513,7 @@ fn killed_holder_child() {
         return;
     }
     let q = Queue::<Vec<u8>>::new().unwrap();
-    let id = queue_id(&[], &q);
+    let id = queue_id(&q);
     q.put(vec![4u8; BIG as usize]).unwrap();
     q.put(vec![4u8; BIG as usize]).unwrap();
     println!("queue: {id}");
