@@ -301,7 +301,8 @@ fn fd_count() -> usize {
 }
 
 fn my_named_segments() -> Vec<String> {
-    let prefix = format!("multiproc-{}-", std::process::id());
+    // `mproc<creator pid, hex>-<id>`.
+    let prefix = format!("mproc{:x}-", std::process::id());
     std::fs::read_dir("/dev/shm")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -394,7 +395,7 @@ fn segments_of_a_killed_parent_are_swept_at_the_next_start() {
     let leftovers: Vec<String> = std::fs::read_dir("/dev/shm")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with(&format!("multiproc-{dead}-")))
+        .filter(|n| n.starts_with(&format!("mproc{dead:x}-")))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }

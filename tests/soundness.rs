@@ -366,9 +366,10 @@ fn held_queues() -> Vec<String> {
             let target = std::fs::read_link(fd.path()).ok()?;
             let name = target.strip_prefix("/dev/shm").ok()?.to_str()?.to_owned();
             // Its name, or the temporary name the creator opened it under (deleted).
-            let id = match name.strip_prefix("multiproc-q") {
+            // `mprocq<id>`, or `mproc<pid>-<id>.lock`.
+            let id = match name.strip_prefix("mprocq") {
                 Some(id) => id,
-                None => &name[name.find("-l")? + 2..],
+                None => &name[name.strip_prefix("mproc")?.find('-')? + 6..],
             };
             id.get(..16).map(str::to_owned)
         })
@@ -384,7 +385,7 @@ fn files_of_queue(id: &str) -> Vec<String> {
         .unwrap()
         .flatten()
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n.starts_with(&format!("multiproc-q{id}")))
+        .filter(|n| n.starts_with(&format!("mprocq{id}")))
         .collect()
 }
 
@@ -422,7 +423,7 @@ fn large_queue_messages_child() {
         "the producer's message"
     );
     assert_eq!(q.get().unwrap(), vec![1u8; BIG as usize]);
-    assert_eq!(files_of_queue(&id), vec![format!("multiproc-q{id}")]);
+    assert_eq!(files_of_queue(&id), vec![format!("mprocq{id}")]);
     drop(q);
     assert!(files_of_queue(&id).is_empty(), "{:?}", files_of_queue(&id));
 

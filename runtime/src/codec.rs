@@ -13,10 +13,11 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::protocol::encode_into;
-
+mod append;
+mod message;
 mod raw;
-mod why;
+
+pub(crate) use append::{encode_into, extend_frame};
 
 pub use raw::{Parts, Raw, RawItem, RawTuple};
 use raw::{put_raw, put_raw_vec, take_raw, take_raw_vec};
@@ -196,12 +197,12 @@ impl<T> Layout<T> for PostcardLayout {
 /// Why `value` did not serialize (with `error`), in words. Postcard drops the message of
 /// an error that a `Serialize` impl makes with `custom` (its own text is just "Serde
 /// Serialization Error"); for those, the value is walked again by a serializer that
-/// keeps it ([`why::ser::Probe`]). Runs only after a failure.
+/// keeps it ([`message::ser::Probe`]). Runs only after a failure.
 pub(crate) fn ser_failure<T: Serialize + ?Sized>(value: &T, error: &postcard::Error) -> String {
     if *error != postcard::Error::SerdeSerCustom {
         return error.to_string();
     }
-    match value.serialize(why::ser::Probe) {
+    match value.serialize(message::ser::Probe) {
         Err(why) => why.0,
         Ok(()) => error.to_string(),
     }
@@ -210,13 +211,13 @@ pub(crate) fn ser_failure<T: Serialize + ?Sized>(value: &T, error: &postcard::Er
 /// Why `bytes` did not deserialize as a `T` (with `error`), in words: where postcard
 /// drops the message that a `Deserialize` impl gave `custom` (or `invalid_value`, ...),
 /// the bytes are read again by a deserializer of postcard's format that keeps it
-/// ([`why::de::Reread`]), however deep the value that raised it. Runs only after a
+/// ([`message::de::Reread`]), however deep the value that raised it. Runs only after a
 /// failure.
 pub(crate) fn de_failure<T: DeserializeOwned>(bytes: &[u8], error: &postcard::Error) -> String {
     if *error != postcard::Error::SerdeDeCustom {
         return error.to_string();
     }
-    match T::deserialize(&mut why::de::Reread::new(bytes)) {
+    match T::deserialize(&mut message::de::Reread::new(bytes)) {
         Err(why) => why.0,
         Ok(_) => error.to_string(),
     }

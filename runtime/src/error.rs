@@ -221,7 +221,7 @@ mod tests {
 
     #[test]
     fn io_error_keeps_its_source() {
-        let io = std::io::Error::from_raw_os_error(libc::EMFILE);
+        let io = std::io::Error::from(rustix::io::Errno::MFILE);
         let e = Error::io(ErrorKind::Spawn, "spawning a worker", io);
         assert_eq!(e.kind(), ErrorKind::Spawn);
         assert!(std::error::Error::source(&e).is_some());

@@ -1,37 +1,52 @@
 //! The runtime of [multiproc](https://docs.rs/multiproc): task registry, worker entry,
 //! wire protocol, worker pools and errors.
 //!
+//! # How it is built
+//!
+//! Layers, bottom up; each uses only the ones below it:
+//!
+//! - `error`: [`Error`] and [`ErrorKind`].
+//! - `sys`: OS primitives only (futexes, poll, locks, panics, segments, sockets,
+//!   processes, randomness); the only place that calls `libc`.
+//! - `codec`: values to bytes and back (postcard and raw layouts, serde error messages).
+//! - `task`: [`Task`], the link-time registry, the build identity, running a chunk.
+//! - `wire`: frames, the handshake, frame bodies in shared memory, and the transport
+//!   seam (`Link`) with its socket implementation.
+//! - `shm`: the user's shared-memory handles and the per-process segment table.
+//! - `direct`: the shared-memory call path from a caller to an idle local worker.
+//! - `worker`: the pre-`main` entry of a worker process and its serving loop.
+//! - `engine`: the job queue, driver threads, starting and reaping workers, the global
+//!   and current pools.
+//! - `api`: [`Pool`], maps, `apply`, [`Process`], pipelines, progress.
+//! - `queue`: the cross-process [`Queue`] (beside `api`, on `shm` and `sys`).
+//!
 //! Depend on the `multiproc` crate instead; it re-exports everything that is public here
 //! under stable names. This crate's version is pinned exactly by `multiproc`.
 
-mod apply;
-mod chunk;
+// One module-file style: `name.rs` beside `name/`, never `name/mod.rs`.
+#![deny(clippy::mod_module_files)]
+
+// The layers, bottom up (see "How it is built" above): each module uses only those
+// listed before it.
+mod api;
 mod codec;
+mod direct;
 mod engine;
 mod error;
-mod futex;
-mod imap;
-mod lane;
-mod map;
-mod pipeline;
-mod pool;
-mod process;
-mod progress;
-mod protocol;
 mod queue;
 mod shm;
-mod spawn;
+mod sys;
 mod task;
-mod transport;
+mod wire;
 mod worker;
 
-pub use apply::AsyncResult;
+pub use api::apply::AsyncResult;
+pub use api::imap::IMap;
+pub use api::map::ParMap;
+pub use api::pipeline::{OkOnly, Pipeline, Source, Stage, pipeline};
+pub use api::pool::{IntoPool, Pool, PoolBuilder};
+pub use api::process::{Process, ProcessBuilder};
 pub use error::{Error, ErrorKind, Result};
-pub use imap::IMap;
-pub use map::ParMap;
-pub use pipeline::{OkOnly, Pipeline, Source, Stage, pipeline};
-pub use pool::{IntoPool, Pool, PoolBuilder};
-pub use process::{Process, ProcessBuilder};
 pub use queue::{Queue, QueueIter, Rejected};
 pub use shm::{Shared, SharedChunkMut, SharedSlice, SharedSliceMut, ShmBackend, segments_held};
 pub use task::Task;
@@ -41,11 +56,11 @@ pub use worker::in_worker;
 /// signatures here change without notice.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::api::pool::__with_pool_start as with_pool_start;
     pub use crate::codec::{
         Codec, Layout, PostcardLayout, RawItem, RawLayout, RawTupleLayout, RawVecLayout,
     };
     pub use crate::engine::current::CurrentGuard;
-    pub use crate::pool::__with_pool_start as with_pool_start;
     pub use crate::task::{Failure, RunChunk, TASKS, Task, TaskEntry, run_chunk};
     pub use linkme;
     pub use serde;
@@ -54,10 +69,10 @@ pub mod __private {
     /// Starts one worker from `program`, checks its handshake and stops it again;
     /// returns its pid. Lets tests show what happens when a worker is not the same build.
     pub fn probe_worker(program: &std::path::Path) -> crate::Result<u32> {
-        let mut worker =
-            crate::spawn::spawn_worker(program, crate::transport::ShmConfig::default())?;
+        use crate::engine::spawn;
+        let mut worker = spawn::spawn_worker(program, crate::wire::ShmConfig::default())?;
         drop(worker.stream);
-        let _ = crate::spawn::reap(&mut worker.child, std::time::Duration::from_secs(5));
+        let _ = spawn::reap(&mut worker.child, std::time::Duration::from_secs(5));
         Ok(worker.pid)
     }
 
@@ -66,9 +81,9 @@ pub mod __private {
     pub fn parent_hello_frame(token: u64) -> Vec<u8> {
         let mut buf = Vec::new();
         let hello =
-            crate::protocol::Hello::from_parent(crate::transport::ShmConfig::default(), token);
+            crate::wire::hello::Hello::from_parent(crate::wire::ShmConfig::default(), token);
         // Encoding a hello into a Vec cannot fail.
-        let _ = crate::protocol::hello_frame(&mut buf, &hello);
+        let _ = crate::wire::frame::hello_frame(&mut buf, &hello);
         buf
     }
 

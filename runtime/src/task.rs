@@ -1,16 +1,18 @@
-//! Task values, the link-time task registry and the code a worker runs for one chunk.
+//! Tasks: the values `#[parallel]` defines, the link-time registry of them, the build
+//! identity that the handshake compares, and (in `run`) the code a worker runs for one
+//! chunk of a task, with what it records while doing so (`note`).
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::OnceLock;
 
-pub use crate::protocol::Failure;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use crate::codec::Codec;
 
-use crate::codec::{Codec, Layout, Reader};
-use crate::protocol::FailureKind;
+pub(crate) mod note;
+mod run;
+
+pub(crate) use run::decode_failures;
+pub use run::{Failure, FailureKind, run_chunk};
 
 /// A `#[parallel]` function, as a value.
 ///
@@ -161,89 +163,4 @@ impl Fnv {
     fn finish(&self) -> u64 {
         self.0
     }
-}
-
-/// The body of every generated chunk runner: decode, call, encode, with panics caught.
-///
-/// The values of the items that succeed are appended to `out`, back to back; an item that
-/// panics, or whose result does not encode, becomes a [`Failure`] and the next item runs.
-/// An argument that does not decode (or whose decoding panics) ends the chunk: the items
-/// after it cannot be located. Returns the number of items that ran.
-///
-/// Items run in stretches under one `catch_unwind` each, not one per item: a stretch ends
-/// only at a panic, so a chunk without panics pays for one.
-#[doc(hidden)]
-pub fn run_chunk<A: DeserializeOwned, R: Serialize, LA: Layout<A>, LR: Layout<R>>(
-    invoke: fn(A) -> R,
-    input: &[u8],
-    count: u32,
-    out: &mut Vec<u8>,
-    failures: &mut Vec<Failure>,
-) -> u32 {
-    /// Where the current item was when a panic ended a stretch.
-    #[derive(Clone, Copy, PartialEq)]
-    enum Step {
-        Decoding,
-        Running,
-        /// Its value is in `out`; only its destructor was left.
-        Encoded,
-    }
-    let progress = crate::worker::ProgressNote::current();
-    let mut reader = Reader::new(input);
-    let mut index = 0;
-    while index < count {
-        // A `Cell`: the last step written before a panic is read after it.
-        let step = Cell::new(Step::Decoding);
-        let mut mark = out.len();
-        let stretch = crate::worker::guarded(|| {
-            while index < count {
-                progress.note(index);
-                step.set(Step::Decoding);
-                mark = out.len();
-                let value = LA::take(&mut reader)
-                    .map_err(|e| crate::codec::de_failure::<A>(reader.rest(), &e))?;
-                step.set(Step::Running);
-                let result = invoke(value);
-                if let Err(e) = LR::put(&result, out) {
-                    out.truncate(mark);
-                    let why = crate::codec::ser_failure(&result, &e);
-                    failures.push(Failure {
-                        index,
-                        kind: FailureKind::Serialization,
-                        message: format!("the result could not be serialized in the worker: {why}"),
-                    });
-                }
-                step.set(Step::Encoded);
-                drop(result);
-                index += 1;
-            }
-            Ok::<(), String>(())
-        });
-        match stretch {
-            Ok(Ok(())) => {}
-            Ok(Err(why)) => {
-                failures.push(Failure {
-                    index,
-                    kind: FailureKind::Serialization,
-                    message: format!("the argument could not be deserialized in the worker: {why}"),
-                });
-                return index + 1;
-            }
-            // A destructor that panics after its value was sent does not fail the item.
-            Err(_) if step.get() == Step::Encoded => index += 1,
-            Err(message) => {
-                out.truncate(mark);
-                failures.push(Failure {
-                    index,
-                    kind: FailureKind::Panicked,
-                    message,
-                });
-                index += 1;
-                if step.get() == Step::Decoding {
-                    return index;
-                }
-            }
-        }
-    }
-    count
 }

@@ -124,7 +124,7 @@ impl<T: RawTuple> Parts<T> {
 #[inline(always)]
 pub(super) fn put_raw_vec<E: RawItem>(values: &Vec<E>, out: &mut Vec<u8>) -> postcard::Result<()> {
     out.extend_from_slice(&(values.len() as u64).to_le_bytes());
-    crate::protocol::extend_frame(out, bytemuck::cast_slice(values));
+    super::extend_frame(out, bytemuck::cast_slice(values));
     Ok(())
 }
 

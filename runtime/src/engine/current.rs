@@ -4,7 +4,13 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use super::PoolCore;
-use crate::map::MapSettings;
+
+/// What a map call takes from the pool it runs on (a `with_pool!` block's settings).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct MapSettings {
+    pub chunk_size: Option<usize>,
+    pub progress: bool,
+}
 
 thread_local! {
     static STACK: RefCell<Vec<(Arc<PoolCore>, MapSettings)>> = const { RefCell::new(Vec::new()) };

@@ -4,19 +4,17 @@
 //! and replaces it when it dies.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::BufReader;
-use std::os::fd::RawFd;
+use std::process::Child;
 use std::sync::{Arc, Weak, mpsc};
 use std::time::{Duration, Instant};
 
-use super::{Body, Job, Next, PoolShared, Reply};
+use super::spawn;
+use super::{Job, Next, PoolShared, Reply};
+use crate::direct::ParentEnd;
 use crate::error::{Error, ErrorKind, Result};
-use crate::lane::Lane;
-use crate::protocol::{self, Frame};
-
 use crate::shm::Entry;
-use crate::spawn::{self, WorkerProcess};
-use crate::transport::{self, FdReader};
+use crate::sys::segment::Segment;
+use crate::wire::{self, Answer, Expect, Link, Ready, frame};
 
 mod lifecycle;
 
@@ -48,9 +46,6 @@ pub(super) fn run(slot: usize, shared: &PoolShared, started: mpsc::Sender<Result
         front_started: Instant::now(),
         small_nanos: None,
         spawn_failures: 0,
-        wbuf: Vec::new(),
-        written: 0,
-        wfds: Vec::new(),
     };
     let first = driver.ensure_worker();
     let ok = first.is_ok();
@@ -64,16 +59,18 @@ pub(super) fn run(slot: usize, shared: &PoolShared, started: mpsc::Sender<Result
 
 /// A worker and the driver's view of it.
 struct Live {
-    process: WorkerProcess,
-    reader: BufReader<FdReader>,
+    child: Child,
+    pid: u32,
+    /// The connection to the worker: every frame goes through it.
+    link: Box<dyn Link>,
     /// Items sent to this worker so far, for `max_tasks_per_worker`.
     items: u64,
     /// Segments this worker holds, to send each once and release it when the parent
     /// drops its last handle.
     segments: HashMap<u64, Weak<Entry>>,
-    /// The worker's control segment: where it records the item it runs, and its lane
+    /// The worker's control segment: where it records the item it runs, and its direct path
     /// for direct calls.
-    lane: Arc<Lane>,
+    direct: Arc<ParentEnd>,
 }
 
 struct Driver<'a> {
@@ -89,13 +86,6 @@ struct Driver<'a> {
     /// The run time of recent small jobs (a moving average), once one has come back.
     small_nanos: Option<u64>,
     spawn_failures: u32,
-    /// Frames being written to the worker: the bytes, how many went out, and the
-    /// descriptors still to attach to the next byte. Writes never block: a driver
-    /// that waited for a busy worker to read could not read that worker's answers
-    /// meanwhile, nor enforce a time limit.
-    wbuf: Vec<u8>,
-    written: usize,
-    wfds: Vec<RawFd>,
 }
 
 /// A driver that unwinds (a bug) must not give back the ranges its jobs lend
@@ -104,19 +94,10 @@ struct Driver<'a> {
 impl Drop for Driver<'_> {
     fn drop(&mut self) {
         if let Some(mut live) = self.worker.take() {
-            let _ = live.process.child.kill();
-            let _ = live.process.child.wait();
+            let _ = live.child.kill();
+            let _ = live.child.wait();
         }
     }
-}
-
-/// What a worker's socket is ready for, and whether the worker has exited.
-struct Ready {
-    readable: bool,
-    writable: bool,
-    /// The worker's pidfd is readable: it has exited, whether or not its socket says
-    /// so (a process it forked may hold the socket open for as long as it lives).
-    exited: bool,
 }
 
 /// Why a worker is being given up.
@@ -141,7 +122,7 @@ impl Driver<'_> {
                 && self
                     .worker
                     .as_ref()
-                    .is_some_and(|live| !live.reader.buffer().is_empty());
+                    .is_some_and(|live| live.link.has_buffered());
             if !answers_waiting && !self.write_pending() && !self.fill_window() {
                 return;
             }
@@ -178,7 +159,7 @@ impl Driver<'_> {
         let Some(live) = self.worker.as_mut() else {
             return;
         };
-        match protocol::read_frame(&mut live.reader, rbuf) {
+        match live.link.recv(rbuf) {
             Ok(true) => self.on_frame(rbuf),
             Ok(false) => self.lose_worker(Loss::Died),
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
@@ -203,7 +184,7 @@ impl Driver<'_> {
                 Some(job) => job,
                 None if held == 0 => match self
                     .shared
-                    .next_job(self.slot, self.worker.as_ref().map(|w| &*w.lane))
+                    .next_job(self.slot, self.worker.as_ref().map(|w| &*w.direct))
                 {
                     Next::Job(job) => job,
                     Next::Check => {
@@ -212,9 +193,9 @@ impl Driver<'_> {
                     }
                     Next::Closed => return false,
                 },
-                // More work queued behind a worker busy with a lane call would wait for
+                // More work queued behind a worker busy with a direct call would wait for
                 // the call (see `next_job`).
-                None if self.worker.as_ref().is_some_and(|w| w.lane.in_call()) => break,
+                None if self.worker.as_ref().is_some_and(|w| w.direct.in_call()) => break,
                 None => match self.shared.try_next_job(held) {
                     Some(job) => job,
                     None => break,
@@ -283,89 +264,90 @@ impl Driver<'_> {
             }
             return;
         };
-        // A worker watching its lane goes to its socket (the kick also keeps it from
-        // opening the lane again). Frames written while a call holds the lane would wait
-        // behind it: the lane is taken from callers first; if a call holds it already
-        // (claimed since this driver took the jobs), the jobs go back to the queue, for
-        // another worker.
-        live.lane.kick();
-        if !live.lane.close_for_write() {
+        // A worker watching its direct path goes to its socket (the kick also keeps it
+        // from opening the direct path again). Frames written while a call holds the
+        // direct path would wait behind it: the direct path is taken from callers first;
+        // if a call holds it already (claimed since this driver took the jobs), the jobs
+        // go back to the queue, for another worker.
+        live.direct.kick();
+        if !live.direct.close_for_write() {
             self.shared.requeue_front(batch.into_iter());
             self.note_if_idle();
             return;
         }
-        self.wbuf.clear();
-        release_dead_segments(live, &mut self.wbuf);
-        let mut fds = Vec::new();
+        let mut out = Vec::new();
+        release_dead_segments(live, &mut out);
+        if !out.is_empty()
+            && let Err(e) = live.link.stage(&out, &[])
+        {
+            let e = Error::io(ErrorKind::Io, "writing to the worker", e);
+            for job in batch {
+                job.fail(e.duplicate());
+            }
+            return;
+        }
         let mut failed = Vec::new();
         for (i, job) in batch.iter_mut().enumerate() {
             // Each segment goes to a worker once, with the first chunk that needs it.
-            let new: Vec<&Arc<Entry>> = job
+            let new: Vec<Arc<Entry>> = job
                 .attachments
                 .iter()
                 .filter(|e| !live.segments.contains_key(&e.segment.id()))
+                .cloned()
                 .collect();
+            let attach: Vec<&Segment> = new.iter().map(|e| &e.segment).collect();
             // The job's own frame stays as it is: a chunk may be sent again, to another
             // worker, if this one dies first.
             let (header, body) = job.frame.split_at(job.body_at);
-            match transport::append_frame(&mut self.wbuf, header, body, &new, shm) {
-                Ok((job_fds, oneshot)) => {
-                    for e in &new {
-                        live.segments.insert(e.segment.id(), Arc::downgrade(e));
-                    }
-                    fds.extend(job_fds);
-                    job.oneshot = oneshot;
+            out.clear();
+            let oneshot = match wire::append_frame(&mut out, header, body, &attach, shm) {
+                Ok(oneshot) => oneshot,
+                Err(e) => {
+                    failed.push((i, e));
+                    continue;
                 }
-                Err(e) => failed.push((i, e)),
+            };
+            // The frame's segments travel before it: its handles' segments, then the
+            // one holding its body.
+            let carried: Vec<&Segment> = attach.iter().copied().chain(oneshot.as_ref()).collect();
+            if let Err(e) = live.link.stage(&out, &carried) {
+                failed.push((i, Error::io(ErrorKind::Io, "writing to the worker", e)));
+                continue;
             }
+            for e in &new {
+                live.segments.insert(e.segment.id(), Arc::downgrade(e));
+            }
+            job.oneshot = oneshot;
         }
         for (i, e) in failed.into_iter().rev() {
             batch.remove(i).fail(e);
         }
-        live.lane.set_segments_held(live.segments.len());
+        live.direct.set_segments_held(live.segments.len());
         if self.inflight.is_empty() {
             self.front_started = Instant::now();
         }
         live.items += batch.iter().map(|j| u64::from(j.count)).sum::<u64>();
         self.inflight.extend(batch);
-        self.written = 0;
-        self.wfds = fds;
         self.push_writes();
         self.note_if_idle();
     }
 
     fn write_pending(&self) -> bool {
-        self.written < self.wbuf.len()
+        self.worker.as_ref().is_some_and(|w| w.link.pending())
     }
 
-    /// Writes what the worker's socket takes now of the pending frames. The descriptors
-    /// still to send are valid: they belong to segments that jobs in flight hold.
+    /// Writes what the worker takes now of the pending frames. A failed write is not
+    /// looked into here: reading next tells what happened (a `Fatal` frame, or the end).
     fn push_writes(&mut self) {
-        let Some(live) = self.worker.as_ref() else {
-            return self.drop_writes();
-        };
-        while self.write_pending() {
-            match transport::send_now(&live.process.stream, &self.wbuf[self.written..], &self.wfds)
-            {
-                Ok(n) => {
-                    self.written += n;
-                    self.wfds.clear();
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                // Reading next tells what happened (a Fatal frame, or end of stream).
-                Err(_) => break,
-            }
+        if let Some(live) = self.worker.as_mut() {
+            let _ = live.link.push();
         }
-        self.drop_writes();
     }
 
-    /// Forgets pending writes (all written, or the worker is gone).
+    /// Forgets pending writes (the worker is gone).
     fn drop_writes(&mut self) {
-        self.wbuf.clear();
-        self.written = 0;
-        self.wfds.clear();
-        if self.wbuf.capacity() > 16 << 20 {
-            self.wbuf = Vec::new();
+        if let Some(live) = self.worker.as_mut() {
+            live.link.discard_pending();
         }
     }
 
@@ -379,23 +361,8 @@ impl Driver<'_> {
     /// Without that, every worker busy when the job stopped would be killed for the
     /// time it spent stopped.
     fn wait(&mut self, limit: Option<Duration>) -> Ready {
-        let readable = Ready {
-            readable: true,
-            writable: false,
-            exited: false,
-        };
         let Some(live) = &self.worker else {
-            return readable;
-        };
-        if !live.reader.buffer().is_empty() {
-            return readable;
-        }
-        let fd = live.reader.get_ref().raw_fd();
-        let exit_fd = live.lane.exit_fd();
-        let events = if self.write_pending() {
-            libc::POLLIN | libc::POLLOUT
-        } else {
-            libc::POLLIN
+            return Ready::READ;
         };
         loop {
             let tick = match limit {
@@ -404,51 +371,24 @@ impl Driver<'_> {
                     let left =
                         (self.front_started + limit).saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        return Ready {
-                            readable: false,
-                            writable: false,
-                            exited: false,
-                        };
+                        return Ready::NOTHING;
                     }
                     Some(left.min(LIMIT_TICK))
                 }
             };
-            let ms = tick.map_or(-1, |t| {
-                libc::c_int::try_from(t.as_millis().max(1)).unwrap_or(libc::c_int::MAX)
-            });
-            let mut pfds = [
-                libc::pollfd {
-                    fd,
-                    events,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: exit_fd.unwrap_or(-1),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            let count = if exit_fd.is_some() { 2 } else { 1 };
             let before = Instant::now();
-            // SAFETY: `pfds` holds `count` valid pollfds (2 at most), and lives through
-            // the call.
-            let n = unsafe { libc::poll(pfds.as_mut_ptr(), count, ms) };
+            let ready = live.link.wait(live.direct.exit_fd(), tick);
             if let Some(tick) = tick {
                 let stalled = before.elapsed().saturating_sub(tick + STALL_SLACK);
                 if !stalled.is_zero() {
                     self.front_started += stalled;
                 }
             }
-            if n > 0 {
-                let [socket, exit] = pfds;
-                return Ready {
-                    readable: socket.revents & !libc::POLLOUT != 0,
-                    writable: socket.revents & libc::POLLOUT != 0,
-                    exited: exit.revents != 0,
-                };
-            }
-            if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                return readable; // reading will report the error
+            match ready {
+                Ok(ready) if ready != Ready::NOTHING => return ready,
+                // Nothing yet (a tick passed, or a signal came): look at the time again.
+                Ok(_) => {}
+                Err(_) => return Ready::READ, // reading will report the error
             }
         }
     }
@@ -459,68 +399,59 @@ impl Driver<'_> {
         let Some(live) = &self.worker else {
             return;
         };
-        let pid = live.process.pid;
+        let pid = live.pid;
         // Reads from now on fail with `WouldBlock` rather than wait: that is the end.
-        let _ = live.reader.get_ref().set_nonblocking();
+        if let Some(live) = self.worker.as_mut() {
+            let _ = live.link.stop_waiting();
+        }
         // Until it is lost (a replacement may start in its slot then: not read here).
-        while self.worker.as_ref().is_some_and(|w| w.process.pid == pid) {
+        while self.worker.as_ref().is_some_and(|w| w.pid == pid) {
             self.read_from_worker(rbuf);
         }
     }
 
     fn on_frame(&mut self, rbuf: &mut Vec<u8>) {
-        let loss = match protocol::parse(rbuf) {
-            Ok(Frame::Done {
-                chunk,
-                count,
-                nanos,
-                values_len,
-                ..
-            }) if self
-                .inflight
-                .front()
-                .is_some_and(|j| j.chunk == chunk && count <= j.count) =>
-            {
-                let Some(live) = self.worker.as_mut() else {
-                    return;
-                };
-                let body = match Body::of_done(live.reader.get_mut(), rbuf, values_len) {
-                    Ok(body) => body,
-                    Err(e) => {
-                        self.lose_worker(Loss::Protocol(e.message().to_owned()));
-                        return;
-                    }
-                };
-                let pid = live.process.pid;
-                let Some(job) = self.inflight.pop_front() else {
-                    return;
-                };
-                if job.count == 1 {
-                    self.small_nanos = Some(match self.small_nanos {
-                        Some(avg) => (avg.saturating_mul(3).saturating_add(nanos)) / 4,
-                        None => nanos,
-                    });
-                }
-                let reply = Reply::Done {
-                    first_index: job.first_index,
-                    pid,
-                    nanos,
-                    expected: job.count,
-                    count,
-                    body,
-                    values_len: values_len as usize,
-                };
-                job.reply(reply);
-                self.front_started = Instant::now();
-                self.spawn_failures = 0;
-                self.note_if_idle();
-                return;
-            }
-            Ok(Frame::Fatal(why)) => Loss::GaveUp(why.to_owned()),
-            Ok(other) => Loss::Protocol(format!("unexpected frame {other:?}")),
-            Err(e) => Loss::Protocol(e.to_string()),
+        let Some(live) = self.worker.as_mut() else {
+            return;
         };
-        self.lose_worker(loss);
+        let expect = self.inflight.front().map(|j| Expect {
+            chunk: j.chunk,
+            count: j.count,
+        });
+        let (count, nanos, values_len, body) =
+            match wire::read_answer(rbuf, expect, Some(&mut *live.link)) {
+                Ok(Answer::Done {
+                    count,
+                    nanos,
+                    values_len,
+                    body,
+                }) => (count, nanos, values_len, body),
+                Ok(Answer::Fatal(why)) => return self.lose_worker(Loss::GaveUp(why)),
+                Err(why) => return self.lose_worker(Loss::Protocol(why)),
+            };
+        let pid = live.pid;
+        let Some(job) = self.inflight.pop_front() else {
+            return;
+        };
+        if job.count == 1 {
+            self.small_nanos = Some(match self.small_nanos {
+                Some(avg) => (avg.saturating_mul(3).saturating_add(nanos)) / 4,
+                None => nanos,
+            });
+        }
+        let reply = Reply::Done {
+            first_index: job.first_index,
+            pid,
+            nanos,
+            expected: job.count,
+            count,
+            body,
+            values_len,
+        };
+        job.reply(reply);
+        self.front_started = Instant::now();
+        self.spawn_failures = 0;
+        self.note_if_idle();
     }
 
     /// Tells the queue this worker holds nothing any more (it may get the next job).
@@ -547,7 +478,7 @@ fn release_dead_segments(live: &mut Live, wbuf: &mut Vec<u8>) {
         live.segments.remove(id);
     }
     let mut frame = Vec::new();
-    if protocol::release_frame(&mut frame, &dead).is_ok() {
+    if frame::release_frame(&mut frame, &dead).is_ok() {
         wbuf.extend_from_slice(&frame);
     }
 }

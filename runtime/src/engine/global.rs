@@ -30,17 +30,16 @@ pub(crate) fn global() -> Result<Arc<PoolCore>> {
     let workers = workers_from_env(std::env::var(WORKERS_VAR).ok().as_deref())?;
     let pool = Arc::new(PoolCore::start(PoolConfig {
         workers,
-        program: crate::spawn::default_program(),
+        program: super::spawn::default_program(),
         max_tasks_per_worker: None,
         task_timeout: None,
-        shm: crate::transport::ShmConfig::default(),
+        shm: crate::wire::ShmConfig::default(),
         retries: 0,
     })?);
     static AT_EXIT: Once = Once::new();
     AT_EXIT.call_once(|| {
-        // SAFETY: registering a plain `extern "C" fn()` with atexit has no preconditions;
-        // a failure (no slot left) only means workers exit on end-of-stream instead.
-        unsafe { libc::atexit(shutdown_global) };
+        // A failure (no slot left) only means workers exit on end-of-stream instead.
+        crate::sys::process::at_exit(shutdown_global);
     });
     *slot = Some(Arc::clone(&pool));
     Ok(pool)

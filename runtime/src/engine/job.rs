@@ -6,6 +6,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
 use crate::error::{Error, ErrorKind};
+use crate::shm::{Entry, Lease};
+use crate::sys::segment::Segment;
+pub(crate) use crate::wire::Body;
+
+/// A `Run` frame (without its trailer) holding a chunk of up to `count` items, and what
+/// its arguments take with them: ready to become a [`Job`].
+pub(crate) struct Encoded {
+    pub chunk: u64,
+    pub frame: Vec<u8>,
+    pub body_at: usize,
+    pub count: u32,
+    /// Segments the items' handles refer to.
+    pub attachments: Vec<Arc<Entry>>,
+    /// The `SharedChunkMut` ranges the items lend to the task: held until it has
+    /// answered, or its worker is dead and reaped.
+    pub leases: Vec<Lease>,
+}
 
 /// One encoded chunk waiting for, or held by, a worker.
 pub(crate) struct Job {
@@ -23,14 +40,14 @@ pub(crate) struct Job {
     /// Where the body starts in `frame`.
     pub body_at: usize,
     /// The segments the chunk's handles refer to; held until the job is done.
-    pub attachments: Vec<Arc<crate::shm::Entry>>,
+    pub attachments: Vec<Arc<Entry>>,
     /// The ranges the chunk lends to its task. Given back right before the reply, which
     /// is sent only once the task answered or its worker is dead and reaped (a job that
     /// goes back to the queue keeps them). Before, not after: a caller woken by the
     /// reply may read the slice at once.
-    leases: Vec<crate::shm::Lease>,
+    leases: Vec<Lease>,
     /// The one-shot segment holding the body, once the driver moved it out of line.
-    pub oneshot: Option<crate::shm::Segment>,
+    pub oneshot: Option<Segment>,
     /// How many workers were given this chunk (more than one after retries).
     pub attempts: u32,
     /// How many workers died holding this chunk before it started (it went back to the
@@ -65,58 +82,6 @@ pub(crate) enum Reply {
     },
 }
 
-/// The body of a `Done` frame: in the frame, or in a one-shot shared-memory segment.
-pub(crate) enum Body {
-    Inline {
-        frame: Vec<u8>,
-        range: std::ops::Range<usize>,
-    },
-    Mapped(crate::shm::Segment),
-}
-
-impl Body {
-    /// The body of a parsed `Done` frame held in `frame`: the frame itself, or the
-    /// one-shot segment it came in (opened here, its descriptor taken from `reader`).
-    /// Checks that the values fit in the body.
-    pub(crate) fn of_done(
-        reader: &mut crate::transport::FdReader,
-        frame: &mut Vec<u8>,
-        values_len: u32,
-    ) -> crate::error::Result<Body> {
-        let bad = |why: String| Error::new(ErrorKind::Protocol, why);
-        let (range, oneshot) = match crate::protocol::parse(frame) {
-            Ok(crate::protocol::Frame::Done { trailer, .. }) => {
-                let start = trailer.body.as_ptr() as usize - frame.as_ptr() as usize;
-                let range = start..start + trailer.body.len();
-                (
-                    range,
-                    crate::transport::open_segments(reader, &trailer, false)?,
-                )
-            }
-            Ok(other) => return Err(bad(format!("expected a Done frame, got {other:?}"))),
-            Err(e) => return Err(bad(e.to_string())),
-        };
-        let body = match oneshot {
-            Some(seg) => Body::Mapped(seg),
-            None => Body::Inline {
-                frame: std::mem::take(frame),
-                range,
-            },
-        };
-        if values_len as usize > body.bytes().len() {
-            return Err(bad("the values are longer than the body".into()));
-        }
-        Ok(body)
-    }
-
-    pub(crate) fn bytes(&self) -> &[u8] {
-        match self {
-            Body::Inline { frame, range } => &frame[range.clone()],
-            Body::Mapped(seg) => seg.bytes(),
-        }
-    }
-}
-
 /// A typed continuation run on the pool's completion thread.
 pub(crate) type OnReply = Box<dyn FnOnce(Reply) + Send>;
 
@@ -140,7 +105,7 @@ pub(crate) enum ReplyTo {
 
 impl Job {
     pub(crate) fn new(
-        enc: crate::chunk::Encoded,
+        enc: Encoded,
         task: &'static str,
         first_index: usize,
         cancel: Option<Arc<AtomicBool>>,

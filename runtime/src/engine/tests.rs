@@ -2,7 +2,7 @@ use std::sync::mpsc;
 use std::thread;
 
 use super::*;
-use crate::chunk::encode_slice;
+use crate::api::chunk::encode_slice;
 use crate::codec::Codec;
 
 fn shared(workers: usize) -> Arc<PoolShared> {
@@ -11,7 +11,7 @@ fn shared(workers: usize) -> Arc<PoolShared> {
         program: PathBuf::from("/nonexistent"),
         max_tasks_per_worker: None,
         task_timeout: None,
-        shm: crate::transport::ShmConfig::default(),
+        shm: crate::wire::ShmConfig::default(),
         retries: 0,
     }))
 }
@@ -27,12 +27,12 @@ fn job() -> Job {
 #[test]
 fn a_job_left_to_a_driver_whose_worker_is_in_a_call_goes_to_a_sleeping_one() {
     let shared = shared(2);
-    let lane = Arc::new(Lane::create(std::process::id()).unwrap());
-    lane.claim_for_test();
-    // Slot 0: its worker is in a lane call. Slot 1: idle, asleep once it polled.
+    let direct = Arc::new(ParentEnd::create(std::process::id()).unwrap());
+    direct.claim_for_test();
+    // Slot 0: its worker is in a direct call. Slot 1: idle, asleep once it polled.
     let busy = {
-        let (shared, lane) = (Arc::clone(&shared), Arc::clone(&lane));
-        thread::spawn(move || matches!(shared.next_job(0, Some(&lane)), Next::Closed))
+        let (shared, direct) = (Arc::clone(&shared), Arc::clone(&direct));
+        thread::spawn(move || matches!(shared.next_job(0, Some(&direct)), Next::Closed))
     };
     let (took, took_rx) = mpsc::channel();
     let idle = {

@@ -1,9 +1,10 @@
 //! How long a queue's large messages live: as long as any process holds the queue.
 //!
 //! A message too large for the ring travels in a named segment of its own
-//! (`/dev/shm/multiproc-q<queue>-<n>`); the ring holds its name. Named segments outlive
-//! the processes that made them, so who removes one, and when, is decided here, by a
-//! lock file per queue (`/dev/shm/multiproc-q<queue>`):
+//! (`/dev/shm/mprocq<queue><n>`: the queue's id and 32 random bits, in hex, within the 31
+//! characters macOS allows a name); the ring holds its name. Named segments outlive the
+//! processes that made them, so who removes one, and when, is decided here, by a lock
+//! file per queue (`/dev/shm/mprocq<queue>`):
 //!
 //! - Every process that holds the queue holds a shared `flock` on the lock file, from
 //!   the first handle it makes or decodes until the last is gone (the lock lives with
@@ -38,12 +39,15 @@ const SHM_DIR: &str = "/dev/shm";
 
 /// The lock file's name for the queue whose ring segment has id `queue`.
 fn lock_name(queue: u64) -> String {
-    format!("multiproc-q{queue:016x}")
+    format!("{PREFIX}{queue:016x}")
 }
 
-/// The name of a large message's segment: the queue's, and 64 random bits.
-pub(crate) fn message_name(queue: u64, n: u64) -> String {
-    format!("{}-{n:016x}", lock_name(queue))
+/// What the names of a queue's lock file and messages start with.
+const PREFIX: &str = "mprocq";
+
+/// The name of a large message's segment: the queue's, and 32 random bits.
+pub(crate) fn message_name(queue: u64, n: u32) -> String {
+    format!("{}{n:08x}", lock_name(queue))
 }
 
 fn path(name: &str) -> PathBuf {
@@ -65,7 +69,11 @@ impl Life {
             Error::io(ErrorKind::Io, format_args!("{what} a queue's lock file"), e)
         };
         // A temporary name that the start-up sweep removes if this process dies now.
-        let temp = path(&format!("multiproc-{}-l{queue:016x}", std::process::id()));
+        let temp = path(&format!(
+            "{}{:x}-{queue:016x}.lock",
+            crate::sys::segment::NAME_PREFIX,
+            std::process::id()
+        ));
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -111,13 +119,13 @@ impl Drop for Life {
 
 /// Removes every segment of a queue that no process holds, then its lock file.
 fn remove_queue(queue: u64) {
-    let prefix = format!("{}-", lock_name(queue));
+    let prefix = lock_name(queue);
     if let Ok(dir) = std::fs::read_dir(SHM_DIR) {
         for entry in dir.flatten() {
             if entry
                 .file_name()
                 .to_str()
-                .is_some_and(|n| n.starts_with(&prefix))
+                .is_some_and(|n| n.starts_with(&prefix) && n.len() == prefix.len() + 8)
             {
                 let _ = std::fs::remove_file(entry.path());
             }
@@ -128,14 +136,14 @@ fn remove_queue(queue: u64) {
 
 /// The queue a `/dev/shm` name belongs to, and whether it is the lock file itself.
 fn parse(name: &str) -> Option<(u64, bool)> {
-    let rest = name.strip_prefix("multiproc-q")?;
-    let (queue, message) = match rest.split_once('-') {
-        Some((queue, n)) => (queue, u64::from_str_radix(n, 16).is_ok()),
-        None => (rest, false),
+    let rest = name.strip_prefix(PREFIX)?;
+    let (queue, n) = (rest.get(..16)?, rest.get(16..)?);
+    let message = match n.len() {
+        0 => false,
+        8 if u32::from_str_radix(n, 16).is_ok() => true,
+        _ => return None,
     };
-    let queue = u64::from_str_radix(queue, 16)
-        .ok()
-        .filter(|_| queue.len() == 16)?;
+    let queue = u64::from_str_radix(queue, 16).ok()?;
     Some((queue, !message))
 }
 
@@ -182,13 +190,15 @@ mod tests {
         let q = 0x0123_4567_89ab_cdef;
         assert_eq!(parse(&lock_name(q)), Some((q, true)));
         assert_eq!(parse(&message_name(q, 7)), Some((q, false)));
-        assert_eq!(parse("multiproc-q12"), None);
-        assert_eq!(parse("multiproc-1234-abcd"), None);
+        assert_eq!(parse("mprocq12"), None);
+        assert_eq!(parse("mproc1234-abcd"), None);
+        // With its leading slash, a name fits in the 31 characters macOS allows.
+        assert!(message_name(u64::MAX, u32::MAX).len() < 31);
     }
 
     #[test]
     fn the_last_holder_removes_the_queues_segments_and_nobody_before() {
-        let q = crate::shm::segment::random_u64("a test queue").expect("randomness");
+        let q = crate::sys::random::random_u64("a test queue").expect("randomness");
         let first = Life::create(q).expect("create");
         let second = Life::join(q).expect("join");
         let message = path(&message_name(q, 1));

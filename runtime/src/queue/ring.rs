@@ -132,12 +132,12 @@ unsafe impl Sync for Ring {}
 /// Bumps `word` and wakes its sleepers.
 fn ring_bell(word: &AtomicU32) {
     word.fetch_add(1, Ordering::SeqCst);
-    crate::futex::wake_all(word);
+    crate::sys::futex::wake_all(word);
 }
 
 /// After a commit: wakes the other side if any of it sleeps.
 fn wake_if_waiting(waiting: &AtomicU32, word: &AtomicU32) {
-    crate::futex::if_sleeping(waiting, || ring_bell(word));
+    crate::sys::futex::if_sleeping(waiting, || ring_bell(word));
 }
 
 impl Ring {
@@ -239,7 +239,7 @@ impl Ring {
         };
         loop {
             let head = {
-                let _g = super::lock::lock(&me.lock);
+                let _g = crate::sys::robust::lock(&me.lock);
                 if self.is_closed() {
                     return Err(Stop::Closed);
                 }
@@ -305,7 +305,7 @@ impl Ring {
         let (me, them) = (&h.consumers, &h.producers);
         loop {
             let tail = {
-                let _g = super::lock::lock(&me.lock);
+                let _g = crate::sys::robust::lock(&me.lock);
                 let head = me.committed.load(Ordering::Relaxed);
                 let mut tail = me.seen.load(Ordering::Relaxed);
                 if offset(tail) == offset(head) {
@@ -385,7 +385,7 @@ impl Ring {
             None => Duration::from_millis(100),
         };
         let rung = bell.load(Ordering::SeqCst);
-        crate::futex::sleep_counted(bell, sleepers, timeout, || (!moved()).then_some(rung));
+        crate::sys::futex::sleep_counted(bell, sleepers, timeout, || (!moved()).then_some(rung));
         Ok(())
     }
 }

@@ -54,7 +54,7 @@ impl<T> Clone for Shared<T> {
 impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Shared<T> {
     /// Serializes `value` once into a new, sealed shared-memory segment.
     pub fn new(value: T) -> Result<Shared<T>> {
-        Shared::with_backend(value, super::segment::default_backend())
+        Shared::with_backend(value, crate::sys::segment::default_backend())
     }
 
     /// Like [`new`](Self::new), with the segment kind chosen explicitly.

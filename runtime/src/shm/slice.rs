@@ -56,7 +56,7 @@ impl<T> Clone for SharedSlice<T> {
 impl<T: Pod> SharedSlice<T> {
     /// Copies `data` once into a new, sealed shared-memory segment.
     pub fn from_slice(data: &[T]) -> Result<SharedSlice<T>> {
-        SharedSlice::from_slice_with(data, super::segment::default_backend())
+        SharedSlice::from_slice_with(data, crate::sys::segment::default_backend())
     }
 
     /// Like [`from_slice`](Self::from_slice), with the segment kind chosen explicitly.
@@ -318,7 +318,7 @@ impl Drop for Lease {
 impl<T: Pod> SharedSliceMut<T> {
     /// A new slice of `len` zeroed elements in shared memory.
     pub fn zeroed(len: usize) -> Result<SharedSliceMut<T>> {
-        SharedSliceMut::zeroed_with(len, super::segment::default_backend())
+        SharedSliceMut::zeroed_with(len, crate::sys::segment::default_backend())
     }
 
     /// Like [`zeroed`](Self::zeroed), with the segment kind chosen explicitly.

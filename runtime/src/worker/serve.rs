@@ -1,16 +1,14 @@
-//! The worker's serving loop: frames from the socket, calls from the lane, answers
+//! The worker's serving loop: frames from the socket, calls from the direct path, answers
 //! back (batched while more frames wait).
 
-use std::io::Write;
-use std::os::fd::RawFd;
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{BUSY, CURRENT_CHUNK, exit_on_parent_gone, install_control};
-use crate::protocol::{self, Frame};
-use crate::shm::Segment;
-use crate::transport::{self, FdReader, ShmConfig};
+use super::{BUSY, exit_on_parent_gone, install_control};
+use crate::sys::segment::Segment;
+use crate::task::Failure;
+use crate::wire::frame::{self, Frame};
+use crate::wire::{self, Link, ShmConfig};
 
 /// A `Run` frame, with the one-shot segment holding its body if it came out of line.
 struct Incoming {
@@ -26,46 +24,50 @@ const BATCH_BYTES: usize = 1 << 20;
 
 /// Serves the parent: reads frames, runs the chunks, writes the answers. Returns only
 /// with the reason the worker gives up.
-pub(super) fn work(socket: UnixStream, shm: ShmConfig) -> Result<std::convert::Infallible, String> {
-    let mut writer = socket
-        .try_clone()
-        .map_err(|e| format!("cannot duplicate the socket: {e}"))?;
-    let mut reader = std::io::BufReader::with_capacity(256 << 10, FdReader::new(socket));
+pub(super) fn work(
+    link: &mut dyn Link,
+    shm: ShmConfig,
+) -> Result<std::convert::Infallible, String> {
     let mut out = Vec::new();
     let mut failures = Vec::new();
     let mut batch_started: Option<Instant> = None;
-    let mut lane = None;
-    let mut lane_out = Vec::new();
+    let mut direct = None;
+    let mut direct_out = Vec::new();
     loop {
-        if !input_waiting(&reader) {
+        if !link.has_buffered() {
             // Answers held back go out as soon as no frame is waiting to be run.
-            flush(&mut writer, &mut out, &mut batch_started);
-            // Then, before blocking on the socket, calls may come through the lane.
-            if lane.is_none() {
-                lane = super::lane();
+            flush(link, &mut out, &mut batch_started);
+            // Then, before blocking on the socket, calls may come through the direct path.
+            if direct.is_none() {
+                direct = super::direct();
             }
-            if let Some(lane) = &mut lane {
-                let mut run =
-                    |payload: &[u8], out: &mut Vec<u8>| run_lane_call(payload, out, &mut failures);
-                let fd = reader.get_ref().raw_fd();
-                lane.serve(
-                    crate::lane::OPEN_FOR,
-                    // A failed `poll`: the socket's read reports what is wrong.
-                    &|| transport::readable_within(fd, Duration::ZERO).unwrap_or(true),
-                    &mut lane_out,
+            if let Some(direct) = &mut direct {
+                let mut run = |payload: &[u8], out: &mut Vec<u8>| {
+                    run_direct_call(payload, out, &mut failures)
+                };
+                let ready = &*link;
+                direct.serve(
+                    crate::direct::OPEN_FOR,
+                    // A failed wait: the socket's read reports what is wrong.
+                    &|| {
+                        ready
+                            .wait(None, Some(Duration::ZERO))
+                            .map_or(true, |r| r.readable)
+                    },
+                    &mut direct_out,
                     &mut run,
                 )?;
-                if lane_out.capacity() > 64 << 20 {
-                    lane_out = Vec::new();
+                if direct_out.capacity() > 64 << 20 {
+                    direct_out = Vec::new();
                 }
             }
         }
-        let incoming = next_run(&mut reader)?;
+        let incoming = next_run(link)?;
         let started = Instant::now();
         let done_so_far = out.len();
         let items = incoming.body.as_ref().map(Segment::bytes);
         // Range handles (`SharedChunkMut`) decode as writers only in chunks from the
-        // parent's socket (never in lane calls, which carry no segments).
+        // parent's socket (never in direct calls, which carry no segments).
         let ran =
             crate::shm::receiving(|| run_chunk(&incoming.frame, items, &mut out, &mut failures));
         let start = match ran? {
@@ -73,29 +75,29 @@ pub(super) fn work(socket: UnixStream, shm: ShmConfig) -> Result<std::convert::I
             Ran::UnknownTask(why) | Ran::KeptRange(why) => {
                 // Answers already held back go first: their chunks are done.
                 out.truncate(done_so_far);
-                flush(&mut writer, &mut out, &mut batch_started);
-                let _ = protocol::fatal_frame(&mut out, &why).map(|()| writer.write_all(&out));
+                flush(link, &mut out, &mut batch_started);
+                let _ = frame::fatal_frame(&mut out, &why).map(|()| link.send(&out, &[]));
                 return Err(why);
             }
         };
         drop(incoming);
-        if !socket_still_ours(&writer, reader.get_ref().raw_fd()) {
+        if !link.intact() {
             socket_taken("the descriptor is closed");
         }
-        let body_at = protocol::done_body_at(start);
-        let (fds, oneshot) = transport::seal_frame(&mut out, start, body_at, &[], shm)
+        let body_at = frame::done_body_at(start);
+        let oneshot = wire::seal_frame(&mut out, start, body_at, &[], shm)
             .map_err(|e| format!("cannot send a result: {e}"))?;
         if let Some(mut seg) = oneshot {
-            // Results out of line: send now, with the segment's descriptor. The parent
-            // removes a named segment's name once it has mapped it.
+            // Results out of line: send now, with the segment. The parent removes a
+            // named segment's name once it has mapped it.
             seg.leave_name_to_receiver();
-            flush_with(&mut writer, &mut out, &fds, &mut batch_started);
+            flush_with(link, &mut out, &[&seg], &mut batch_started);
             drop(seg);
             continue;
         }
         let batch_age = batch_started.get_or_insert(started).elapsed();
         if batch_age >= BATCH_FOR || out.len() >= BATCH_BYTES {
-            flush(&mut writer, &mut out, &mut batch_started);
+            flush(link, &mut out, &mut batch_started);
         }
     }
 }
@@ -119,14 +121,14 @@ fn run_chunk(
     frame: &[u8],
     items: Option<&[u8]>,
     out: &mut Vec<u8>,
-    failures: &mut Vec<protocol::Failure>,
+    failures: &mut Vec<Failure>,
 ) -> Result<Ran, String> {
     let Ok(Frame::Run {
         chunk,
         count,
         task,
         trailer,
-    }) = protocol::parse(frame)
+    }) = frame::parse(frame)
     else {
         return Err("protocol error: a worker only accepts Run frames".into());
     };
@@ -136,8 +138,8 @@ fn run_chunk(
             "no #[parallel] function named `{task}` in this binary"
         )));
     };
-    let start = protocol::begin_done(out, chunk);
-    CURRENT_CHUNK.store(chunk, Ordering::Relaxed);
+    let start = frame::begin_done(out, chunk);
+    crate::task::note::set_chunk(chunk);
     BUSY.store(true, Ordering::SeqCst);
     let started = Instant::now();
     failures.clear();
@@ -150,74 +152,75 @@ fn run_chunk(
     }
     // Past its last item: if this process dies before the next chunk starts, its
     // driver knows that no chunk was running.
-    super::ProgressNote::current().note(count);
-    protocol::finish_done(out, start, done, nanos, failures).map_err(|e| e.to_string())?;
+    crate::task::note::ProgressNote::current().note(count);
+    frame::finish_done(out, start, done, nanos, failures).map_err(|e| e.to_string())?;
     Ok(Ran::Done(start))
 }
 
-/// Runs a call that came through the lane and appends its whole answer to `out`: the
-/// `Done` frame, its body always in line (the lane carries answers of any size), or a
-/// `Fatal` frame for a task this binary does not have.
-fn run_lane_call(
+/// Runs a call that came through the direct path and appends its whole answer to `out`:
+/// the `Done` frame, its body always in line (the direct path carries answers of any
+/// size), or a `Fatal` frame for a task this binary does not have.
+fn run_direct_call(
     payload: &[u8],
     out: &mut Vec<u8>,
-    failures: &mut Vec<protocol::Failure>,
+    failures: &mut Vec<Failure>,
 ) -> Result<usize, String> {
-    if let Ok(Frame::Run { trailer, .. }) = protocol::parse(payload)
+    if let Ok(Frame::Run { trailer, .. }) = frame::parse(payload)
         && !trailer.segments.is_empty()
     {
-        return Err("protocol error: a lane call with shared-memory segments".into());
+        return Err("protocol error: a direct call with shared-memory segments".into());
     }
     match run_chunk(payload, None, out, failures)? {
         Ran::Done(start) => {
-            protocol::finish_with(out, start, &[], false).map_err(|e| e.to_string())?;
+            frame::finish_with(out, start, &[], false).map_err(|e| e.to_string())?;
             Ok(start)
         }
-        Ran::KeptRange(why) => Err(format!("protocol error: {why} (in a lane call)")),
+        Ran::KeptRange(why) => Err(format!("protocol error: {why} (in a direct call)")),
         Ran::UnknownTask(why) => {
             let start = out.len();
-            protocol::fatal_frame(out, &why).map_err(|e| e.to_string())?;
+            frame::fatal_frame(out, &why).map_err(|e| e.to_string())?;
             Ok(start)
         }
     }
-}
-
-/// Whether more frames were already received with the last read. Only those count:
-/// asking the socket too (a `poll` per chunk) cost a system call on every round trip
-/// and bought no batching — a driver's batch arrives in one read.
-fn input_waiting(reader: &std::io::BufReader<FdReader>) -> bool {
-    !reader.buffer().is_empty()
 }
 
 /// Reads frames until a `Run` frame, handling the others (segment releases, the
 /// control segment) on the way. The parent's end of stream ends the worker.
-fn next_run(reader: &mut std::io::BufReader<FdReader>) -> Result<Incoming, String> {
+fn next_run(link: &mut dyn Link) -> Result<Incoming, String> {
     loop {
         let mut frame = Vec::new();
-        match protocol::read_frame(reader, &mut frame) {
+        match link.recv(&mut frame) {
             Ok(true) => {}
             Ok(false) => exit_on_parent_gone(),
             // A parent that exits with our results unread resets the connection.
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => exit_on_parent_gone(),
             Err(e) => return Err(format!("protocol error: {e}")),
         }
-        // Segments are opened as their descriptors arrive, before any handle that refers
-        // to them is decoded.
-        let body = match protocol::parse(&frame) {
+        // Segments are opened as they arrive, before any handle that refers to them is
+        // decoded.
+        let body = match frame::parse(&frame) {
             Ok(Frame::Run { trailer, .. }) => {
-                transport::open_segments(reader.get_mut(), &trailer, true)
-                    .map_err(|e| format!("protocol error: {e}"))?
+                let opened = link
+                    .segments(&trailer)
+                    .map_err(|e| format!("protocol error: {e}"))?;
+                for seg in opened.attached {
+                    crate::shm::register_received(crate::shm::Entry::new(seg));
+                }
+                opened.body
             }
             Ok(Frame::Release(ids)) => {
                 crate::shm::release(&ids);
                 continue;
             }
-            Ok(Frame::Setup) => {
-                let fd = reader
-                    .get_mut()
-                    .take_fds(1)
+            Ok(Frame::Setup { trailer }) => {
+                let mut opened = link
+                    .segments(&trailer)
                     .map_err(|e| format!("protocol error: {e}"))?;
-                install_control(fd)?;
+                let control = opened
+                    .attached
+                    .pop()
+                    .ok_or("protocol error: a Setup frame without its segment")?;
+                install_control(control)?;
                 continue;
             }
             Ok(other) => return Err(format!("protocol error: unexpected frame {other:?}")),
@@ -227,27 +230,10 @@ fn next_run(reader: &mut std::io::BufReader<FdReader>) -> Result<Incoming, Strin
     }
 }
 
-/// Whether both of the worker's descriptors for its socket are still open: a task can
-/// close them (say, by closing every descriptor it finds). Checked after every chunk,
-/// so that the chunk that did it is the one the parent blames: two `fcntl` calls, a few
-/// tens of nanoseconds each, against a chunk's microsecond or more. (A descriptor
-/// closed and reused at once for another socket is not seen here; writing to it then
-/// fails, or the parent sees the worker die.)
-fn socket_still_ours(writer: &UnixStream, reader: RawFd) -> bool {
-    use std::os::fd::AsRawFd;
-    // Raw descriptors, not borrowed ones: the point is that they may have been closed
-    // behind their owners' backs.
-    [writer.as_raw_fd(), reader].into_iter().all(|fd| {
-        // SAFETY: F_GETFD takes no pointer; on a closed descriptor it fails with EBADF.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-        flags >= 0
-    })
-}
-
 /// A task closed this worker's socket: leaves the note that makes the parent blame the
 /// chunk that ran last (see `SOCKET_TAKEN`), says so on stderr, and exits.
 fn socket_taken(why: &str) -> ! {
-    super::overflow::leave_note(super::SOCKET_TAKEN);
+    crate::sys::overflow::leave_note(crate::direct::SOCKET_TAKEN);
     eprintln!(
         "multiproc worker {}: a task closed the worker's socket ({why}); the worker exits",
         std::process::id()
@@ -256,23 +242,27 @@ fn socket_taken(why: &str) -> ! {
 }
 
 /// Writes the held results; a parent that is gone ends the worker.
-fn flush(writer: &mut UnixStream, out: &mut Vec<u8>, batch_started: &mut Option<Instant>) {
-    flush_with(writer, out, &[], batch_started);
+fn flush(link: &mut dyn Link, out: &mut Vec<u8>, batch_started: &mut Option<Instant>) {
+    flush_with(link, out, &[], batch_started);
 }
 
-/// Writes the held results with `fds` beside them.
+/// Writes the held results with `segments` before them.
 fn flush_with(
-    writer: &mut UnixStream,
+    link: &mut dyn Link,
     out: &mut Vec<u8>,
-    fds: &[RawFd],
+    segments: &[&Segment],
     batch_started: &mut Option<Instant>,
 ) {
     *batch_started = None;
     if out.is_empty() {
         return;
     }
-    if let Err(e) = transport::send(writer, out, fds) {
-        if matches!(e.raw_os_error(), Some(libc::EBADF | libc::ENOTSOCK)) {
+    if let Err(e) = link.send(out, segments) {
+        let gone = [rustix::io::Errno::BADF, rustix::io::Errno::NOTSOCK];
+        if gone
+            .iter()
+            .any(|g| e.raw_os_error() == Some(g.raw_os_error()))
+        {
             // Not the parent hanging up: something else now sits at the descriptor.
             socket_taken(&e.to_string());
         }

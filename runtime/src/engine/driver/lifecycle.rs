@@ -19,32 +19,41 @@ impl Driver<'_> {
             std::thread::sleep(backoff.min(Duration::from_secs(1)));
         }
         let config = &self.shared.config;
-        let started = spawn::spawn_worker(&config.program, config.shm).and_then(|mut process| {
-            let setup = process
-                .stream
-                .try_clone()
+        let started = spawn::spawn_worker(&config.program, config.shm).and_then(|process| {
+            let spawn::WorkerProcess {
+                mut child,
+                stream,
+                pid,
+                ..
+            } = process;
+            let setup = wire::SocketLink::new(stream)
                 .map_err(|e| Error::io(ErrorKind::Spawn, "cannot duplicate a socket", e))
-                .and_then(|reader| Ok((reader, Arc::new(send_control(&process)?))));
+                .and_then(|link| {
+                    let mut link: Box<dyn Link> = Box::new(link);
+                    let direct = send_control(&mut *link, pid)?;
+                    Ok((link, Arc::new(direct)))
+                });
             match setup {
-                Ok((reader, lane)) => Ok(Live {
-                    process,
-                    reader: BufReader::with_capacity(256 << 10, FdReader::new(reader)),
+                Ok((link, direct)) => Ok(Live {
+                    child,
+                    pid,
+                    link,
                     items: 0,
                     segments: HashMap::new(),
-                    lane,
+                    direct,
                 }),
                 Err(e) => {
                     // Started, but unusable (no descriptors left, say): never a zombie.
-                    let _ = process.child.kill();
-                    let _ = spawn::reap(&mut process.child, EXIT_GRACE);
-                    Err(e.with_pid(process.pid))
+                    let _ = child.kill();
+                    let _ = spawn::reap(&mut child, EXIT_GRACE);
+                    Err(e.with_pid(pid))
                 }
             }
         });
         match started {
             Ok(live) => {
-                self.shared.set_pid(self.slot, Some(live.process.pid));
-                self.shared.set_lane(self.slot, Some(&live.lane));
+                self.shared.set_pid(self.slot, Some(live.pid));
+                self.shared.set_direct(self.slot, Some(&live.direct));
                 self.worker = Some(live);
                 Ok(())
             }
@@ -62,40 +71,38 @@ impl Driver<'_> {
         let Some(live) = self.worker.take() else {
             return;
         };
-        self.shared.set_lane(self.slot, None);
-        // A call in the lane finishes first, as queued jobs do; unless the pool is
+        self.shared.set_direct(self.slot, None);
+        // A call in the direct path finishes first, as queued jobs do; unless the pool is
         // terminated, or the worker is gone.
-        let fd = live.reader.get_ref().raw_fd();
         let shared = self.shared;
-        let idle = live
-            .lane
-            .close_when_idle(|| !shared.is_terminated() && !hung_up(fd, Duration::from_millis(10)));
+        let link = &*live.link;
+        let idle = live.direct.close_when_idle(|| {
+            !shared.is_terminated() && !hung_up(link, Duration::from_millis(10))
+        });
         self.shared.set_pid(self.slot, None);
-        let (pid, lane) = (live.process.pid, Arc::clone(&live.lane));
+        let (pid, direct) = (live.pid, Arc::clone(&live.direct));
         let exit = close_and_reap(live);
         if !idle {
-            lane.lose(loss_error(&Loss::Died, &exit, LANE_CALL, "").with_pid(pid));
+            direct.lose(loss_error(&Loss::Died, &exit, DIRECT_CALL, "").with_pid(pid));
         }
     }
 
-    /// A caller waiting in this worker's lane asks whether the worker still lives, or
-    /// the driver looks by itself while idle (every `IDLE_CHECK`). With nothing in
-    /// flight, anything to read is the end of the stream (or a `Fatal` frame): the
-    /// worker is lost (its lane call with it), reaped, and replaced at once, so that the
-    /// pool keeps its size and no zombie waits for the next call.
+    /// A caller waiting in this worker's direct path asks whether the worker still lives,
+    /// or the driver looks by itself while idle (every `IDLE_CHECK`). With nothing in
+    /// flight, anything to read is the end of the stream (or a `Fatal` frame): the worker
+    /// is lost (its direct call with it), reaped, and replaced at once, so that the pool
+    /// keeps its size and no zombie waits for the next call.
     pub(super) fn check_worker(&mut self) {
         let Some(live) = self.worker.as_ref() else {
             return;
         };
         // Its pidfd first: a process it forked may hold its socket open.
-        if live.lane.worker_has_exited() {
+        if live.direct.worker_has_exited() {
             self.lose_exited_worker(&mut Vec::new());
             let _ = self.ensure_worker();
             return;
         }
-        if live.reader.buffer().is_empty()
-            && !hung_up(live.reader.get_ref().raw_fd(), Duration::ZERO)
-        {
+        if !hung_up(&*live.link, Duration::ZERO) {
             return;
         }
         self.read_from_worker(&mut Vec::new());
@@ -104,30 +111,83 @@ impl Driver<'_> {
         }
     }
 
-    /// The worker is gone or unusable: reap it, fail the chunk it was running, and put
-    /// the chunks it never started back in the queue for another worker.
+    /// The worker is gone or unusable: reap it, find the chunk it was running (blame),
+    /// put the chunks it never started back in the queue (requeue), run the one it was
+    /// running again or fail it (retry, fail), and start a replacement (respawn).
     pub(super) fn lose_worker(&mut self, loss: Loss) {
-        self.drop_writes();
-        let Some(mut live) = self.worker.take() else {
+        let Some(ended) = self.reap_lost(&loss) else {
             return;
         };
-        self.shared.set_lane(self.slot, None);
-        self.shared.set_pid(self.slot, None);
-        let pid = live.process.pid;
-        if !matches!(loss, Loss::Died) {
-            let _ = live.process.child.kill();
+        let (pos, item) = self.blame(&ended, &loss);
+        let held_any = !self.inflight.is_empty();
+        let before: Vec<Job> = self.inflight.drain(..pos).collect();
+        if !before.is_empty() {
+            self.shared.requeue_front(before.into_iter());
         }
-        let record = live.lane.progress_record();
+        let Some(running) = self.inflight.pop_front() else {
+            if held_any {
+                // All of it went back to the queue: the driver holds nothing now, and
+                // the pool keeps its size.
+                self.note_if_idle();
+                self.respawn();
+            }
+            return;
+        };
+        if let Some(running) = self.retry(running, &loss) {
+            self.fail_running(running, item, &loss, &ended);
+        }
+    }
+
+    /// Takes the lost worker out of its slot, kills it unless it died by itself, reaps
+    /// it, and fails a call in its direct path. `None` if the slot had no worker.
+    fn reap_lost(&mut self, loss: &Loss) -> Option<Ended> {
+        self.drop_writes();
+        let mut live = self.worker.take()?;
+        self.shared.set_direct(self.slot, None);
+        self.shared.set_pid(self.slot, None);
+        let pid = live.pid;
+        if !matches!(loss, Loss::Died) {
+            let _ = live.child.kill();
+        }
+        let record = live.direct.progress_record();
         // What the worker noted about its death, if anything: written before it died,
         // which is how it got here (or it was just killed, and noted nothing).
-        let note = live.lane.death_note();
-        let (pos, item) = if note == crate::worker::SOCKET_TAKEN {
+        let note = live.direct.death_note();
+        let direct = Arc::clone(&live.direct);
+        let exit = close_and_reap(live);
+        let exit = match note {
+            crate::direct::STACK_OVERFLOW => format!("overflowed its stack and {exit}"),
+            crate::direct::SOCKET_TAKEN => {
+                format!("lost its socket (the task closed it) and {exit}")
+            }
+            _ => exit,
+        };
+        // A call in the direct path (the worker's only one, if it held it) fails the same
+        // way.
+        direct.lose(loss_error(loss, &exit, DIRECT_CALL, "").with_pid(pid));
+        Some(Ended {
+            pid,
+            record,
+            note,
+            exit,
+        })
+    }
+
+    /// Which held job was running when the worker ended (its position; the length of
+    /// `inflight` if none was), and the item it was at, as a position in the caller's
+    /// input, if the record says. When none was running, every held job counts one
+    /// more bounce.
+    fn blame(&mut self, ended: &Ended, loss: &Loss) -> (usize, Option<usize>) {
+        let (pos, item) = if ended.note == crate::direct::SOCKET_TAKEN {
             // A task closed the worker's socket: the chunk that ran last did it, which
             // the worker had finished (its answer could not be sent).
-            blame_last_finished(record, self.inflight.iter().map(|j| (j.chunk, j.count)))
+            blame_last_finished(
+                ended.record,
+                self.inflight.iter().map(|j| (j.chunk, j.count)),
+            )
         } else {
             blame(
-                record,
+                ended.record,
                 self.inflight.iter().map(|j| (j.chunk, j.count, j.bounced)),
                 matches!(loss, Loss::Died),
             )
@@ -138,31 +198,30 @@ impl Driver<'_> {
                 job.bounced += 1;
             }
         }
-        let held_any = !self.inflight.is_empty();
-        let lane = Arc::clone(&live.lane);
-        let exit = close_and_reap(live);
-        let exit = match note {
-            crate::worker::STACK_OVERFLOW => format!("overflowed its stack and {exit}"),
-            crate::worker::SOCKET_TAKEN => {
-                format!("lost its socket (the task closed it) and {exit}")
-            }
-            _ => exit,
-        };
-        // A call in the lane (the worker's only one, if it held it) fails the same way.
-        lane.lose(loss_error(&loss, &exit, LANE_CALL, "").with_pid(pid));
-        let before: Vec<Job> = self.inflight.drain(..pos).collect();
-        if !before.is_empty() {
-            self.shared.requeue_front(before.into_iter());
+        (pos, item)
+    }
+
+    /// A chunk whose worker died runs again on a fresh worker while the pool's retries
+    /// allow (pure functions: that is safe), at the front of the queue with the chunks
+    /// held behind it. Returns the chunk if it is not retried.
+    fn retry(&mut self, mut running: Job, loss: &Loss) -> Option<Job> {
+        let retried = matches!(loss, Loss::Died)
+            && !self.shared.is_terminated()
+            && running.attempts <= self.shared.config.retries;
+        if !retried {
+            return Some(running);
         }
-        let Some(mut running) = self.inflight.pop_front() else {
-            if held_any {
-                // All of it went back to the queue: the driver holds nothing now, and
-                // the pool keeps its size.
-                self.note_if_idle();
-                let _ = self.ensure_worker();
-            }
-            return;
-        };
+        running.attempts += 1;
+        self.shared
+            .requeue_front(std::iter::once(running).chain(self.inflight.drain(..)));
+        self.note_if_idle();
+        None
+    }
+
+    /// Fails the chunk that was running (at `item`, if known) with what became of its
+    /// worker, sends the chunks held behind it back to the queue (or fails them, in a
+    /// terminated pool), and replaces the worker.
+    fn fail_running(&mut self, running: Job, item: Option<usize>, loss: &Loss, ended: &Ended) {
         let what = match item {
             Some(i) => format!("item {i}"),
             None => format!(
@@ -171,31 +230,18 @@ impl Driver<'_> {
                 running.first_index + running.count as usize
             ),
         };
-        let retries = self.shared.config.retries;
         let error = if self.shared.is_terminated() {
             Error::new(ErrorKind::Closed, "the pool was terminated")
         } else {
-            match loss {
-                Loss::Died if running.attempts <= retries => {
-                    // Pure functions: running the chunk again on a fresh worker is safe.
-                    running.attempts += 1;
-                    self.shared
-                        .requeue_front(std::iter::once(running).chain(self.inflight.drain(..)));
-                    self.note_if_idle();
-                    return;
-                }
-                _ => {
-                    let attempts = if retries > 0 {
-                        format!(" (after {} attempts)", running.attempts)
-                    } else {
-                        String::new()
-                    };
-                    loss_error(&loss, &exit, &what, &attempts)
-                }
-            }
+            let attempts = if self.shared.config.retries > 0 {
+                format!(" (after {} attempts)", running.attempts)
+            } else {
+                String::new()
+            };
+            loss_error(loss, &ended.exit, &what, &attempts)
         };
         let index = item.unwrap_or(running.first_index);
-        running.fail_at(error.with_pid(pid), index);
+        running.fail_at(error.with_pid(ended.pid), index);
         if self.shared.is_terminated() {
             for job in self.inflight.drain(..) {
                 job.fail(Error::new(ErrorKind::Closed, "the pool was terminated"));
@@ -204,8 +250,12 @@ impl Driver<'_> {
             self.shared.requeue_front(self.inflight.drain(..));
         }
         self.note_if_idle();
-        // Replace the worker now, not when the next job comes: the pool keeps its size.
-        // (A failure is remembered; the next job tries again, after a pause.)
+        self.respawn();
+    }
+
+    /// Replaces the worker now, not when the next job comes: the pool keeps its size.
+    /// (A failure is remembered; the next job tries again, after a pause.)
+    fn respawn(&mut self) {
         let _ = self.ensure_worker();
     }
 
@@ -234,7 +284,7 @@ const MAX_BOUNCES: u32 = 3;
 /// The jobs before the one running had run, but their results were still held back in
 /// the worker (it batches quick results): they go back to the queue, as the jobs after
 /// it do, which never started. A worker that `died` (killed from outside, say) with no
-/// job started, its last chunk finished or its lane call running, fails none of them,
+/// job started, its last chunk finished or its direct call running, fails none of them,
 /// unless the oldest that had not started has already seen [`MAX_BOUNCES`] workers die:
 /// then it is blamed, so that a job that kills workers before their progress record
 /// shows it cannot go round for ever. A worker that gave up or broke the protocol did so
@@ -250,7 +300,7 @@ fn blame(
         if unstarted.is_none() {
             unstarted = Some((pos, bounced));
         }
-        match crate::worker::progress_item(record, chunk) {
+        match crate::task::note::progress_item(record, chunk) {
             Some(i) if i < count => return (pos, Some(i)),
             // Finished: the oldest not started comes after it.
             Some(_) => unstarted = None,
@@ -273,15 +323,26 @@ fn blame_last_finished(
 ) -> (usize, Option<u32>) {
     let held = jobs.len();
     for (pos, (chunk, count)) in jobs.enumerate() {
-        if crate::worker::progress_item(record, chunk).is_some() {
+        if crate::task::note::progress_item(record, chunk).is_some() {
             return (pos, (count == 1).then_some(0));
         }
     }
     (held, None)
 }
 
-/// What a lane call is, in errors: the one item of an `apply`.
-const LANE_CALL: &str = "item 0";
+/// How a lost worker ended, as its driver found out.
+pub(super) struct Ended {
+    pid: u32,
+    /// Its last progress record.
+    record: u64,
+    /// The note it left before it died (see `direct::STACK_OVERFLOW`), or 0.
+    note: u64,
+    /// How it ended, in words ("was killed by signal 9 (SIGKILL)").
+    exit: String,
+}
+
+/// What a direct call is, in errors: the one item of an `apply`.
+const DIRECT_CALL: &str = "item 0";
 
 /// The error for the jobs a lost worker held: `what` names them; `attempts` says how
 /// often they ran, after a death.
@@ -306,35 +367,31 @@ fn loss_error(loss: &Loss, exit: &str, what: &str, attempts: &str) -> Error {
     }
 }
 
-/// Whether the worker's socket has anything to read (with nothing in flight: its end),
-/// waiting up to `timeout` for it. A failed `poll` says nothing about the worker.
-fn hung_up(fd: RawFd, timeout: Duration) -> bool {
-    transport::readable_within(fd, timeout).unwrap_or(false)
+/// Whether the worker has anything to read (with nothing in flight: its end), waiting
+/// up to `timeout` for it. A failed wait says nothing about the worker.
+fn hung_up(link: &dyn Link, timeout: Duration) -> bool {
+    link.wait(None, Some(timeout)).is_ok_and(|r| r.readable)
 }
 
-/// Creates a worker's control segment (its progress word and its lane) and sends it to
-/// the worker.
-fn send_control(process: &WorkerProcess) -> Result<Lane> {
-    let lane = Lane::create(process.pid)?;
+/// Creates a worker's control segment (its progress word and its direct path) and sends
+/// it to the worker `pid`.
+fn send_control(link: &mut dyn Link, pid: u32) -> Result<ParentEnd> {
+    let direct = ParentEnd::create(pid)?;
     let mut frame = Vec::new();
-    protocol::setup_frame(&mut frame)
+    frame::setup_frame(&mut frame, direct.segment().desc())
         .map_err(|e| Error::new(ErrorKind::Protocol, e.to_string()))?;
-    let fds: Vec<_> = lane.segment().raw_fd().into_iter().collect();
-    transport::send(&process.stream, &frame, &fds)
+    link.send(&frame, &[direct.segment()])
         .map_err(|e| Error::io(ErrorKind::Spawn, "sending the control segment", e))?;
-    Ok(lane)
+    Ok(direct)
 }
 
-/// Closes the worker's socket and reaps it; describes how it ended.
+/// Closes the connection to the worker and reaps it; describes how it ended.
 fn close_and_reap(live: Live) -> String {
     let Live {
-        mut process,
-        reader,
-        ..
+        mut child, link, ..
     } = live;
-    drop(reader);
-    drop(process.stream);
-    spawn::reap(&mut process.child, EXIT_GRACE)
+    drop(link);
+    spawn::reap(&mut child, EXIT_GRACE)
         .map(spawn::describe_exit)
         .unwrap_or_else(|| "could not be reaped".to_owned())
 }

@@ -153,19 +153,20 @@ impl FileRing {
             .open(&path)
             .expect("open the ring file");
         file.set_len(len as u64).expect("size the ring file");
-        use std::os::fd::AsRawFd;
-        // SAFETY: a shared mapping of `len` bytes of a file we hold open; checked below.
+        use rustix::mm::{MapFlags, ProtFlags};
+        // SAFETY: a new shared mapping of `len` bytes of a file we hold open, at an
+        // address the kernel picks.
         let ptr = unsafe {
-            libc::mmap(
+            rustix::mm::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &file,
                 0,
             )
-        };
-        assert_ne!(ptr, libc::MAP_FAILED);
+        }
+        .expect("map the ring file");
         // SAFETY: `ptr` maps `len` writable, page-aligned bytes until `drop`.
         let ring = unsafe { Ring::new(ptr.cast(), len) };
         if create {
@@ -182,7 +183,7 @@ impl FileRing {
 impl Drop for FileRing {
     fn drop(&mut self) {
         // SAFETY: mapped in `map` with this length.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        let _ = unsafe { rustix::mm::munmap(self.ptr.cast(), self.len) };
     }
 }
 
@@ -200,7 +201,7 @@ fn hold_the_put_lock_until_killed() {
     };
     let path = std::path::PathBuf::from(path);
     let file = FileRing::map(path.clone(), false);
-    let guard = super::super::lock::lock(&file.ring.header().producers.lock);
+    let guard = crate::sys::robust::lock(&file.ring.header().producers.lock);
     std::fs::write(path.with_extension("held"), b"").expect("mark");
     loop {
         std::thread::sleep(Duration::from_secs(1));
@@ -241,7 +242,7 @@ fn a_lock_whose_holder_was_killed_is_taken_over() {
         wait_for(&path.with_extension("held"));
         assert_ne!(lock.load(Ordering::SeqCst), 0, "the child holds the lock");
         // While the holder lives, nobody takes its lock.
-        assert!(super::super::lock::try_lock_for(lock, 2048).is_none());
+        assert!(crate::sys::robust::try_lock_for(lock, 2048).is_none());
         child.kill().expect("kill the holder");
         // Half the rounds take the lock over from a zombie, not yet reaped.
         if round % 2 == 0 {
@@ -257,7 +258,7 @@ fn a_lock_whose_holder_was_killed_is_taken_over() {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
-        let taken = super::super::lock::try_lock_for(lock, 100_000);
+        let taken = crate::sys::robust::try_lock_for(lock, 100_000);
         assert!(taken.is_some(), "the dead holder's lock was not taken over");
         drop(taken);
         file.ring
@@ -278,14 +279,14 @@ fn a_dead_holders_id_reused_by_a_live_thread_does_not_wedge_the_lock() {
         .arg("600")
         .spawn()
         .expect("start a process whose thread id to fake");
-    let live = super::super::lock::identity_of(other.id()).expect("its /proc entry");
+    let live = crate::sys::robust::identity_of(other.id()).expect("its /proc entry");
     // The word names a live thread of another process, with the start time of the
     // (dead) thread that held the id before it: as after an id was reused.
     lock.store(live ^ 1, Ordering::SeqCst);
-    let taken = super::super::lock::try_lock_for(lock, 100_000).is_some();
+    let taken = crate::sys::robust::try_lock_for(lock, 100_000).is_some();
     // With its real start time, it is a live holder, and its lock is left alone.
     lock.store(live, Ordering::SeqCst);
-    let left_alone = super::super::lock::try_lock_for(lock, 2048).is_none();
+    let left_alone = crate::sys::robust::try_lock_for(lock, 2048).is_none();
     let _ = other.kill();
     let _ = other.wait();
     assert!(
@@ -293,5 +294,5 @@ fn a_dead_holders_id_reused_by_a_live_thread_does_not_wedge_the_lock() {
         "a lock word naming a reused thread id wedged the lock"
     );
     assert!(left_alone, "a live holder's lock was taken");
-    let _g = super::super::lock::try_lock_for(lock, 100_000).expect("taken once it died");
+    let _g = crate::sys::robust::try_lock_for(lock, 100_000).expect("taken once it died");
 }

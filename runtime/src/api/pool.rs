@@ -1,0 +1,362 @@
+//! The public pool: [`Pool`], [`PoolBuilder`], and the scoping that `with_pool!` uses.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::apply::{self, AsyncResult};
+use crate::api::imap::IMap;
+use crate::api::map;
+use crate::engine::{self, MapSettings, PoolConfig, PoolCore, current};
+use crate::error::{Error, ErrorKind, Result};
+use crate::shm::ShmBackend;
+use crate::task::Task;
+use crate::wire::ShmConfig;
+
+/// A pool of worker processes, like Python's `multiprocessing.Pool`.
+///
+/// ```no_run
+/// use multiproc::prelude::*;
+///
+/// #[parallel]
+/// fn t1(x: u64) -> u64 {
+///     x * 10
+/// }
+///
+/// fn main() -> multiproc::Result<()> {
+///     let pool = Pool::new(3)?;
+///     let r = pool.apply_async(t1, 5);
+///     assert_eq!(pool.map(t1, &[1, 2, 3])?, [10, 20, 30]);
+///     assert_eq!(r.get()?, 50);
+///     pool.close();
+///     pool.join();
+///     Ok(())
+/// }
+/// ```
+///
+/// Dropping a pool closes it and waits for everything submitted to it, callbacks
+/// included; [`terminate`](Self::terminate) stops it at once instead.
+pub struct Pool {
+    core: Arc<PoolCore>,
+    settings: MapSettings,
+}
+
+/// Builds a [`Pool`]: `Pool::builder().workers(3).chunk_size(64).build()?`.
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct PoolBuilder {
+    workers: Option<usize>,
+    chunk_size: Option<usize>,
+    max_tasks_per_worker: Option<u64>,
+    task_timeout: Option<Duration>,
+    progress: bool,
+    shm_threshold: Option<usize>,
+    shm_backend: Option<ShmBackend>,
+    retries: u32,
+    program: Option<std::path::PathBuf>,
+}
+
+impl PoolBuilder {
+    /// The number of worker processes (default: one per core).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n);
+        self
+    }
+
+    /// Items per chunk for `map` and `imap` (default: adaptive, from the input length and
+    /// the measured time per item).
+    pub fn chunk_size(mut self, n: usize) -> Self {
+        self.chunk_size = Some(n);
+        self
+    }
+
+    /// Replaces a worker with a fresh process after it ran `n` items, returning whatever
+    /// memory its tasks leaked to the system. Chunks are capped at `n` items.
+    pub fn max_tasks_per_worker(mut self, n: u64) -> Self {
+        self.max_tasks_per_worker = Some(n);
+        self
+    }
+
+    /// Kills and replaces a worker whose item runs longer than `limit`; that item fails
+    /// with [`ErrorKind::Timeout`]. Items are then sent one per chunk, each with its own
+    /// deadline. Time this process spends stopped (the job suspended with Ctrl-Z, then
+    /// continued) is not counted. Without a limit, an item whose worker is stopped
+    /// (SIGSTOP) waits until it is continued: a stopped worker is not a dead one.
+    pub fn task_timeout(mut self, limit: Duration) -> Self {
+        self.task_timeout = Some(limit);
+        self
+    }
+
+    /// Draws a progress bar on stderr for `map` and `imap` (done/total, rate, ETA), when
+    /// stderr is a terminal (`MULTIPROC_PROGRESS=force` draws it anywhere).
+    pub fn progress(mut self, on: bool) -> Self {
+        self.progress = on;
+        self
+    }
+
+    /// Runs items lost to a worker that died (a signal, `abort`, `exit`; not a panic, a
+    /// time-out or an error) again, on a fresh worker, up to `n` more times. Safe because
+    /// `#[parallel]` functions are pure. The final error says how many attempts were made.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = n;
+        self
+    }
+
+    /// Arguments and results whose encoded chunk is larger than `bytes` travel through a
+    /// one-shot shared-memory segment instead of the socket (default: 512 KiB, chosen by
+    /// measurement; see BENCHMARKS.md).
+    pub fn shm_threshold(mut self, bytes: usize) -> Self {
+        self.shm_threshold = Some(bytes);
+        self
+    }
+
+    /// The kind of shared-memory segment to use for large messages (default: a sealed
+    /// memfd; `MULTIPROC_SHM=posix` changes the default).
+    pub fn shm_backend(mut self, backend: ShmBackend) -> Self {
+        self.shm_backend = Some(backend);
+        self
+    }
+
+    /// Starts workers from this executable instead of `/proc/self/exe`. It must be the
+    /// same build (the handshake checks); tests use it to make spawning fail.
+    #[doc(hidden)]
+    pub fn __program(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.program = Some(path.into());
+        self
+    }
+
+    /// Starts the workers and waits until each has answered its handshake.
+    pub fn build(self) -> Result<Pool> {
+        let workers = match self.workers {
+            Some(0) => {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    "a pool needs at least one worker, not 0",
+                ));
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, usize::from),
+        };
+        if self.chunk_size == Some(0) {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "chunk_size must be at least 1",
+            ));
+        }
+        let mut shm = ShmConfig::default();
+        if let Some(bytes) = self.shm_threshold {
+            shm.threshold = bytes.min(crate::wire::frame::MAX_FRAME / 2);
+        }
+        if let Some(backend) = self.shm_backend {
+            shm.backend = backend;
+        }
+        let core = PoolCore::start(PoolConfig {
+            workers,
+            program: self.program.unwrap_or_else(engine::spawn::default_program),
+            max_tasks_per_worker: self.max_tasks_per_worker,
+            task_timeout: self.task_timeout,
+            shm,
+            retries: self.retries,
+        })?;
+        Ok(Pool {
+            core: Arc::new(core),
+            settings: MapSettings {
+                chunk_size: self.chunk_size,
+                progress: self.progress,
+            },
+        })
+    }
+}
+
+impl Pool {
+    /// A pool of `workers` worker processes. `0` is [`ErrorKind::InvalidConfig`].
+    pub fn new(workers: usize) -> Result<Pool> {
+        Pool::builder().workers(workers).build()
+    }
+
+    /// A builder for a pool with more options.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// The number of worker processes.
+    pub fn workers(&self) -> usize {
+        self.core.workers()
+    }
+
+    /// Runs `task` on every item and returns the results in input order; the first item
+    /// that fails makes the call an `Err` naming it.
+    pub fn map<A, R, F>(&self, task: Task<A, R, F>, items: &[A]) -> Result<Vec<R>>
+    where
+        A: Serialize,
+        R: DeserializeOwned,
+    {
+        self.check_open(task.name())?;
+        map::map_on(&self.core, items, &task, &self.settings)
+    }
+
+    /// A lazy, ordered map: results come back in input order, one `Result` per item,
+    /// while the input is consumed only a few chunks ahead of the workers. Works on
+    /// endless iterators: `pool.imap(f, 0..).take(10)`.
+    pub fn imap<A, R, F, I>(&self, task: Task<A, R, F>, items: I) -> IMap<I::IntoIter, R>
+    where
+        I: IntoIterator<Item = A>,
+        A: Serialize,
+        R: DeserializeOwned,
+    {
+        IMap::new(
+            Arc::clone(&self.core),
+            task.name(),
+            (task.arg_codec(), task.ret_codec()),
+            items.into_iter(),
+            true,
+            &self.settings,
+        )
+    }
+
+    /// Like [`imap`](Self::imap), but yields results as they complete.
+    pub fn imap_unordered<A, R, F, I>(&self, task: Task<A, R, F>, items: I) -> IMap<I::IntoIter, R>
+    where
+        I: IntoIterator<Item = A>,
+        A: Serialize,
+        R: DeserializeOwned,
+    {
+        IMap::new(
+            Arc::clone(&self.core),
+            task.name(),
+            (task.arg_codec(), task.ret_codec()),
+            items.into_iter(),
+            false,
+            &self.settings,
+        )
+    }
+
+    /// Runs `task(arg)` in a worker and waits for the result.
+    ///
+    /// On a warm pool, a call usually goes straight to an idle worker through shared
+    /// memory, with no system call on the way (a few microseconds); a worker stays
+    /// ready for the next call for a short while after each one, so a stream of calls
+    /// from one thread is served by the same worker. The call takes the pool's queue
+    /// instead when no worker is idle, when its argument is large (over ~60 KiB) or
+    /// holds shared-memory handles ([`Shared`](crate::Shared),
+    /// [`SharedSlice`](crate::SharedSlice)), while the workers hold segments from earlier
+    /// calls, and in a pool with a
+    /// [`task_timeout`](PoolBuilder::task_timeout) or a
+    /// [`max_tasks_per_worker`](PoolBuilder::max_tasks_per_worker). Either way it fails
+    /// the same: a panic, a dead worker (retried as
+    /// [`retries`](PoolBuilder::retries) allows), a closed or terminated pool.
+    pub fn apply<A, R, F>(&self, task: Task<A, R, F>, arg: A) -> Result<R>
+    where
+        A: Serialize,
+        R: DeserializeOwned,
+    {
+        apply::apply(&self.core, &task, &arg)
+    }
+
+    /// Submits `task(arg)` and returns at once. The task runs even if the handle is
+    /// dropped; see [`AsyncResult`] for its callbacks.
+    pub fn apply_async<A, R, F>(&self, task: Task<A, R, F>, arg: A) -> AsyncResult<R>
+    where
+        A: Serialize,
+        R: DeserializeOwned + Send + 'static,
+    {
+        apply::apply_async(&self.core, &task, &arg)
+    }
+
+    /// Stops accepting work. What was submitted still runs; new submissions are
+    /// [`ErrorKind::Closed`].
+    pub fn close(&self) {
+        self.core.close();
+    }
+
+    /// Closes the pool if needed, then waits until every submitted task has completed
+    /// (also those whose handle was dropped), their callbacks have run and the workers
+    /// have exited.
+    pub fn join(&self) {
+        self.core.join();
+    }
+
+    /// Kills the workers now. Tasks not yet completed fail with [`ErrorKind::Closed`].
+    pub fn terminate(&self) {
+        self.core.terminate();
+    }
+
+    fn check_open(&self, task: &'static str) -> Result<()> {
+        if self.core.is_closed() {
+            return Err(Error::new(ErrorKind::Closed, "the pool is closed").with_task(task));
+        }
+        Ok(())
+    }
+
+    /// Makes this pool the current pool of this thread (where `par_map` runs) until
+    /// the guard is dropped. `with_pool!` uses it.
+    #[doc(hidden)]
+    pub fn __enter(&self) -> current::CurrentGuard {
+        current::enter(Arc::clone(&self.core), self.settings)
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.core.join();
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("workers", &self.workers())
+            .field("closed", &self.core.is_closed())
+            .finish()
+    }
+}
+
+/// The pool a `par_map` on this thread runs on, with its map settings.
+pub(crate) fn current_with_settings() -> Result<(Arc<PoolCore>, MapSettings)> {
+    match current::current() {
+        Some(found) => Ok(found),
+        None => Ok((
+            engine::global()?,
+            MapSettings {
+                chunk_size: None,
+                progress: crate::api::progress::global_enabled(),
+            },
+        )),
+    }
+}
+
+/// What `with_pool!` accepts as its configuration: a worker count or a [`PoolBuilder`].
+pub trait IntoPool {
+    /// Starts the pool.
+    fn into_pool(self) -> Result<Pool>;
+}
+
+impl IntoPool for usize {
+    fn into_pool(self) -> Result<Pool> {
+        Pool::new(self)
+    }
+}
+
+impl IntoPool for PoolBuilder {
+    fn into_pool(self) -> Result<Pool> {
+        self.build()
+    }
+}
+
+impl IntoPool for Pool {
+    fn into_pool(self) -> Result<Pool> {
+        Ok(self)
+    }
+}
+
+/// Starts the pool of a `with_pool!` block, or panics saying why it could not.
+#[doc(hidden)]
+#[track_caller]
+pub fn __with_pool_start(config: impl IntoPool) -> Pool {
+    match config.into_pool() {
+        Ok(pool) => pool,
+        Err(e) => panic!("with_pool!: the pool could not be started: {e}"),
+    }
+}

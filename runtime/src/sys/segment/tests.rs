@@ -1,0 +1,60 @@
+//! Segments made from bytes: what they hold, that a memfd is sealed, and a failed write.
+
+use super::*;
+
+#[test]
+fn a_created_segment_holds_the_bytes_and_cannot_be_written() {
+    let bytes: Vec<u8> = (0..3 * 4096 + 17).map(|i| (i % 251) as u8).collect();
+    for backend in [ShmBackend::Memfd, ShmBackend::Posix] {
+        let seg = Segment::create(backend, &bytes).expect("create");
+        assert_eq!(seg.bytes(), &bytes[..]);
+        assert!(!seg.desc().writable);
+        assert_eq!(seg.as_mut_ptr(), None);
+    }
+    let seg = Segment::create(ShmBackend::Memfd, &bytes).expect("create");
+    let fd = seg.fd().expect("a memfd has a descriptor");
+    use rustix::fs::SealFlags;
+    let seals = rustix::fs::fcntl_get_seals(fd).expect("its seals");
+    assert!(seals.contains(SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW));
+    // The seal refuses a write.
+    assert!(rustix::io::pwrite(fd, &[1u8], 0).is_err());
+}
+
+#[test]
+fn an_empty_segment_is_fine() {
+    let seg = Segment::create(ShmBackend::Memfd, &[]).expect("create");
+    assert!(seg.bytes().is_empty());
+}
+
+#[test]
+fn a_write_that_fails_is_an_error_that_says_so() {
+    let file = std::fs::File::open("/proc/self/exe").expect("open our binary");
+    let e = write_all_at(&file, &[1, 2, 3]).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("writing 3 bytes into a shared-memory segment"),
+        "{e}"
+    );
+}
+
+#[test]
+fn named_segments_have_short_names_that_say_who_made_them() {
+    let seg = Segment::create(ShmBackend::Posix, b"named").expect("create");
+    let name = seg.desc().name.clone().expect("a named segment");
+    assert_eq!(creator_of(&name), Some(std::process::id()));
+    // The longest such name, with its leading slash, is within the 31 characters macOS
+    // allows.
+    let longest = format!("/{NAME_PREFIX}{:x}-{:016x}", u32::MAX, u64::MAX);
+    assert!(longest.len() <= 31, "{longest}");
+    assert_eq!(
+        std::fs::metadata(format!("/dev/shm/{name}"))
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+            .ok(),
+        Some(0o600)
+    );
+    let opened = Segment::open(seg.desc().clone(), None).expect("open by name");
+    assert_eq!(opened.bytes(), b"named");
+    drop(opened);
+    drop(seg);
+    assert!(!std::path::Path::new(&format!("/dev/shm/{name}")).exists());
+}
