@@ -106,6 +106,16 @@
 //! [`task_index`](Error::task_index) and the [`worker_pid`](Error::worker_pid). A function
 //! that returns its own `Result<T, E>` gives `Vec<Result<T, E>>`: its errors are values.
 //!
+//! ## How it is built
+//!
+//! The runtime is a stack of layers, each using only those below it: `sys` (OS
+//! primitives), `codec` (values to bytes), `task` (the registry of `#[parallel]`
+//! functions), `wire` (frames, the handshake, and the transport seam a cluster backend
+//! plugs into), `shm` (shared-memory handles), `direct` (the shared-memory call path to a
+//! local worker), `worker` (a worker process's entry and loop), `engine` (queue, driver
+//! threads, global pool) and `api` (what this crate re-exports), with `queue` beside
+//! `api`. The README has one line per layer, and where to start for a change.
+//!
 //! ## Platform
 //!
 //! Linux. Workers are re-executed through `/proc/self/exe`.

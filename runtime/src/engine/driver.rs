@@ -275,17 +275,7 @@ impl Driver<'_> {
             self.note_if_idle();
             return;
         }
-        let mut out = Vec::new();
-        release_dead_segments(live, &mut out);
-        if !out.is_empty()
-            && let Err(e) = live.link.stage(&out, &[])
-        {
-            let e = Error::io(ErrorKind::Io, "writing to the worker", e);
-            for job in batch {
-                job.fail(e.duplicate());
-            }
-            return;
-        }
+        release_dead_segments(live);
         let mut failed = Vec::new();
         for (i, job) in batch.iter_mut().enumerate() {
             // Each segment goes to a worker once, with the first chunk that needs it.
@@ -299,18 +289,20 @@ impl Driver<'_> {
             // The job's own frame stays as it is: a chunk may be sent again, to another
             // worker, if this one dies first.
             let (header, body) = job.frame.split_at(job.body_at);
-            out.clear();
-            let oneshot = match wire::append_frame(&mut out, header, body, &attach, shm) {
+            let outbox = live.link.outbox();
+            let start = outbox.len();
+            let oneshot = match wire::append_frame(outbox, header, body, &attach, shm) {
                 Ok(oneshot) => oneshot,
                 Err(e) => {
                     failed.push((i, e));
                     continue;
                 }
             };
-            // The frame's segments travel before it: its handles' segments, then the
-            // one holding its body.
+            // The frame's segments travel with it: its handles' segments, then the one
+            // holding its body.
             let carried: Vec<&Segment> = attach.iter().copied().chain(oneshot.as_ref()).collect();
-            if let Err(e) = live.link.stage(&out, &carried) {
+            if let Err(e) = live.link.attach(&carried) {
+                live.link.outbox().truncate(start);
                 failed.push((i, Error::io(ErrorKind::Io, "writing to the worker", e)));
                 continue;
             }
@@ -464,7 +456,7 @@ impl Driver<'_> {
 
 /// Tells the worker (in front of the next frames) to drop the segments the parent no
 /// longer holds a handle to.
-fn release_dead_segments(live: &mut Live, wbuf: &mut Vec<u8>) {
+fn release_dead_segments(live: &mut Live) {
     let dead: Vec<u64> = live
         .segments
         .iter()
@@ -479,6 +471,6 @@ fn release_dead_segments(live: &mut Live, wbuf: &mut Vec<u8>) {
     }
     let mut frame = Vec::new();
     if frame::release_frame(&mut frame, &dead).is_ok() {
-        wbuf.extend_from_slice(&frame);
+        live.link.outbox().extend_from_slice(&frame);
     }
 }

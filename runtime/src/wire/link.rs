@@ -15,8 +15,8 @@
 //!   read that worker's answers meanwhile, nor enforce a time limit.
 //! - **Segments, or their contents.** A frame's trailer lists the segments that travel
 //!   with it ([`SegmentDesc`](crate::sys::segment::SegmentDesc)). The sender hands
-//!   their [`Segment`]s to [`stage`](Link::stage) or [`send`](Link::send) with the frame
-//!   bytes; the receiver's [`segments`](Link::segments) turns the trailer back into
+//!   their [`Segment`]s to [`attach`](Link::attach) or [`send`](Link::send) with the
+//!   frame bytes; the receiver's [`segments`](Link::segments) turns the trailer back into
 //!   mapped `Segment`s of the same ids, lengths and contents. A socket passes
 //!   descriptors; a transport between hosts copies the bytes into the stream and makes
 //!   a local segment of them at the far end (once per segment and peer: the driver
@@ -85,9 +85,13 @@ pub(crate) trait Link: Send {
     /// The segments listed in `trailer`, a frame just received, opened in order.
     fn segments(&mut self, trailer: &Trailer<'_>) -> Result<Opened>;
 
-    /// Adds `bytes` (whole frames) to what is waiting to go out, with `segments`
-    /// travelling before them; [`push`](Self::push) sends.
-    fn stage(&mut self, bytes: &[u8], segments: &[&Segment]) -> io::Result<()>;
+    /// What is waiting to go out: whole frames are appended here, and
+    /// [`push`](Self::push) sends them.
+    fn outbox(&mut self) -> &mut Vec<u8>;
+
+    /// `segments` travel with the frames in the outbox, ahead of any frame appended
+    /// after this call (so before the frame that lists them, or with it).
+    fn attach(&mut self, segments: &[&Segment]) -> io::Result<()>;
 
     /// Sends what the peer takes now of the staged bytes, without waiting.
     fn push(&mut self) -> io::Result<()>;

@@ -90,13 +90,18 @@ impl Link for SocketLink {
         Ok(opened)
     }
 
-    fn stage(&mut self, bytes: &[u8], segments: &[&Segment]) -> io::Result<()> {
+    fn outbox(&mut self) -> &mut Vec<u8> {
+        &mut self.wbuf
+    }
+
+    fn attach(&mut self, segments: &[&Segment]) -> io::Result<()> {
         // Descriptors ride with the first byte of the next send: before their frame,
         // or with it, never after it, which is all the receiver needs.
-        for fd in fds_of(segments) {
-            self.wfds.push(fd.try_clone_to_owned()?);
-        }
-        self.wbuf.extend_from_slice(bytes);
+        let fds = fds_of(segments)
+            .into_iter()
+            .map(|fd| fd.try_clone_to_owned())
+            .collect::<io::Result<Vec<OwnedFd>>>()?;
+        self.wfds.extend(fds);
         Ok(())
     }
 
@@ -145,18 +150,20 @@ impl Link for SocketLink {
         } else {
             PollFlags::IN
         };
-        let mut watches = vec![Watch::from_borrowed_fd(self.stream.as_fd(), events)];
-        if let Some(exit) = exit {
-            watches.push(Watch::from_borrowed_fd(exit, PollFlags::IN));
-        }
-        if !poll::wait(&mut watches, timeout)? {
+        let socket = self.stream.as_fd();
+        let mut watches = [
+            Watch::from_borrowed_fd(socket, events),
+            Watch::from_borrowed_fd(exit.unwrap_or(socket), PollFlags::IN),
+        ];
+        let watched = if exit.is_some() { 2 } else { 1 };
+        if !poll::wait(&mut watches[..watched], timeout)? {
             return Ok(Ready::NOTHING);
         }
-        let socket = watches[0].revents();
+        let [socket, exit] = &watches;
         Ok(Ready {
-            readable: !(socket - PollFlags::OUT).is_empty(),
-            writable: socket.contains(PollFlags::OUT),
-            exited: watches.get(1).is_some_and(|w| !w.revents().is_empty()),
+            readable: !(socket.revents() - PollFlags::OUT).is_empty(),
+            writable: socket.revents().contains(PollFlags::OUT),
+            exited: watched == 2 && !exit.revents().is_empty(),
         })
     }
 
