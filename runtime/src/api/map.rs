@@ -58,8 +58,22 @@ impl<A: Serialize + DeserializeOwned> ParMap<A> for [A] {
         if crate::worker::in_worker() {
             return map_inline(self, &task);
         }
-        let (pool, settings) = crate::api::pool::current_with_settings()?;
+        let (pool, settings) = current_with_settings()?;
         map_on(&pool, self, &task, &settings)
+    }
+}
+
+/// The pool a `par_map` on this thread runs on, with its map settings.
+pub(crate) fn current_with_settings() -> Result<(Arc<PoolCore>, MapSettings)> {
+    match crate::engine::current::current() {
+        Some(found) => Ok(found),
+        None => Ok((
+            crate::engine::global()?,
+            MapSettings {
+                chunk_size: None,
+                progress: crate::api::progress::global_enabled(),
+            },
+        )),
     }
 }
 

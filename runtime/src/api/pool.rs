@@ -313,20 +313,6 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-/// The pool a `par_map` on this thread runs on, with its map settings.
-pub(crate) fn current_with_settings() -> Result<(Arc<PoolCore>, MapSettings)> {
-    match current::current() {
-        Some(found) => Ok(found),
-        None => Ok((
-            engine::global()?,
-            MapSettings {
-                chunk_size: None,
-                progress: crate::api::progress::global_enabled(),
-            },
-        )),
-    }
-}
-
 /// What `with_pool!` accepts as its configuration: a worker count or a [`PoolBuilder`].
 pub trait IntoPool {
     /// Starts the pool.
