@@ -26,8 +26,8 @@
 // One module-file style: `name.rs` beside `name/`, never `name/mod.rs`.
 #![deny(clippy::mod_module_files)]
 
-// The layers, bottom up (see "How it is built" above): each module uses only those
-// listed before it.
+// The layers: see "How it is built" above for their order, bottom up, which
+// `tests/layers.rs` checks (each module uses only those below it).
 mod api;
 mod codec;
 mod direct;
