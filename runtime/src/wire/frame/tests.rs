@@ -129,3 +129,27 @@ fn truncated_streams_are_errors_and_clean_eof_is_not() {
     let err = read_frame(&mut short, &mut buf).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
 }
+
+#[test]
+fn a_setup_frame_carries_exactly_its_control_segment() {
+    let control = SegmentDesc {
+        id: 7,
+        len: 64 << 10,
+        name: None,
+        writable: true,
+    };
+    let mut buf = Vec::new();
+    setup_frame(&mut buf, &control).unwrap();
+    match parse(payload(&buf)).unwrap() {
+        Frame::Setup { trailer } => assert_eq!(trailer.segments, vec![control.clone()]),
+        other => panic!("{other:?}"),
+    }
+    // No segment, or two: refused.
+    for segments in [vec![], vec![control.clone(), control]] {
+        let mut buf = Vec::new();
+        begin(&mut buf, TAG_SETUP);
+        finish_with(&mut buf, 0, &segments, false).unwrap();
+        let e = parse(payload(&buf)).unwrap_err();
+        assert!(e.0.contains("exactly one segment"), "{e}");
+    }
+}
