@@ -87,7 +87,7 @@
 //!
 //! [`Queue`] is a cross-process queue in shared memory that the parent, any pool's
 //! workers and [`Process`] children share; it is an ordinary argument of a `#[parallel]`
-//! function. [`pipeline`] chains stages, each with its own workers:
+//! function. [`pipeline()`] chains stages, each with its own workers:
 //! `pipeline(items).stage(parse, 2).stage(score, 4).collect()`.
 //!
 //! ## Rules for `#[parallel]` functions

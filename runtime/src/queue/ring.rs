@@ -6,7 +6,7 @@
 //!   is only held while bytes are copied, never across a system call. A process killed
 //!   while holding one leaves its identity behind; the next process that finds it held
 //!   by a thread that no longer exists (or whose id now belongs to a thread that started
-//!   later) takes it over (see [`super::lock`]). The producers' and the consumers'
+//!   later) takes it over (see [`crate::sys::robust`]). The producers' and the consumers'
 //!   fields sit on cache lines of their own.
 //! - Every change is committed by a single store at the end (`tail` and the count of
 //!   messages put, packed in one word, for a put; `head` and the count taken for a get),
@@ -39,7 +39,7 @@ pub(crate) struct Header {
 /// One side's lock and what it has committed.
 #[repr(C, align(64))]
 struct Side {
-    /// The holder's identity (see [`super::lock`]), or 0.
+    /// The holder's identity (see [`crate::sys::robust`]), or 0.
     lock: AtomicU64,
     /// This side's byte offset and message count, packed (see [`pack`]): `tail` and
     /// messages put for producers, `head` and messages taken for consumers. One store
