@@ -182,3 +182,6 @@ impl Link for SocketLink {
         .all(socket::is_open)
     }
 }
+
+#[cfg(test)]
+mod tests;
