@@ -140,7 +140,7 @@ pub(crate) fn read_answer(
     expect: Option<Expect>,
     link: Option<&mut dyn Link>,
 ) -> std::result::Result<Answer, String> {
-    let (count, nanos, values_len, range, trailer_segments) = match frame::parse(payload) {
+    let (count, nanos, values_len, range, oneshot) = match frame::parse(payload) {
         Ok(Frame::Done {
             chunk,
             count,
@@ -150,32 +150,30 @@ pub(crate) fn read_answer(
         }) if expect.is_some_and(|e| e.chunk == chunk && count <= e.count) => {
             let start = trailer.body.as_ptr() as usize - payload.as_ptr() as usize;
             let range = start..start + trailer.body.len();
-            let segments = match link {
-                Some(link) => Some(
-                    link.segments(&trailer)
-                        .map_err(|e| e.message().to_owned())?,
-                ),
+            let oneshot = match link {
+                Some(link) => {
+                    let opened = link
+                        .segments(&trailer)
+                        .map_err(|e| e.message().to_owned())?;
+                    if !opened.attached.is_empty() {
+                        return Err("a result carried a shared-memory handle made in a \
+                                    worker; handles can only be created in the parent"
+                            .into());
+                    }
+                    opened.body
+                }
                 None if trailer.segments.is_empty() && !trailer.out_of_line => None,
                 None => return Err("an answer with shared-memory segments".into()),
             };
-            (count, nanos, values_len as usize, range, segments)
+            (count, nanos, values_len as usize, range, oneshot)
         }
         Ok(Frame::Fatal(why)) => return Ok(Answer::Fatal(why.to_owned())),
         Ok(other) => return Err(format!("unexpected frame {other:?}")),
         Err(e) => return Err(e.to_string()),
     };
-    let body = match trailer_segments {
-        Some(opened) if !opened.attached.is_empty() => {
-            return Err(
-                "a result carried a shared-memory handle made in a worker; handles can only \
-                 be created in the parent"
-                    .into(),
-            );
-        }
-        Some(super::link::Opened {
-            body: Some(seg), ..
-        }) => Body::Mapped(seg),
-        _ => Body::Inline {
+    let body = match oneshot {
+        Some(seg) => Body::Mapped(seg),
+        None => Body::Inline {
             frame: std::mem::take(payload),
             range,
         },
