@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crate::direct::ParentEnd;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys::fork;
-pub(crate) use crate::sys::lock::lock;
+use crate::sys::lock::lock;
 
 pub(crate) use current::MapSettings;
 pub(crate) use global::global;

@@ -9,8 +9,9 @@ use serde::de::DeserializeOwned;
 
 use crate::api::chunk;
 use crate::codec::Codec;
-use crate::engine::{Job, Offered, PoolCore, Reply, ReplyTo, lock};
+use crate::engine::{Job, Offered, PoolCore, Reply, ReplyTo};
 use crate::error::{Error, ErrorKind, Result};
+use crate::sys::lock::lock;
 use crate::task::Task;
 
 type SuccessCallback<R> = Box<dyn FnOnce(&R) + Send>;

@@ -9,9 +9,10 @@ use serde::de::DeserializeOwned;
 
 use crate::api::chunk;
 use crate::codec::Codec;
+use crate::engine::Reply;
 use crate::engine::spawn;
-use crate::engine::{Reply, lock};
 use crate::error::{Error, ErrorKind, Result};
+use crate::sys::lock::lock;
 use crate::sys::segment::Segment;
 use crate::task::Task;
 use crate::wire::{self, Answer, Body, Expect, Link, ShmConfig, SocketLink};
