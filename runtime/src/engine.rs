@@ -25,6 +25,8 @@ use crate::sys::lock::lock;
 
 pub(crate) use current::MapSettings;
 pub(crate) use global::global;
+#[cfg(feature = "mpi")]
+pub(crate) use global::{WORKERS_VAR, global_config};
 pub(crate) use job::{Completion, Encoded, Job, Reply, ReplyTo};
 pub(crate) use offer::Offered;
 
@@ -90,6 +92,74 @@ pub(crate) struct PoolShared {
     /// wakes every driver: the one woken alone could be a driver whose worker is in a
     /// call.
     direct_calls: AtomicUsize,
+    /// Workers that are not this process's children (the other ranks of a cluster),
+    /// taking jobs from the same queue through a [`Tap`].
+    remote: Mutex<Option<Arc<dyn Remote>>>,
+}
+
+/// Workers of a pool that live elsewhere (the other ranks of a cluster). They take jobs
+/// from the pool's queue through a [`Tap`], and answer each exactly once.
+// Used by the cluster (feature `mpi`) only.
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+pub(crate) trait Remote: Send + Sync {
+    /// How many items they run at once.
+    fn workers(&self) -> usize;
+    /// Waits until every job they took has been answered and they stopped (the queue is
+    /// closed and drained when this is called).
+    fn join(&self);
+    /// Stops them now: the jobs they hold fail with `Closed`.
+    fn terminate(&self);
+}
+
+/// A handle on a pool's queue for workers that are not driven by driver threads (see
+/// [`Remote`]): it never blocks.
+// Used by the cluster (feature `mpi`) only.
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+#[derive(Clone)]
+pub(crate) struct Tap(Arc<PoolShared>);
+
+/// What [`Tap::take`] found.
+// Used by the cluster (feature `mpi`) only.
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+// Returned by value once per job, never stored (see `Next`).
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Taken {
+    Job(Job),
+    /// Nothing queued now.
+    Empty,
+    /// The pool is closed and drained.
+    Closed,
+}
+
+// Used by the cluster (feature `mpi`) only.
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+impl Tap {
+    /// The next job, if one is queued.
+    pub(crate) fn take(&self) -> Taken {
+        let mut q = lock(&self.0.queue);
+        while let Some(job) = q.jobs.pop_front() {
+            if !job.is_cancelled() {
+                return Taken::Job(job);
+            }
+        }
+        if q.closed {
+            Taken::Closed
+        } else {
+            Taken::Empty
+        }
+    }
+
+    /// Puts back jobs whose workers were lost before they answered, ahead of the rest.
+    pub(crate) fn requeue(&self, jobs: Vec<Job>) {
+        if !jobs.is_empty() {
+            self.0.requeue_front(jobs.into_iter());
+        }
+    }
+
+    /// The pool's configuration.
+    pub(crate) fn config(&self) -> &PoolConfig {
+        &self.0.config
+    }
 }
 
 /// Whether calls may bypass the drivers: not when they enforce a time limit or count
@@ -140,6 +210,7 @@ impl PoolShared {
             changes: AtomicU64::new(0),
             directs: Mutex::new(vec![None; workers]),
             direct_calls: AtomicUsize::new(0),
+            remote: Mutex::new(None),
         }
     }
 
@@ -398,9 +469,27 @@ impl PoolCore {
         Ok(pool)
     }
 
-    /// The number of worker processes.
+    /// The number of worker processes, remote ones included.
     pub(crate) fn workers(&self) -> usize {
-        self.shared.config.workers
+        self.shared.config.workers + self.remote().map_or(0, |r| r.workers())
+    }
+
+    fn remote(&self) -> Option<Arc<dyn Remote>> {
+        lock(&self.shared.remote).clone()
+    }
+
+    /// The pool's queue, for workers that live elsewhere.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn tap(&self) -> Tap {
+        Tap(Arc::clone(&self.shared))
+    }
+
+    /// Adds workers that live elsewhere (see [`Remote`]); from now on they count among
+    /// the pool's workers, and `join` and `terminate` wait for them and stop them.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn attach_remote(&self, remote: Arc<dyn Remote>) {
+        *lock(&self.shared.remote) = Some(remote);
+        self.shared.wake_drivers(Wake::All);
     }
 
     pub(crate) fn task_timeout(&self) -> Option<Duration> {
@@ -424,6 +513,17 @@ impl PoolCore {
             // Dropped here: it replies `Closed` to anyone waiting.
             drop(job);
             return Err(PoolCore::foreign_error());
+        }
+        if job.writes_shared_memory() && self.remote().is_some() {
+            let error = Error::new(
+                ErrorKind::InvalidConfig,
+                "a SharedSliceMut cannot be written from a cluster pool: its other ranks \
+                 have no access to this host's memory, so their writes would be lost; run \
+                 this map on a local Pool (Pool::new(n)), or return the values instead",
+            )
+            .with_task(job.task);
+            job.fail(error.duplicate());
+            return Err(error);
         }
         let mut q = lock(&self.shared.queue);
         if q.closed {
@@ -468,6 +568,9 @@ impl PoolCore {
         for d in drivers {
             let _ = d.join();
         }
+        if let Some(remote) = self.remote() {
+            remote.join();
+        }
         lock(&self.completions).take();
         // A callback may join its own pool; it cannot wait for itself.
         if std::thread::current().id() != self.completion_thread_id
@@ -491,6 +594,9 @@ impl PoolCore {
         };
         self.shared.wake_drivers(Wake::All);
         drop(dropped); // each replies Closed
+        if let Some(remote) = self.remote() {
+            remote.terminate();
+        }
         self.shared.kill_workers();
         self.join();
     }

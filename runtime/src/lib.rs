@@ -17,6 +17,8 @@
 //! - `worker`: the pre-`main` entry of a worker process and its serving loop.
 //! - `engine`: the job queue, driver threads, starting and reaping workers, the global
 //!   and current pools.
+//! - `cluster`: the same program over the ranks of an MPI job (feature `mpi`): rank
+//!   0's cluster thread, the serving ranks' loop, and the MPI transport.
 //! - `api`: [`Pool`], maps, `apply`, [`Process`], pipelines, progress.
 //! - `queue`: the cross-process [`Queue`] (beside `api`, on `shm` and `sys`).
 //!
@@ -29,6 +31,7 @@
 // The layers: see "How it is built" above for their order, bottom up, which
 // `tests/layers.rs` checks (each module uses only those below it).
 mod api;
+mod cluster;
 mod codec;
 mod direct;
 mod engine;

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 /// Bottom up. `queue` sits beside `api`: neither uses the other.
 const LAYERS: &[&str] = &[
-    "error", "sys", "codec", "task", "wire", "shm", "direct", "worker", "engine", "api", "queue",
+    "error", "sys", "codec", "task", "wire", "shm", "direct", "worker", "engine", "cluster", "api",
+    "queue",
 ];
 
 /// Every `.rs` file under `dir`.

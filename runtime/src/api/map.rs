@@ -68,7 +68,7 @@ pub(crate) fn current_with_settings() -> Result<(Arc<PoolCore>, MapSettings)> {
     match crate::engine::current::current() {
         Some(found) => Ok(found),
         None => Ok((
-            crate::engine::global()?,
+            crate::cluster::global()?,
             MapSettings {
                 chunk_size: None,
                 progress: crate::api::progress::global_enabled(),

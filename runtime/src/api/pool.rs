@@ -56,6 +56,7 @@ pub struct PoolBuilder {
     shm_backend: Option<ShmBackend>,
     retries: u32,
     program: Option<std::path::PathBuf>,
+    cluster: bool,
 }
 
 impl PoolBuilder {
@@ -119,6 +120,37 @@ impl PoolBuilder {
         self
     }
 
+    /// A pool over every rank of the MPI job this program runs in (feature `mpi`):
+    /// rank 0's workers and every other rank's, fed from one queue, each rank given
+    /// chunks as fast as it returns them. [`workers`](Self::workers) then counts the
+    /// workers of each rank (default: each rank's share of its host's cores). Every
+    /// method works as on a local pool; a `SharedSliceMut` is refused, since the other
+    /// ranks cannot write this host's memory. See the README's "Running on a cluster".
+    ///
+    /// Outside an MPI launcher, or without the `mpi` feature, `build` fails with
+    /// [`ErrorKind::InvalidConfig`], saying which.
+    ///
+    /// ```no_run
+    /// use multiproc::prelude::*;
+    ///
+    /// #[parallel]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// fn main() -> multiproc::Result<()> {
+    ///     // mpirun -n 4 --hostfile hosts ./app
+    ///     let pool = Pool::builder().cluster().retries(1).build()?;
+    ///     let squares = pool.map(square, &(0..1000).collect::<Vec<u64>>())?;
+    ///     assert_eq!(squares[9], 81);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn cluster(mut self) -> Self {
+        self.cluster = true;
+        self
+    }
+
     /// Starts workers from this executable instead of `/proc/self/exe`. It must be the
     /// same build (the handshake checks); tests use it to make spawning fail.
     #[doc(hidden)]
@@ -152,14 +184,19 @@ impl PoolBuilder {
         if let Some(backend) = self.shm_backend {
             shm.backend = backend;
         }
-        let core = PoolCore::start(PoolConfig {
+        let config = PoolConfig {
             workers,
             program: self.program.unwrap_or_else(engine::spawn::default_program),
             max_tasks_per_worker: self.max_tasks_per_worker,
             task_timeout: self.task_timeout,
             shm,
             retries: self.retries,
-        })?;
+        };
+        let core = if self.cluster {
+            crate::cluster::start_pool(config, self.workers)?
+        } else {
+            PoolCore::start(config)?
+        };
         Ok(Pool {
             core: Arc::new(core),
             settings: MapSettings {

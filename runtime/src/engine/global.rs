@@ -27,15 +27,7 @@ pub(crate) fn global() -> Result<Arc<PoolCore>> {
             std::mem::forget(inherited);
         }
     }
-    let workers = workers_from_env(std::env::var(WORKERS_VAR).ok().as_deref())?;
-    let pool = Arc::new(PoolCore::start(PoolConfig {
-        workers,
-        program: super::spawn::default_program(),
-        max_tasks_per_worker: None,
-        task_timeout: None,
-        shm: crate::wire::ShmConfig::default(),
-        retries: 0,
-    })?);
+    let pool = Arc::new(PoolCore::start(global_config()?)?);
     static AT_EXIT: Once = Once::new();
     AT_EXIT.call_once(|| {
         // A failure (no slot left) only means workers exit on end-of-stream instead.
@@ -43,6 +35,19 @@ pub(crate) fn global() -> Result<Arc<PoolCore>> {
     });
     *slot = Some(Arc::clone(&pool));
     Ok(pool)
+}
+
+/// The global pool's configuration: its worker count from the environment, every other
+/// setting at its default.
+pub(crate) fn global_config() -> Result<PoolConfig> {
+    Ok(PoolConfig {
+        workers: workers_from_env(std::env::var(WORKERS_VAR).ok().as_deref())?,
+        program: super::spawn::default_program(),
+        max_tasks_per_worker: None,
+        task_timeout: None,
+        shm: crate::wire::ShmConfig::default(),
+        retries: 0,
+    })
 }
 
 /// The worker count for the global pool: `MULTIPROC_WORKERS` if set, else one per core.

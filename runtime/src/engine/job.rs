@@ -128,6 +128,12 @@ impl Job {
         }
     }
 
+    /// Whether the job lends `SharedChunkMut` ranges, or carries any writable segment:
+    /// only a worker on this host can write what this process reads back.
+    pub(crate) fn writes_shared_memory(&self) -> bool {
+        !self.leases.is_empty() || self.attachments.iter().any(|e| e.segment.desc().writable)
+    }
+
     pub(crate) fn is_cancelled(&self) -> bool {
         self.cancel
             .as_ref()

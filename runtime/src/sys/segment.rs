@@ -191,6 +191,55 @@ impl Segment {
         }
     }
 
+    /// A sealed, read-only segment of `len` bytes that keeps the id `id` it has in the
+    /// process that made it on another host (a cluster rank re-creating a segment sent
+    /// to it), written by `fill` through a writable view of its own first. No other
+    /// process can see the segment before it is sealed.
+    // Used by the cluster (feature `mpi`) only.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn filled(
+        backend: ShmBackend,
+        id: u64,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<()>,
+    ) -> Result<Segment> {
+        match backend {
+            ShmBackend::Memfd => {
+                let fd = create_memfd(len, Reserve::Now)?;
+                let mut writable = Segment::memfd(id, fd, len, true, Pages::Now)?;
+                fill(writable.fresh_bytes_mut())?;
+                let fd = match &mut writable.backing {
+                    Backing::Memfd(fd) => fd.take(),
+                    Backing::Named(_) => None,
+                };
+                // Unmaps the writable view: a memfd cannot be sealed while one exists.
+                drop(writable);
+                let fd = fd.ok_or_else(|| {
+                    Error::new(ErrorKind::Io, "a new memfd segment lost its descriptor")
+                })?;
+                add_write_seals(&fd)?;
+                Segment::memfd(id, fd, len, false, Pages::OnTouch)
+            }
+            ShmBackend::Posix => {
+                let mut seg = Segment::named(id, fresh_name(id), len, Reserve::Now, None, true)?
+                    .ok_or_else(|| taken(id))?;
+                fill(seg.fresh_bytes_mut())?;
+                seg.writable = false;
+                seg.desc.writable = false;
+                Ok(seg)
+            }
+        }
+    }
+
+    /// The bytes of a segment this process just created and has not passed on.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    fn fresh_bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: called only by `filled`, on a writable mapping of `len` bytes that it
+        // has just created: no other process has its fd or name yet, and `&mut self`
+        // is the only reference to it in this one, for as long as the slice lives.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len()) }
+    }
+
     /// A segment of the new memfd `fd` (`len` bytes), mapped as `pages` says.
     fn memfd(id: u64, fd: OwnedFd, len: usize, writable: bool, pages: Pages) -> Result<Segment> {
         let ptr = map(&fd, len, writable, pages)?;

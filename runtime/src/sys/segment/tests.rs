@@ -58,3 +58,35 @@ fn named_segments_have_short_names_that_say_who_made_them() {
     drop(seg);
     assert!(!std::path::Path::new(&format!("/dev/shm/{name}")).exists());
 }
+
+#[test]
+fn a_filled_segment_keeps_its_id_and_is_sealed_read_only() {
+    for backend in [ShmBackend::Memfd, ShmBackend::Posix] {
+        let seg = Segment::filled(backend, 0xfeed, 5, |into| {
+            into.copy_from_slice(b"hello");
+            Ok(())
+        })
+        .expect("filled");
+        assert_eq!(seg.id(), 0xfeed);
+        assert_eq!(seg.bytes(), b"hello");
+        assert!(!seg.desc().writable);
+        assert!(seg.as_mut_ptr().is_none());
+        if let Some(fd) = seg.fd() {
+            // Sealed: nobody can write it any more, through any descriptor.
+            assert!(write_all_at(&fd, b"x").is_err());
+        }
+        let opened = Segment::open(
+            seg.desc().clone(),
+            seg.fd().map(|fd| fd.try_clone_to_owned().unwrap()),
+        )
+        .expect("open");
+        assert_eq!(opened.bytes(), b"hello");
+    }
+    let failed = Segment::filled(ShmBackend::Memfd, 1, 3, |_| {
+        Err(Error::new(
+            ErrorKind::Io,
+            "no bytes came",
+        ))
+    });
+    assert_eq!(failed.unwrap_err().message(), "no bytes came");
+}
