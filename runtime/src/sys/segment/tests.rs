@@ -83,10 +83,7 @@ fn a_filled_segment_keeps_its_id_and_is_sealed_read_only() {
         assert_eq!(opened.bytes(), b"hello");
     }
     let failed = Segment::filled(ShmBackend::Memfd, 1, 3, |_| {
-        Err(Error::new(
-            ErrorKind::Io,
-            "no bytes came",
-        ))
+        Err(Error::new(ErrorKind::Io, "no bytes came"))
     });
     assert_eq!(failed.unwrap_err().message(), "no bytes came");
 }
