@@ -316,6 +316,47 @@ fn the_example_prints_the_same_on_three_ranks_as_alone() {
 }
 
 #[test]
+#[ignore = "rank 0 of an mpirun that a_rank_running_another_build_is_refused starts"]
+fn inner_mismatched_build() {
+    let e = Pool::builder().cluster().build().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Spawn, "{e}");
+    assert!(e.to_string().contains("rank 2"), "{e}");
+    assert!(e.to_string().contains("different build"), "{e}");
+    // The global pool cannot start either, with the same error.
+    assert_eq!([1u64].par_map(square).unwrap_err().kind(), ErrorKind::Spawn);
+    println!("CLUSTER-OK");
+}
+
+#[test]
+fn a_rank_running_another_build_is_refused() {
+    // Ranks 0 and 1 run this test binary, rank 2 the example: another build.
+    let exe = std::env::current_exe().unwrap();
+    let example = common::example_binary("cluster");
+    let out = mpirun(
+        &["-n", "2"],
+        &exe,
+        &[
+            "inner_mismatched_build",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+            ":",
+            "-n",
+            "1",
+            example.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("CLUSTER-OK"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn a_cluster_pool_outside_a_launcher_says_why() {
     let e = Pool::builder().cluster().build().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidConfig);
