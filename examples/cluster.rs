@@ -32,10 +32,12 @@ fn weigh(table: Shared<Vec<u64>>, i: usize) -> u64 {
     table.iter().skip(i).step_by(97).sum()
 }
 
-/// Where a task ran: the rank (under a launcher) and the host.
+/// Where a task ran: the rank (under a launcher) and the host. Each takes a moment, as
+/// real work does, so that every rank gets some.
 #[parallel]
 fn place(item: u32) -> String {
     let _ = item;
+    std::thread::sleep(std::time::Duration::from_millis(2));
     let rank = std::env::var("OMPI_COMM_WORLD_RANK")
         .or_else(|_| std::env::var("PMI_RANK"))
         .or_else(|_| std::env::var("SLURM_PROCID"))
