@@ -24,6 +24,9 @@ const HEADER: i32 = 1;
 const PIECE: i32 = 2;
 /// The largest piece: MPI counts elements in an `int`.
 const PIECE_BYTES: usize = 1 << 30;
+/// How long a receiver waits for each piece of a payload whose header came: longer
+/// means the sender died in the middle of the message.
+const PIECE_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Bytes an immediate send reads until it completes.
 pub(super) enum Keep {
@@ -215,16 +218,11 @@ impl Endpoint {
     }
 
     /// Receives the payload that follows a header from `from` into `into` (exactly its
-    /// length), waiting up to `patience` for each piece.
-    pub(super) fn receive_payload(
-        &mut self,
-        from: i32,
-        into: &mut [u8],
-        patience: Duration,
-    ) -> Result<()> {
+    /// length).
+    pub(super) fn receive_payload(&mut self, from: i32, into: &mut [u8]) -> Result<()> {
         let mut at = 0;
         loop {
-            let deadline = Instant::now() + patience;
+            let deadline = Instant::now() + PIECE_PATIENCE;
             let (message, status) = loop {
                 if let Some(found) = self
                     .world
@@ -262,18 +260,23 @@ impl Endpoint {
 }
 
 impl Endpoint {
+    /// Receives the `len` bytes of payload that follow a header from `from` (`what` it
+    /// is, for the error if it cannot be held).
+    pub(super) fn receive_vec(&mut self, from: i32, len: u64, what: &str) -> Result<Vec<u8>> {
+        let len = usize::try_from(len)
+            .map_err(|_| Error::new(ErrorKind::Protocol, format!("{what} too large to hold")))?;
+        let mut bytes = vec![0u8; len];
+        self.receive_payload(from, &mut bytes)?;
+        Ok(bytes)
+    }
+
     /// Reads and drops the `len` bytes of payload that follow a header from `from`.
-    pub(super) fn discard_payload(
-        &mut self,
-        from: i32,
-        len: u64,
-        patience: Duration,
-    ) -> Result<()> {
+    pub(super) fn discard_payload(&mut self, from: i32, len: u64) -> Result<()> {
         let mut left = len;
         loop {
             let n = usize::try_from(left.min(PIECE_BYTES as u64)).unwrap_or(PIECE_BYTES);
             let mut sink = vec![0u8; n];
-            self.receive_payload(from, &mut sink, patience)?;
+            self.receive_payload(from, &mut sink)?;
             left -= n as u64;
             if left == 0 {
                 return Ok(());

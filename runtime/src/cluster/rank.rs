@@ -16,8 +16,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::shm::{Entry, Segment};
 use crate::wire::ShmConfig;
 
-/// How long a rank waits for the rest of a message rank 0 has started.
-const PAYLOAD_PATIENCE: Duration = Duration::from_secs(60);
+/// How long the last answers get to leave when the rank stops.
+const STOP_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Serves until rank 0 says the program is over, then leaves MPI and exits.
 pub(super) fn serve(launch: Launch, root_timeout: Duration) -> ! {
@@ -192,10 +192,7 @@ impl Server {
                 segments,
                 len,
             } => {
-                let len = usize::try_from(len)
-                    .map_err(|_| Error::new(ErrorKind::Protocol, "a chunk too large to hold"))?;
-                let mut frame = vec![0u8; len];
-                self.ep.receive_payload(0, &mut frame, PAYLOAD_PATIENCE)?;
+                let frame = self.ep.receive_vec(0, len, "a chunk")?;
                 let run = Run {
                     pool,
                     chunk,
@@ -248,7 +245,7 @@ impl Server {
         let mut received = Ok(());
         let made = match usize::try_from(len) {
             Ok(len) => Segment::filled(backend, id, len, |into| {
-                received = self.ep.receive_payload(0, into, PAYLOAD_PATIENCE);
+                received = self.ep.receive_payload(0, into);
                 received.as_ref().map(|_| ()).map_err(|e| e.duplicate())
             }),
             Err(_) => Err(Error::new(
@@ -265,7 +262,7 @@ impl Server {
             Err(e) => {
                 // The segment could not be made here (out of memory, say): its contents
                 // are still on their way, and are read and dropped.
-                self.ep.discard_payload(0, len, PAYLOAD_PATIENCE)?;
+                self.ep.discard_payload(0, len)?;
                 self.broken.insert(id, e.to_string());
             }
         }
@@ -378,7 +375,7 @@ impl Server {
         for (_, core) in self.pools.drain() {
             core.terminate();
         }
-        let deadline = Instant::now() + PAYLOAD_PATIENCE / 6;
+        let deadline = Instant::now() + STOP_PATIENCE;
         while self.ep.sending(|_| false) && Instant::now() < deadline {
             self.ep.progress();
             std::thread::yield_now();

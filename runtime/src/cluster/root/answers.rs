@@ -9,9 +9,6 @@ use crate::engine::Reply;
 use crate::error::{Error, ErrorKind, Result};
 use crate::wire::Body;
 
-/// How long rank 0 waits for the rest of a message a rank has started.
-const PAYLOAD_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
-
 impl Pump {
     /// Handles every message waiting. Returns whether there was any.
     pub(super) fn receive(&mut self) -> bool {
@@ -88,10 +85,8 @@ impl Pump {
                 values_len,
                 len,
             } => {
-                let len = usize::try_from(len)
-                    .map_err(|_| Error::new(ErrorKind::Protocol, "a body too large to hold"))?;
-                let mut body = vec![0u8; len];
-                self.ep.receive_payload(from, &mut body, PAYLOAD_PATIENCE)?;
+                let body = self.ep.receive_vec(from, len, "a body")?;
+                let len = body.len();
                 let Some(sent) = self.take_sent(pool, from, chunk) else {
                     // A pool terminated since, or a rank given up: nobody waits for it.
                     return Ok(());
