@@ -107,6 +107,20 @@ pub(crate) fn release(ids: &[u64]) {
     }
 }
 
+/// Forgets, in `sent` (the segments one receiver was sent, by id), those whose last
+/// handle this process dropped, and returns their ids: the receiver is to release them.
+pub(crate) fn take_dead(sent: &mut HashMap<u64, Weak<Entry>>) -> Vec<u64> {
+    let mut dead = Vec::new();
+    sent.retain(|id, entry| {
+        let alive = entry.strong_count() > 0;
+        if !alive {
+            dead.push(*id);
+        }
+        alive
+    });
+    dead
+}
+
 /// Drops this process's hold on every segment it received (a worker about to exit).
 pub(crate) fn release_all() {
     let held: Vec<Held> = lock(table()).drain().map(|(_, held)| held).collect();

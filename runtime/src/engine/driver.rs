@@ -457,17 +457,9 @@ impl Driver<'_> {
 /// Tells the worker (in front of the next frames) to drop the segments the parent no
 /// longer holds a handle to.
 fn release_dead_segments(live: &mut Live) {
-    let dead: Vec<u64> = live
-        .segments
-        .iter()
-        .filter(|(_, w)| w.strong_count() == 0)
-        .map(|(id, _)| *id)
-        .collect();
+    let dead = crate::shm::take_dead(&mut live.segments);
     if dead.is_empty() {
         return;
-    }
-    for id in &dead {
-        live.segments.remove(id);
     }
     let mut frame = Vec::new();
     if frame::release_frame(&mut frame, &dead).is_ok() {

@@ -215,16 +215,8 @@ fn send_run(
     pool: u64,
     mut job: Job,
 ) {
-    let dead: Vec<u64> = state
-        .segments
-        .iter()
-        .filter(|(_, w)| w.strong_count() == 0)
-        .map(|(id, _)| *id)
-        .collect();
+    let dead = crate::shm::take_dead(&mut state.segments);
     if !dead.is_empty() {
-        for id in &dead {
-            state.segments.remove(id);
-        }
         let _ = ep.send(rank, &ToRank::Release { ids: dead }, None);
     }
     let mut ids = Vec::with_capacity(job.attachments.len());
