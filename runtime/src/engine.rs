@@ -30,6 +30,26 @@ pub(crate) use global::{WORKERS_VAR, global_config};
 pub(crate) use job::{Completion, Encoded, Job, Reply, ReplyTo};
 pub(crate) use offer::Offered;
 
+/// The run time of the recent single-item jobs of one worker (or one rank): a moving
+/// average, once one has come back. It decides how many such jobs to queue there.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Pace(Option<u64>);
+
+impl Pace {
+    /// Counts in a job that ran for `nanos`.
+    pub(crate) fn record(&mut self, nanos: u64) {
+        self.0 = Some(match self.0 {
+            Some(avg) => avg.saturating_mul(3).saturating_add(nanos) / 4,
+            None => nanos,
+        });
+    }
+
+    /// The average, once a job has come back.
+    pub(crate) fn nanos(self) -> Option<u64> {
+        self.0
+    }
+}
+
 /// How a pool is built.
 #[derive(Debug, Clone)]
 pub(crate) struct PoolConfig {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use super::endpoint::{self, Endpoint, Idle, Keep};
 use super::msg::{ToRank, ToRoot};
 use super::{BEAT, Hosted, start_mpi};
-use crate::engine::{Job, Remote, Taken, Tap};
+use crate::engine::{Job, Pace, Remote, Taken, Tap};
 use crate::error::{Error, ErrorKind, Result};
 use crate::shm::Entry;
 use crate::sys::lock::lock;
@@ -215,7 +215,7 @@ struct Slot {
     workers: usize,
     inflight: HashMap<u64, Sent>,
     /// The run time of recent single-item jobs here (a moving average).
-    small_nanos: Option<u64>,
+    small_nanos: Pace,
 }
 
 impl Slot {
@@ -224,7 +224,7 @@ impl Slot {
     /// `SMALL_WINDOW`): a rank that answers faster is given more.
     fn window(&self) -> usize {
         let small = self.inflight.values().all(|s| s.job.count == 1);
-        let per_worker = match self.small_nanos {
+        let per_worker = match self.small_nanos.nanos() {
             Some(nanos) if small => usize::try_from(SMALL_BACKLOG_NANOS / nanos.max(1))
                 .map_or(SMALL_WINDOW, |n| n.clamp(1, SMALL_WINDOW)),
             _ => WINDOW,

@@ -9,7 +9,7 @@ use std::sync::{Arc, Weak, mpsc};
 use std::time::{Duration, Instant};
 
 use super::spawn;
-use super::{Job, Next, PoolShared, Reply};
+use super::{Job, Next, Pace, PoolShared, Reply};
 use crate::direct::ParentEnd;
 use crate::error::{Error, ErrorKind, Result};
 use crate::shm::Entry;
@@ -44,7 +44,7 @@ pub(super) fn run(slot: usize, shared: &PoolShared, started: mpsc::Sender<Result
         inflight: VecDeque::with_capacity(SMALL_WINDOW),
         held: None,
         front_started: Instant::now(),
-        small_nanos: None,
+        small_nanos: Pace::default(),
         spawn_failures: 0,
     };
     let first = driver.ensure_worker();
@@ -84,7 +84,7 @@ struct Driver<'a> {
     /// When the oldest in-flight job started running, for the time limit.
     front_started: Instant,
     /// The run time of recent small jobs (a moving average), once one has come back.
-    small_nanos: Option<u64>,
+    small_nanos: Pace,
     spawn_failures: u32,
 }
 
@@ -231,7 +231,7 @@ impl Driver<'_> {
     /// worker that frees up first, while what queuing saves (one round trip of idle
     /// worker per job) is nothing beside its run time.
     fn small_window(&self) -> usize {
-        self.small_nanos.map_or(WINDOW, |nanos| {
+        self.small_nanos.nanos().map_or(WINDOW, |nanos| {
             if nanos >= SMALL_BACKLOG_NANOS {
                 return 1;
             }
@@ -426,10 +426,7 @@ impl Driver<'_> {
             return;
         };
         if job.count == 1 {
-            self.small_nanos = Some(match self.small_nanos {
-                Some(avg) => (avg.saturating_mul(3).saturating_add(nanos)) / 4,
-                None => nanos,
-            });
+            self.small_nanos.record(nanos);
         }
         let reply = Reply::Done {
             first_index: job.first_index,

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use super::{Pump, Sent, Slot, ToRoot, endpoint};
+use super::{Pace, Pump, Sent, Slot, ToRoot, endpoint};
 use crate::engine::Reply;
 use crate::error::{Error, ErrorKind, Result};
 use crate::wire::Body;
@@ -59,7 +59,7 @@ impl Pump {
                         Slot {
                             workers,
                             inflight: HashMap::new(),
-                            small_nanos: None,
+                            small_nanos: Pace::default(),
                         },
                     );
                 }
@@ -104,10 +104,7 @@ impl Pump {
                 if job.count == 1
                     && let Some(slot) = self.slot(pool, from)
                 {
-                    slot.small_nanos = Some(match slot.small_nanos {
-                        Some(avg) => avg.saturating_mul(3).saturating_add(nanos) / 4,
-                        None => nanos,
-                    });
+                    slot.small_nanos.record(nanos);
                 }
                 let reply = Reply::Done {
                     first_index: job.first_index,
