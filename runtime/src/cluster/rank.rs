@@ -18,6 +18,8 @@ use crate::wire::ShmConfig;
 
 /// How long the last answers get to leave when the rank stops.
 const STOP_PATIENCE: Duration = Duration::from_secs(10);
+/// How long `MPI_Finalize` gets before a rank leaves without it.
+const FINALIZE_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Serves until rank 0 says the program is over, then leaves MPI and exits.
 pub(super) fn serve(launch: Launch, root_timeout: Duration) -> ! {
@@ -72,9 +74,30 @@ fn run(root_timeout: Duration) -> Result<()> {
     let served = server.serve();
     server.stop();
     drop(server);
+    finalize_within(universe, FINALIZE_PATIENCE);
+    served
+}
+
+/// Finalises MPI, but leaves without it after `patience`: Open MPI's `MPI_Finalize`
+/// waits for every rank, and can wait forever for one that died (seen under
+/// `--enable-recovery` after a rank was killed).
+fn finalize_within(universe: mpi::environment::Universe, patience: Duration) {
+    let watchdog = std::thread::Builder::new()
+        .name("multiproc-finalize".into())
+        .spawn(move || {
+            std::thread::sleep(patience);
+            eprintln!(
+                "multiproc rank (process {}): MPI_Finalize did not return within \
+                 {patience:?}, as when another rank of the job died; leaving without it",
+                std::process::id()
+            );
+            crate::sys::process::exit_now(0);
+        });
+    if watchdog.is_err() {
+        eprintln!("multiproc rank: no watchdog thread for MPI_Finalize; it may hang");
+    }
     // Finalises MPI.
     drop(universe);
-    served
 }
 
 /// A chunk's answer from a local pool: which pool and chunk, and the reply.
@@ -242,24 +265,31 @@ impl Server {
     /// segment's memory.
     fn keep_segment(&mut self, id: u64, len: u64) -> Result<()> {
         let backend = ShmConfig::default().backend;
-        let mut received = Ok(());
+        // `None` until the contents are read (segment creation can fail before).
+        let mut received: Option<Result<()>> = None;
         let made = match usize::try_from(len) {
             Ok(len) => Segment::filled(backend, id, len, |into| {
-                received = self.ep.receive_payload(0, into);
-                received.as_ref().map(|_| ()).map_err(|e| e.duplicate())
+                let got = self.ep.receive_payload(0, into);
+                let answer = got.as_ref().map(|_| ()).map_err(Error::duplicate);
+                received = Some(got);
+                answer
             }),
             Err(_) => Err(Error::new(
                 ErrorKind::Protocol,
                 "a segment too large to hold",
             )),
         };
-        match made {
-            Ok(segment) => {
+        match (made, received) {
+            (Ok(segment), _) => {
                 self.segments.insert(id, Entry::new(segment));
             }
-            // The contents never came: the connection to rank 0 is broken.
-            Err(_) if received.is_err() => return received,
-            Err(e) => {
+            // The contents never came whole: the connection to rank 0 is broken.
+            (Err(_), Some(Err(e))) => return Err(e),
+            // They came, but the segment could not be sealed here.
+            (Err(e), Some(Ok(()))) => {
+                self.broken.insert(id, e.to_string());
+            }
+            (Err(e), None) => {
                 // The segment could not be made here (out of memory, say): its contents
                 // are still on their way, and are read and dropped.
                 self.ep.discard_payload(0, len)?;
