@@ -23,7 +23,11 @@ fn rank() -> Option<u32> {
     std::env::var("OMPI_COMM_WORLD_RANK").ok()?.parse().ok()
 }
 
-/// Runs `program args` under `mpirun` with `options`, as root if need be, killing it
+/// One `mpirun` at a time: Open MPI's daemons crash now and then when several jobs
+/// start on one host at once (in hwloc's shared topology).
+static ONE_JOB: Mutex<()> = Mutex::new(());
+
+/// Runs `program args` under `mpirun` with `options`, as root if need be, stopping it
 /// if it hangs; returns its output.
 fn mpirun(
     options: &[&str],
@@ -31,6 +35,9 @@ fn mpirun(
     args: &[&str],
     envs: &[(&str, &str)],
 ) -> Output {
+    let _one = ONE_JOB
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut cmd = Command::new("mpirun");
     cmd.args(["--oversubscribe"])
         .args(options)
@@ -55,38 +62,56 @@ fn mpirun(
     match rx.recv_timeout(HANG) {
         Ok(out) => out.expect("waiting for mpirun"),
         Err(_) => {
+            // SIGTERM first: mpirun passes it on to the ranks, and what they wrote
+            // comes back for the report.
             // SAFETY: signalling our own child, which has not been reaped yet.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-            panic!("mpirun hung: no end within {HANG:?}");
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            let out = rx
+                .recv_timeout(Duration::from_secs(20))
+                .ok()
+                .and_then(Result::ok);
+            if out.is_none() {
+                // SAFETY: as above; it ignored SIGTERM, so it is still ours to kill.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
+            let (stdout, stderr) = out.map_or_else(Default::default, |o| {
+                (
+                    String::from_utf8_lossy(&o.stdout).into_owned(),
+                    String::from_utf8_lossy(&o.stderr).into_owned(),
+                )
+            });
+            panic!("mpirun hung: no end within {HANG:?}\n{stdout}\n{stderr}");
         }
     }
 }
 
-/// Runs the inner test `name` of this binary on 3 ranks; fails unless it passed.
-fn on_three_ranks(options: &[&str], name: &str, envs: &[(&str, &str)]) -> String {
+/// Runs the inner test `name` of this binary as rank 0 under `mpirun before… THIS
+/// name… after…`; fails unless it passed and printed `CLUSTER-OK`.
+fn on_ranks(before: &[&str], name: &str, after: &[&str], envs: &[(&str, &str)]) {
     let exe = std::env::current_exe().unwrap();
-    let mut all = vec!["-n", "3"];
-    all.extend_from_slice(options);
-    let out = mpirun(
-        &all,
-        &exe,
-        &[
-            name,
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ],
-        envs,
-    );
+    let mut args = vec![
+        name,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ];
+    args.extend_from_slice(after);
+    let out = mpirun(before, &exe, &args, envs);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
-        out.status.success() && stdout.contains("1 passed"),
+        out.status.success() && stdout.contains("1 passed") && stdout.contains("CLUSTER-OK"),
         "{name} failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
-    format!("{stdout}\n{stderr}")
+}
+
+/// Runs the inner test `name` of this binary on 3 ranks, as [`on_ranks`] does.
+fn on_three_ranks(options: &[&str], name: &str, envs: &[(&str, &str)]) {
+    let mut before = vec!["-n", "3"];
+    before.extend_from_slice(options);
+    on_ranks(&before, name, &[], envs)
 }
 
 #[parallel]
@@ -214,8 +239,7 @@ fn inner_every_api() {
 
 #[test]
 fn every_api_works_across_three_ranks() {
-    let out = on_three_ranks(&[], "inner_every_api", &[]);
-    assert!(out.contains("CLUSTER-OK"), "{out}");
+    on_three_ranks(&[], "inner_every_api", &[]);
 }
 
 #[test]
@@ -256,8 +280,7 @@ fn inner_worker_dies_on_rank_2() {
 
 #[test]
 fn a_task_that_kills_its_worker_on_rank_2_fails_only_its_item() {
-    let out = on_three_ranks(&[], "inner_worker_dies_on_rank_2", &[]);
-    assert!(out.contains("CLUSTER-OK"), "{out}");
+    on_three_ranks(&[], "inner_worker_dies_on_rank_2", &[]);
 }
 
 #[test]
@@ -290,12 +313,11 @@ fn inner_rank_killed() {
 fn a_rank_killed_outright_is_reported_and_the_job_goes_on() {
     // By default Open MPI ends the whole job when a rank dies; --enable-recovery lets
     // the others go on (see the README's "Running on a cluster").
-    let out = on_three_ranks(
+    on_three_ranks(
         &["--enable-recovery"],
         "inner_rank_killed",
         &[("MULTIPROC_RANK_TIMEOUT", "4")],
     );
-    assert!(out.contains("CLUSTER-OK"), "{out}");
 }
 
 #[test]
@@ -330,29 +352,12 @@ fn inner_mismatched_build() {
 #[test]
 fn a_rank_running_another_build_is_refused() {
     // Ranks 0 and 1 run this test binary, rank 2 the example: another build.
-    let exe = std::env::current_exe().unwrap();
     let example = common::example_binary("cluster");
-    let out = mpirun(
+    on_ranks(
         &["-n", "2"],
-        &exe,
-        &[
-            "inner_mismatched_build",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-            ":",
-            "-n",
-            "1",
-            example.to_str().unwrap(),
-        ],
+        "inner_mismatched_build",
+        &[":", "-n", "1", example.to_str().unwrap()],
         &[],
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("CLUSTER-OK"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
     );
 }
 

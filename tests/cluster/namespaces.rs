@@ -142,7 +142,7 @@ fn tasks_run_on_ranks_in_two_network_namespaces() {
     let net = hosts.subnet.clone();
     let agent = hosts.agent.display().to_string();
     let host_list = format!("{}:2,{}:1", hosts.addrs[0], hosts.addrs[1]);
-    let out = on_three_ranks(
+    on_three_ranks(
         &[
             "--host",
             &host_list,
@@ -162,7 +162,6 @@ fn tasks_run_on_ranks_in_two_network_namespaces() {
         "namespaces::inner_namespaces",
         &[],
     );
-    assert!(out.contains("CLUSTER-OK"), "{out}");
     let names = hosts.names.clone();
     drop(hosts);
     let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
