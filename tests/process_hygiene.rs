@@ -320,19 +320,38 @@ fn a_task_that_closes_its_workers_socket_is_named_as_the_item_that_did() {
     assert!(e.to_string().contains("items 5..10"), "{e}");
 }
 
+/// Whether every thread of `pid` is stopped (state `T` in `/proc/PID/task/TID/stat`).
+fn every_thread_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses.
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('T'))
+    })
+}
+
 #[test]
 fn a_stopped_worker_without_a_time_limit_holds_its_call_until_it_is_continued() {
     let pool = Pool::new(1).unwrap();
     let pid = pool.apply(pid_of_worker, 0).unwrap();
     // SAFETY: SIGSTOP to this pool's worker.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+    // `kill` returns once the signal is queued; each of the worker's threads stops when
+    // it next enters the kernel, and one spinning on the direct path could still take
+    // the call below. Wait until every thread shows as stopped.
+    common::eventually("the worker stops", MINUTE, || every_thread_stopped(pid));
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::scope(|s| {
         s.spawn(|| {
             let _ = tx.send(pool.apply(times_two, 21));
         });
         // A stopped process cannot answer: the call waits (documented), it does not fail.
-        assert!(rx.recv_timeout(Duration::from_millis(500)).is_err());
+        if let Ok(early) = rx.recv_timeout(Duration::from_millis(500)) {
+            panic!("answered while its worker {pid} was stopped: {early:?}");
+        }
         // SAFETY: SIGCONT to the worker stopped above.
         assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGCONT) }, 0);
         let answer = rx
