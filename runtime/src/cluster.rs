@@ -36,6 +36,16 @@ pub(crate) fn global() -> Result<Arc<PoolCore>> {
 /// Starts a pool over every rank: `config.workers` is ignored; each rank (rank 0
 /// included) runs `workers_per_rank` workers, or its share of its host's cores.
 pub(crate) fn start_pool(config: PoolConfig, workers_per_rank: Option<usize>) -> Result<PoolCore> {
+    if let Some(hook) = config.initializer.as_ref().or(config.on_exit.as_ref()) {
+        return Err(crate::error::Error::new(
+            crate::error::ErrorKind::InvalidConfig,
+            format!(
+                "a cluster pool does not run an {} yet: the other ranks start their \
+                 workers without it; use a local Pool (Pool::builder().workers(n))",
+                hook.role()
+            ),
+        ));
+    }
     #[cfg(feature = "mpi")]
     {
         mpi_side::start_pool(config, workers_per_rank)

@@ -7,6 +7,7 @@
 pub(crate) mod current;
 mod driver;
 mod global;
+mod hook;
 mod job;
 mod offer;
 pub(crate) mod spawn;
@@ -27,6 +28,7 @@ pub(crate) use current::MapSettings;
 pub(crate) use global::global;
 #[cfg(feature = "mpi")]
 pub(crate) use global::{WORKERS_VAR, global_config};
+pub(crate) use hook::Hook;
 pub(crate) use job::{Completion, Encoded, Job, Reply, ReplyTo};
 pub(crate) use offer::Offered;
 
@@ -63,6 +65,10 @@ pub(crate) struct PoolConfig {
     pub shm: crate::wire::ShmConfig,
     /// How many times a chunk lost to a dead worker runs again on a fresh one.
     pub retries: u32,
+    /// Runs in every worker before its first task.
+    pub initializer: Option<Hook>,
+    /// Runs in a worker that leaves normally (recycled, or the pool closed).
+    pub on_exit: Option<Hook>,
 }
 
 /// The jobs waiting for a worker, and what the drivers need to know to share them.

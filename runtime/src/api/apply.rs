@@ -178,7 +178,11 @@ impl<R> std::fmt::Debug for AsyncResult<R> {
 }
 
 /// Encodes one argument as a one-item chunk.
-fn one_item<A: Serialize>(task: &'static str, codec: Codec<A>, arg: &A) -> Result<chunk::Encoded> {
+pub(crate) fn one_item<A: Serialize>(
+    task: &'static str,
+    codec: Codec<A>,
+    arg: &A,
+) -> Result<chunk::Encoded> {
     let mut bytes_per_item = 16;
     chunk::encode_chunk(
         task,

@@ -57,6 +57,28 @@ pub struct PoolBuilder {
     retries: u32,
     program: Option<std::path::PathBuf>,
     cluster: bool,
+    initializer: Option<PendingHook>,
+    on_exit: Option<PendingHook>,
+}
+
+/// A hook's chunk, encoded when the builder method was called; an argument that did not
+/// serialize fails `build`.
+#[derive(Debug, Clone)]
+struct PendingHook(std::result::Result<engine::Hook, Arc<Error>>);
+
+impl PendingHook {
+    fn new<A: Serialize, F>(role: &'static str, task: Task<A, (), F>, arg: &A) -> Self {
+        let encoded = apply::one_item(task.name(), task.arg_codec(), arg);
+        PendingHook(
+            encoded
+                .and_then(|enc| engine::Hook::new(role, task.name(), enc))
+                .map_err(Arc::new),
+        )
+    }
+
+    fn ready(hook: Option<PendingHook>) -> Result<Option<engine::Hook>> {
+        hook.map(|h| h.0.map_err(|e| e.duplicate())).transpose()
+    }
 }
 
 impl PoolBuilder {
@@ -117,6 +139,76 @@ impl PoolBuilder {
     /// memfd; `MULTIPROC_SHM=posix` changes the default).
     pub fn shm_backend(mut self, backend: ShmBackend) -> Self {
         self.shm_backend = Some(backend);
+        self
+    }
+
+    /// Runs `task(arg)` once in every worker process before that worker's first task:
+    /// the workers started with the pool, and every replacement (after a worker was
+    /// killed, timed out, recycled by
+    /// [`max_tasks_per_worker`](Self::max_tasks_per_worker), or lost and its item
+    /// retried). Like Python's `Pool(initializer=…)` and mpire's `worker_init`.
+    ///
+    /// A worker runs its tasks on the thread that ran its initializer, so what the
+    /// initializer leaves in a `thread_local!` or a `static OnceLock` is there for every
+    /// task of that worker:
+    ///
+    /// ```no_run
+    /// use multiproc::prelude::*;
+    /// use std::cell::RefCell;
+    /// use std::sync::OnceLock;
+    ///
+    /// thread_local! {
+    ///     static WORDS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    /// }
+    /// static OFFSET: OnceLock<u64> = OnceLock::new();
+    ///
+    /// #[parallel]
+    /// fn load(words: String) {
+    ///     WORDS.with(|w| *w.borrow_mut() = words.split(' ').map(String::from).collect());
+    ///     let _ = OFFSET.set(100);
+    /// }
+    ///
+    /// #[parallel]
+    /// fn word(i: usize) -> String {
+    ///     let offset = OFFSET.get().copied().unwrap_or(0);
+    ///     WORDS.with(|w| format!("{}{offset}", w.borrow()[i % w.borrow().len()]))
+    /// }
+    ///
+    /// fn main() -> multiproc::Result<()> {
+    ///     let pool = Pool::builder()
+    ///         .workers(2)
+    ///         .initializer(load, "alpha beta".to_string())
+    ///         .build()?;
+    ///     assert_eq!(pool.map(word, &[0, 1])?, ["alpha100", "beta100"]);
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// An initializer that panics, or kills its worker, does not make the pool start
+    /// workers in a tight loop: the items that worker would have run fail with
+    /// [`ErrorKind::Spawn`], whose message carries the initializer's panic message, and
+    /// the slot's next attempt waits a little longer each time (up to a second). It
+    /// runs under the pool's [`task_timeout`](Self::task_timeout), if any. Its argument
+    /// is encoded once, here; one that does not serialize fails [`build`](Self::build).
+    pub fn initializer<A, F>(mut self, task: Task<A, (), F>, arg: A) -> Self
+    where
+        A: Clone + Serialize,
+    {
+        self.initializer = Some(PendingHook::new("initializer", task, &arg));
+        self
+    }
+
+    /// Runs `task(arg)` once in a worker that leaves normally: recycled by
+    /// [`max_tasks_per_worker`](Self::max_tasks_per_worker), or when the pool is
+    /// closed and joined (or dropped). For flushing buffers and closing connections that
+    /// an [`initializer`](Self::initializer) opened. It does not run in a worker that is
+    /// killed: one that crashed, timed out, or went over its memory limit, nor on
+    /// [`Pool::terminate`]. A failure is reported on stderr; it cannot fail a task.
+    pub fn on_worker_exit<A, F>(mut self, task: Task<A, (), F>, arg: A) -> Self
+    where
+        A: Clone + Serialize,
+    {
+        self.on_exit = Some(PendingHook::new("on_worker_exit", task, &arg));
         self
     }
 
@@ -191,6 +283,8 @@ impl PoolBuilder {
             task_timeout: self.task_timeout,
             shm,
             retries: self.retries,
+            initializer: PendingHook::ready(self.initializer)?,
+            on_exit: PendingHook::ready(self.on_exit)?,
         };
         let core = if self.cluster {
             crate::cluster::start_pool(config, self.workers)?

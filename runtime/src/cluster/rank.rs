@@ -185,6 +185,8 @@ impl Server {
                         ..ShmConfig::default()
                     },
                     retries,
+                    initializer: None,
+                    on_exit: None,
                 };
                 let workers = config.workers as u64;
                 let answer = match PoolCore::start(config) {

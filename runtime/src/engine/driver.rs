@@ -16,6 +16,7 @@ use crate::shm::Entry;
 use crate::sys::segment::Segment;
 use crate::wire::{self, Answer, Expect, Link, Ready, frame};
 
+mod hooks;
 mod lifecycle;
 
 /// Chunks a worker holds at once: one running, one queued behind it to hide latency.
@@ -46,8 +47,14 @@ pub(super) fn run(slot: usize, shared: &PoolShared, started: mpsc::Sender<Result
         front_started: Instant::now(),
         small_nanos: Pace::default(),
         spawn_failures: 0,
+        initializer_failed: false,
     };
-    let first = driver.ensure_worker();
+    // A first worker whose initializer failed does not fail the pool's start: the
+    // items it would have run fail instead (`Spawn`), each after a longer pause.
+    let first = match driver.ensure_worker() {
+        Err(_) if driver.initializer_failed => Ok(()),
+        other => other,
+    };
     let ok = first.is_ok();
     let _ = started.send(first);
     drop(started);
@@ -86,6 +93,8 @@ struct Driver<'a> {
     /// The run time of recent small jobs (a moving average), once one has come back.
     small_nanos: Pace,
     spawn_failures: u32,
+    /// The last attempt to start a worker failed in the pool's initializer.
+    initializer_failed: bool,
 }
 
 /// A driver that unwinds (a bug) must not give back the ranges its jobs lend

@@ -47,6 +47,8 @@ pub(crate) fn global_config() -> Result<PoolConfig> {
         task_timeout: None,
         shm: crate::wire::ShmConfig::default(),
         retries: 0,
+        initializer: None,
+        on_exit: None,
     })
 }
 

@@ -13,6 +13,8 @@ fn shared(workers: usize) -> Arc<PoolShared> {
         task_timeout: None,
         shm: crate::wire::ShmConfig::default(),
         retries: 0,
+        initializer: None,
+        on_exit: None,
     }))
 }
 

@@ -50,6 +50,8 @@ impl Driver<'_> {
                 }
             }
         });
+        self.initializer_failed = false;
+        let started = started.and_then(|live| self.initialize(live));
         match started {
             Ok(live) => {
                 self.shared.set_pid(self.slot, Some(live.pid));
@@ -62,6 +64,32 @@ impl Driver<'_> {
                 Err(e)
             }
         }
+    }
+
+    /// Runs the pool's initializer, if it has one, on a worker just started. A worker
+    /// whose initializer fails is killed and reaped; the error says why, and the slot's
+    /// next attempt waits a little longer (see `ensure_worker`).
+    fn initialize(&mut self, mut live: Live) -> Result<Live> {
+        let Some(hook) = self.shared.config.initializer.clone() else {
+            return Ok(live);
+        };
+        // `terminate` kills it while the initializer runs.
+        self.shared.set_pid(self.slot, Some(live.pid));
+        let ran = self.run_hook(&mut live, &hook);
+        let Err(failure) = ran else {
+            return Ok(live);
+        };
+        self.shared.set_pid(self.slot, None);
+        let pid = live.pid;
+        if !matches!(failure, hooks::HookFailure::Lost(Loss::Died)) {
+            let _ = live.child.kill();
+        }
+        let exit = close_and_reap(live);
+        if self.shared.is_terminated() {
+            return Err(Error::new(ErrorKind::Closed, "the pool was terminated"));
+        }
+        self.initializer_failed = true;
+        Err(hooks::initializer_error(&hook, &failure, &exit).with_pid(pid))
     }
 
     /// Ends the current worker cleanly (it holds nothing): it exits on end-of-stream and
@@ -79,11 +107,34 @@ impl Driver<'_> {
         let idle = live.direct.close_when_idle(|| {
             !shared.is_terminated() && !hung_up(link, Duration::from_millis(10))
         });
+        let mut live = live;
+        if idle && !self.shared.is_terminated() {
+            self.run_exit_hook(&mut live);
+        }
         self.shared.set_pid(self.slot, None);
         let (pid, direct) = (live.pid, Arc::clone(&live.direct));
         let exit = close_and_reap(live);
         if !idle {
             direct.lose(loss_error(&Loss::Died, &exit, DIRECT_CALL, "").with_pid(pid));
+        }
+    }
+
+    /// Runs the pool's exit task, if it has one, on a worker about to leave normally. A
+    /// failure cannot fail any job (they are all answered): it is reported on stderr.
+    fn run_exit_hook(&self, live: &mut Live) {
+        let Some(hook) = &self.shared.config.on_exit else {
+            return;
+        };
+        if let Err(failure) = self.run_hook(live, hook) {
+            let why = match failure {
+                hooks::HookFailure::Failed(_, message) => message,
+                hooks::HookFailure::Lost(loss) => loss_error(&loss, "ended", "it", "").to_string(),
+            };
+            eprintln!(
+                "multiproc: the on_worker_exit task `{}` failed in worker {}: {why}",
+                hook.task(),
+                live.pid
+            );
         }
     }
 
