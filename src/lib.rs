@@ -122,9 +122,9 @@
 
 pub use multiproc_macros::{parallel, with_pool};
 pub use multiproc_runtime::{
-    AsyncResult, Error, ErrorKind, IMap, IntoPool, ParMap, Pipeline, Pool, PoolBuilder, Process,
-    ProcessBuilder, Queue, QueueIter, Rejected, Result, Shared, SharedChunkMut, SharedSlice,
-    SharedSliceMut, ShmBackend, Task, in_worker, pipeline,
+    AsyncResult, Error, ErrorKind, IMap, IntoPool, ParMap, Pipeline, Pool, PoolBuilder, PoolStats,
+    Process, ProcessBuilder, Queue, QueueIter, Rejected, Result, Shared, SharedChunkMut,
+    SharedSlice, SharedSliceMut, ShmBackend, Task, WorkerStats, in_worker, pipeline,
 };
 
 /// The iterator adapters a [`pipeline`](fn@pipeline) is made of. The function that

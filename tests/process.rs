@@ -57,6 +57,83 @@ fn a_panic_in_the_process_is_an_error_from_join() {
     assert!(e.to_string().contains("process boom"), "{e}");
 }
 
+/// The name of the thread the task runs on.
+#[parallel]
+fn thread_name(x: u8) -> Option<String> {
+    let _ = x;
+    std::thread::current().name().map(String::from)
+}
+
+/// Exits with `code`, without returning a result.
+#[parallel]
+fn exit_with(code: i32) {
+    std::process::exit(code);
+}
+
+#[test]
+fn terminate_sends_sigterm_and_exit_status_says_how_it_ended() {
+    use std::os::unix::process::ExitStatusExt;
+    let p = Process::spawn(sleep_then_say, (60_000, "never".to_string())).unwrap();
+    assert_eq!(p.exit_status(), None, "still running");
+    assert!(!p.wait_timeout(Duration::from_millis(50)), "still running");
+    p.terminate().unwrap();
+    assert!(
+        p.wait_timeout(Duration::from_secs(60)),
+        "ended within a minute"
+    );
+    let status = p.exit_status().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+    assert!(p.wait_timeout(Duration::ZERO), "stays ended");
+    p.terminate().unwrap(); // a child that already ended: nothing to do
+    let e = p.join().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::WorkerDied, "{e}");
+    assert!(e.to_string().contains("SIGTERM"), "{e}");
+
+    let p = Process::spawn(exit_with, 7).unwrap();
+    assert!(p.wait_timeout(Duration::from_secs(60)));
+    assert_eq!(p.exit_status().unwrap().code(), Some(7));
+    let e = p.join().unwrap_err();
+    assert!(e.to_string().contains("exited with code 7"), "{e}");
+
+    let p = Process::spawn(t1, 1).unwrap();
+    assert!(p.wait_timeout(Duration::from_secs(60)));
+    assert_eq!(p.exit_status().unwrap().code(), Some(0));
+    assert_eq!(p.join().unwrap().0, 10);
+
+    let p = Process::spawn(sleep_then_say, (60_000, "never".to_string())).unwrap();
+    p.kill().unwrap();
+    assert!(p.wait_timeout(Duration::from_secs(60)));
+    assert_eq!(p.exit_status().unwrap().signal(), Some(libc::SIGKILL));
+}
+
+#[test]
+fn a_named_process_runs_its_task_on_a_thread_of_that_name_and_errors_name_it() {
+    let p = Process::builder()
+        .name("loader")
+        .spawn(thread_name, 0)
+        .unwrap();
+    assert_eq!(p.name(), Some("loader"));
+    assert!(format!("{p:?}").contains("loader"));
+    assert_eq!(p.join().unwrap().as_deref(), Some("loader"));
+    // Unnamed, it is the worker thread.
+    let unnamed = Process::spawn(thread_name, 0).unwrap().join().unwrap();
+    assert_eq!(unnamed.as_deref(), Some("multiproc-worker"));
+
+    let p = Process::builder()
+        .name("loader, the second")
+        .spawn(sleep_then_say, (60_000, "never".to_string()))
+        .unwrap();
+    p.kill().unwrap();
+    let e = p.join().unwrap_err();
+    assert!(
+        e.to_string().contains("the process `loader, the second`"),
+        "{e}"
+    );
+
+    let e = Process::builder().name("a\0b").spawn(t1, 1).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
+}
+
 /// Child half of the exit tests: starts a non-daemon and a daemon child, drops both
 /// handles, and leaves.
 #[test]

@@ -70,10 +70,22 @@ pub(crate) const STACK_OVERFLOW: u64 = 1;
 /// The note a worker leaves when a task closed (or replaced) the worker's socket: the
 /// chunk that ran last did it, though the worker only finds out when it answers.
 pub(crate) const SOCKET_TAKEN: u64 = 2;
+/// The note a worker leaves when its private resident memory went over the pool's limit
+/// (it then kills itself); how much it reached is in the memory word.
+pub(crate) const MEMORY_LIMIT: u64 = 3;
 /// Where, in the control segment, the worker records its progress (see `task::note`).
 pub(crate) const PROGRESS_AT: usize = 0;
 /// Where, in the control segment, a dying worker leaves its note.
 pub(crate) const DEATH_NOTE_AT: usize = 8;
+/// Where a worker over its memory limit records the bytes it reached.
+const MEMORY_AT: usize = 16;
+/// Where a worker counts the items it ran, ...
+const ITEMS_AT: usize = 24;
+/// ... those of them that failed (a panic, a value that did not serialize), ...
+const FAILED_AT: usize = 32;
+/// ... and the nanoseconds it spent running them.
+const BUSY_AT: usize = 40;
+const _: () = assert!(BUSY_AT + 8 <= HEADER_AT);
 
 /// The size of a worker's control segment: the progress word, the direct path's header, and
 /// the direct path's buffer from [`BUFFER_AT`] on.
@@ -200,28 +212,47 @@ fn await_turn(
     }
 }
 
-/// The two words at the start of a worker's control segment, for the worker's side.
+/// The words at the start of a worker's control segment, for the worker's side.
+#[derive(Clone, Copy)]
 pub(crate) struct Words {
     /// Where it records which item it runs (see `task::note`).
     pub progress: &'static AtomicU64,
-    /// Where, dying, it leaves a note ([`STACK_OVERFLOW`], [`SOCKET_TAKEN`]).
+    /// Where, dying, it leaves a note ([`STACK_OVERFLOW`], [`SOCKET_TAKEN`],
+    /// [`MEMORY_LIMIT`]).
     pub death_note: &'static AtomicU64,
+    /// The bytes it reached, over its memory limit.
+    pub memory: &'static AtomicU64,
+    /// Its counters: items run, items failed, nanoseconds busy (only it writes them).
+    pub items: &'static AtomicU64,
+    pub failed: &'static AtomicU64,
+    pub busy: &'static AtomicU64,
 }
 
-/// The progress word and the death note of `control`, a control segment mapped for
-/// the rest of the process's life; `None` if it is not a writable segment of
-/// [`CONTROL_BYTES`].
+/// The words of `control`, a control segment mapped for the rest of the process's life;
+/// `None` if it is not a writable segment of [`CONTROL_BYTES`].
 pub(crate) fn words(control: &'static Segment) -> Option<Words> {
     let base = control_base(control)?;
     // SAFETY: `base` starts a live, page-aligned, writable shared mapping of
-    // `CONTROL_BYTES` that lives for `'static` (checked by `control_base`); both words
-    // are inside it, 8-aligned, and only ever accessed atomically, by either side.
-    unsafe {
-        Some(Words {
-            progress: &*base.add(PROGRESS_AT).cast::<AtomicU64>(),
-            death_note: &*base.add(DEATH_NOTE_AT).cast::<AtomicU64>(),
-        })
-    }
+    // `CONTROL_BYTES` that lives for `'static` (checked by `control_base`); every word
+    // is inside it (before the header, asserted), 8-aligned, and only ever accessed
+    // atomically, by either side.
+    let word = |at: usize| unsafe { &*base.add(at).cast::<AtomicU64>() };
+    Some(Words {
+        progress: word(PROGRESS_AT),
+        death_note: word(DEATH_NOTE_AT),
+        memory: word(MEMORY_AT),
+        items: word(ITEMS_AT),
+        failed: word(FAILED_AT),
+        busy: word(BUSY_AT),
+    })
+}
+
+/// What a worker counted of its own work, as its control segment says.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Counters {
+    pub items: u64,
+    pub failed: u64,
+    pub busy_nanos: u64,
 }
 
 /// The start of `control`'s mapping, if it is a writable segment of [`CONTROL_BYTES`]
@@ -321,11 +352,33 @@ impl ParentEnd {
     }
 
     /// What the worker noted about its own death (the second word of the control
-    /// segment): 0, [`STACK_OVERFLOW`] or [`SOCKET_TAKEN`].
+    /// segment): 0, [`STACK_OVERFLOW`], [`SOCKET_TAKEN`] or [`MEMORY_LIMIT`].
     pub(crate) fn death_note(&self) -> u64 {
-        // SAFETY: as in `progress_record`; the second word is within the progress word's
-        // 64-byte line, before the direct path's header, and only stored to atomically.
-        unsafe { (*self.base.add(DEATH_NOTE_AT).cast::<AtomicU64>()).load(Ordering::Acquire) }
+        self.word(DEATH_NOTE_AT)
+    }
+
+    /// The bytes a worker that went over its memory limit reached (0 if it did not).
+    pub(crate) fn memory_reached(&self) -> u64 {
+        self.word(MEMORY_AT)
+    }
+
+    /// What the worker counted of its own work so far.
+    pub(crate) fn counters(&self) -> Counters {
+        Counters {
+            items: self.word(ITEMS_AT),
+            failed: self.word(FAILED_AT),
+            busy_nanos: self.word(BUSY_AT),
+        }
+    }
+
+    /// The word at `at`, one of the worker's words before the direct path's header.
+    fn word(&self, at: usize) -> u64 {
+        debug_assert!(at.is_multiple_of(8) && at + 8 <= HEADER_AT);
+        // SAFETY: the control segment is a live, page-aligned mapping of `CONTROL_BYTES`
+        // that lives as long as `self`; every caller passes one of the constant offsets
+        // above, 8-aligned and before the header (asserted at compile time for the last
+        // one), and those words are only ever accessed atomically.
+        unsafe { (*self.base.add(at).cast::<AtomicU64>()).load(Ordering::Acquire) }
     }
 
     /// Tells a worker watching its direct path that frames are coming on its socket.

@@ -49,6 +49,7 @@ pub use api::map::ParMap;
 pub use api::pipeline::{OkOnly, Pipeline, Source, Stage, pipeline};
 pub use api::pool::{IntoPool, Pool, PoolBuilder};
 pub use api::process::{Process, ProcessBuilder};
+pub use engine::{PoolStats, WorkerStats};
 pub use error::{Error, ErrorKind, Result};
 pub use queue::{Queue, QueueIter, Rejected};
 pub use shm::{Shared, SharedChunkMut, SharedSlice, SharedSliceMut, ShmBackend, segments_held};
@@ -73,7 +74,11 @@ pub mod __private {
     /// returns its pid. Lets tests show what happens when a worker is not the same build.
     pub fn probe_worker(program: &std::path::Path) -> crate::Result<u32> {
         use crate::engine::spawn;
-        let mut worker = spawn::spawn_worker(program, crate::wire::ShmConfig::default())?;
+        let mut worker = spawn::spawn_worker(
+            program,
+            crate::wire::ShmConfig::default(),
+            &spawn::Launch::default(),
+        )?;
         drop(worker.stream);
         let _ = spawn::reap(&mut worker.child, std::time::Duration::from_secs(5));
         Ok(worker.pid)

@@ -47,11 +47,14 @@ fn worker_entry() {
     std::process::exit(code);
 }
 
-/// The marker's contents: the parent's token and pid.
-#[derive(Debug, PartialEq, Eq)]
+/// The marker's contents: the parent's token and pid, and what the worker is told
+/// at start-up (`engine::spawn::Launch`).
+#[derive(Debug, PartialEq, Eq, Default)]
 struct Marker {
     token: u64,
     parent: u32,
+    max_memory: Option<u64>,
+    name: Option<String>,
 }
 
 const NOT_STARTED_BY_PARENT: &str = "a worker is started by a multiproc parent process, with \
@@ -59,16 +62,39 @@ const NOT_STARTED_BY_PARENT: &str = "a worker is started by a multiproc parent p
 
 fn parse_marker(value: &str) -> Result<Marker, String> {
     let malformed = || format!("{MARKER}={value:?} is malformed; {NOT_STARTED_BY_PARENT}");
-    let (token, parent) = value.split_once(',').ok_or_else(malformed)?;
-    let token = token
-        .strip_prefix("token=")
+    // The name comes last and may hold commas.
+    let (value, name) = match value.split_once(",name=") {
+        Some((head, name)) => (head, Some(name.to_owned())),
+        None => (value, None),
+    };
+    let mut fields = value.split(',');
+    let token = fields
+        .next()
+        .and_then(|t| t.strip_prefix("token="))
         .and_then(|t| u64::from_str_radix(t, 16).ok())
         .ok_or_else(malformed)?;
-    let parent = parent
-        .strip_prefix("parent=")
+    let parent = fields
+        .next()
+        .and_then(|p| p.strip_prefix("parent="))
         .and_then(|p| p.parse().ok())
         .ok_or_else(malformed)?;
-    Ok(Marker { token, parent })
+    let max_memory = match fields.next() {
+        None => None,
+        Some(mem) => Some(
+            mem.strip_prefix("mem=")
+                .and_then(|m| m.parse().ok())
+                .ok_or_else(malformed)?,
+        ),
+    };
+    if fields.next().is_some() {
+        return Err(malformed());
+    }
+    Ok(Marker {
+        token,
+        parent,
+        max_memory,
+        name,
+    })
 }
 
 /// Dies with the thread that started us: the parent-death signal, set here because
@@ -104,6 +130,8 @@ fn serve(marker: &str) -> Result<(), String> {
     // Rust's runtime has not started yet, so SIGPIPE is still at its default (terminate).
     // A parent that goes away must give us EPIPE, not kill us mid-write.
     crate::sys::process::ignore_sigpipe();
+    // Ctrl-C reaches the whole foreground process group: the parent decides.
+    crate::sys::process::ignore_sigint();
 
     let mut buf = Vec::new();
     let shm = worker_handshake(&mut socket, &mut buf, marker.token)?;
@@ -119,7 +147,7 @@ fn serve(marker: &str) -> Result<(), String> {
     // only watches for the parent hanging up, so that ends the worker at once, even in
     // the middle of a task.
     std::thread::Builder::new()
-        .name("multiproc-worker".into())
+        .name(marker.name.unwrap_or_else(|| "multiproc-worker".into()))
         .stack_size(crate::sys::process::main_stack_size())
         .spawn(move || {
             crate::sys::overflow::watch_this_thread();
@@ -130,9 +158,38 @@ fn serve(marker: &str) -> Result<(), String> {
             std::process::exit(EXIT_FAILURE);
         })
         .map_err(|e| format!("cannot start the worker thread: {e}"))?;
-    // Returns only by ending the process, when the parent closes its end of the socket.
-    crate::sys::poll::until_hung_up(std::os::fd::AsFd::as_fd(&watcher));
+    // Returns only by ending the process, when the parent closes its end of the socket
+    // (or, over its memory limit, by killing it).
+    let watcher = std::os::fd::AsFd::as_fd(&watcher);
+    match marker.max_memory {
+        None => crate::sys::poll::until_hung_up(watcher),
+        Some(limit) => {
+            while !crate::sys::poll::hung_up_within(watcher, Some(MEMORY_TICK)) {
+                if let Some(reached) = crate::sys::mem::private_resident()
+                    && reached > limit
+                {
+                    over_memory_limit(reached);
+                }
+            }
+        }
+    }
     exit_on_parent_gone()
+}
+
+/// How often a worker with a memory limit looks at its memory: often enough that a task
+/// filling memory as fast as the machine can (a few GiB a second) goes only a little
+/// past the limit; reading `/proc/self/statm` takes a few microseconds.
+const MEMORY_TICK: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// This worker went over its memory limit: records how far, leaves the note that tells
+/// its driver why it died, and kills itself (no destructor, no handler runs: the task
+/// may be in the middle of anything).
+fn over_memory_limit(reached: u64) -> ! {
+    if let Some(words) = WORDS.get() {
+        words.memory.store(reached, Ordering::Release);
+    }
+    crate::sys::overflow::leave_note(direct::MEMORY_LIMIT);
+    crate::sys::process::kill_self()
 }
 
 /// Set while the worker thread runs a chunk.
@@ -141,6 +198,20 @@ static BUSY: AtomicBool = AtomicBool::new(false);
 /// The worker's control segment, mapped for the rest of its life once the parent's
 /// `Setup` frame brought it.
 static CONTROL: OnceLock<&'static Segment> = OnceLock::new();
+/// The words at its start, once it is mapped.
+static WORDS: OnceLock<direct::Words> = OnceLock::new();
+
+/// Counts a chunk in the worker's counters: `items` ran, `failed` of them failed, in
+/// `nanos`. Only the worker thread writes them; the parent reads them for `Pool::stats`.
+fn count_chunk(items: u32, failed: usize, nanos: u64) {
+    if let Some(words) = WORDS.get() {
+        words.items.fetch_add(u64::from(items), Ordering::Relaxed);
+        if failed > 0 {
+            words.failed.fetch_add(failed as u64, Ordering::Relaxed);
+        }
+        words.busy.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
 
 /// Maps the parent's control segment (the progress word, the death note, then the
 /// direct path) and keeps it for the life of the process.
@@ -157,6 +228,7 @@ fn install_control(mut control: Segment) -> Result<(), String> {
         direct::words(control).ok_or("protocol error: the control segment is not writable")?;
     crate::task::note::record_in(words.progress);
     crate::sys::overflow::leave_notes_in(words.death_note, direct::STACK_OVERFLOW);
+    let _ = WORDS.set(words);
     let _ = CONTROL.set(control);
     Ok(())
 }
@@ -194,14 +266,30 @@ mod tests {
             parse_marker("token=00ff,parent=42").unwrap(),
             Marker {
                 token: 255,
-                parent: 42
+                parent: 42,
+                ..Marker::default()
             }
+        );
+        assert_eq!(
+            parse_marker("token=00ff,parent=42,mem=4096,name=a, b").unwrap(),
+            Marker {
+                token: 255,
+                parent: 42,
+                max_memory: Some(4096),
+                name: Some("a, b".into()),
+            }
+        );
+        assert_eq!(
+            parse_marker("token=00ff,parent=42,name=x").unwrap().name,
+            Some("x".into())
         );
         for bad in [
             "token=ff",
             "fd=7,token=ff",
             "token=zz,parent=1",
             "token=ff,parent=x",
+            "token=ff,parent=1,mem=x",
+            "token=ff,parent=1,mem=1,extra",
             "parent=1,token=ff",
             "",
         ] {

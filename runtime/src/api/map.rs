@@ -160,6 +160,7 @@ where
     }
     let name = task.name();
     let len = items.len();
+    let started = std::time::Instant::now();
     let mut sizer = ChunkSizer::new(
         Some(len),
         pool.workers(),
@@ -241,5 +242,6 @@ where
             Reply::Failed { error, .. } => return Err(error),
         }
     }
+    pool.map_done(started.elapsed(), len);
     Ok(out)
 }

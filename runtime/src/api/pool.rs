@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use crate::api::apply::{self, AsyncResult};
 use crate::api::imap::IMap;
 use crate::api::map;
-use crate::engine::{self, MapSettings, PoolConfig, PoolCore, current};
+use crate::engine::{self, MapSettings, PoolConfig, PoolCore, PoolStats, current};
 use crate::error::{Error, ErrorKind, Result};
 use crate::shm::ShmBackend;
 use crate::task::Task;
@@ -57,6 +57,7 @@ pub struct PoolBuilder {
     retries: u32,
     program: Option<std::path::PathBuf>,
     cluster: bool,
+    max_memory: Option<u64>,
     initializer: Option<PendingHook>,
     on_exit: Option<PendingHook>,
 }
@@ -139,6 +140,28 @@ impl PoolBuilder {
     /// memfd; `MULTIPROC_SHM=posix` changes the default).
     pub fn shm_backend(mut self, backend: ShmBackend) -> Self {
         self.shm_backend = Some(backend);
+        self
+    }
+
+    /// Kills and replaces a worker whose private resident memory goes over `bytes`; the
+    /// item it was running fails with [`ErrorKind::WorkerDied`], whose message names the
+    /// limit and the memory reached, and the other items go on (a worker killed for its
+    /// memory counts as died for [`retries`](Self::retries)). The default is
+    /// `MULTIPROC_MAX_MEMORY` (`512M`, `2G`, or bytes), else no limit.
+    ///
+    /// What is counted is the worker's own resident memory: its heap and stacks, not
+    /// its code and not the shared memory it maps (a large
+    /// [`SharedSlice`](crate::SharedSlice) costs the worker nothing). Each worker
+    /// watches it from a thread of its own, every few milliseconds, and kills itself
+    /// the moment it is over, so a task that allocates and fills 10 GiB in one go is
+    /// stopped a little past the limit, long before the machine runs out and its
+    /// out-of-memory killer picks a victim. `RLIMIT_AS` is not used because it counts
+    /// every mapping (shared segments, reserved but untouched address space), nor
+    /// `RLIMIT_DATA`, which counts reserved rather than resident memory and makes the
+    /// allocation fail, which Rust turns into an abort that cannot be told from any
+    /// other; cgroups would be exact, but need privileges most users lack.
+    pub fn max_memory_per_worker(mut self, bytes: u64) -> Self {
+        self.max_memory = Some(bytes);
         self
     }
 
@@ -276,6 +299,16 @@ impl PoolBuilder {
         if let Some(backend) = self.shm_backend {
             shm.backend = backend;
         }
+        let max_memory = match self.max_memory {
+            Some(0) => {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    "max_memory_per_worker must be more than 0 bytes",
+                ));
+            }
+            Some(bytes) => Some(bytes),
+            None => engine::max_memory_from_env()?,
+        };
         let config = PoolConfig {
             workers,
             program: self.program.unwrap_or_else(engine::spawn::default_program),
@@ -283,6 +316,7 @@ impl PoolBuilder {
             task_timeout: self.task_timeout,
             shm,
             retries: self.retries,
+            max_memory,
             initializer: PendingHook::ready(self.initializer)?,
             on_exit: PendingHook::ready(self.on_exit)?,
         };
@@ -394,6 +428,33 @@ impl Pool {
         R: DeserializeOwned + Send + 'static,
     {
         apply::apply_async(&self.core, &task, &arg)
+    }
+
+    /// What the pool has done so far, and what each live worker has done (pid, items,
+    /// busy and idle time), like mpire's worker insights. Cheap: the workers count their
+    /// own items as they go, and this reads the counts.
+    ///
+    /// ```no_run
+    /// use multiproc::prelude::*;
+    ///
+    /// #[parallel]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// fn main() -> multiproc::Result<()> {
+    ///     let pool = Pool::new(2)?;
+    ///     pool.map(square, &(0..1000).collect::<Vec<u64>>())?;
+    ///     let stats = pool.stats();
+    ///     assert_eq!(stats.items_done, 1000);
+    ///     for w in &stats.workers {
+    ///         println!("worker {}: {} items, busy {:?}", w.pid, w.items, w.busy);
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn stats(&self) -> PoolStats {
+        self.core.stats()
     }
 
     /// Stops accepting work. What was submitted still runs; new submissions are

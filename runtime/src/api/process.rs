@@ -49,12 +49,14 @@ pub struct Process<R> {
 #[must_use]
 pub struct ProcessBuilder {
     daemon: bool,
+    name: Option<String>,
 }
 
 struct Supervised {
     pid: u32,
     daemon: bool,
     task: &'static str,
+    name: Option<String>,
     state: Mutex<State>,
     finished: Condvar,
 }
@@ -69,8 +71,11 @@ struct State {
     /// Set by the supervisor thread right before it reaps: from then on the pid may be
     /// recycled, so `kill` must not signal it.
     reaping: bool,
-    /// `kill` was called: a death before the handshake is the kill, not a failed start.
-    killed: bool,
+    /// The signal `kill` or `terminate` sent: a death before the handshake is that
+    /// signal, not a failed start.
+    signalled: Option<&'static str>,
+    /// How the child ended, once reaped.
+    status: Option<std::process::ExitStatus>,
 }
 
 /// Publishes the supervisor's outcome when dropped, so that `join` and the exit handler
@@ -111,6 +116,14 @@ impl ProcessBuilder {
         self
     }
 
+    /// Names the child, like Python's `Process(name=…)`: the child's task runs on a
+    /// thread of that name (`std::thread::current().name()`), and errors about the
+    /// child say "the process `loader` …". A name may not hold a NUL byte.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
     /// Starts `task(arg)` in a new worker process and returns once it is running.
     pub fn spawn<A, R, F>(self, task: Task<A, R, F>, arg: A) -> Result<Process<R>>
     where
@@ -118,6 +131,13 @@ impl ProcessBuilder {
         R: DeserializeOwned,
     {
         let name = task.name();
+        if self.name.as_ref().is_some_and(|n| n.contains('\0')) {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "a process name may not hold a NUL byte",
+            )
+            .with_task(name));
+        }
         let mut bytes_per_item = 16;
         let enc = chunk::encode_chunk(
             name,
@@ -128,13 +148,13 @@ impl ProcessBuilder {
             &mut bytes_per_item,
         )?
         .ok_or_else(|| Error::new(ErrorKind::Protocol, "an empty chunk").with_task(name))?;
-        let daemon = self.daemon;
+        let (daemon, label) = (self.daemon, self.name);
         let (started_tx, started_rx) = mpsc::channel::<Result<Arc<Supervised>>>();
         // The supervisor thread spawns the child, so the child's parent-death signal is
         // tied to a thread that lives exactly as long as the child.
         std::thread::Builder::new()
             .name("multiproc-process".into())
-            .spawn(move || supervise(name, daemon, enc, started_tx))
+            .spawn(move || supervise(name, label, daemon, enc, started_tx))
             .map_err(|e| Error::io(ErrorKind::Spawn, "cannot start a supervisor thread", e))?;
         let shared = started_rx.recv().map_err(|_| {
             Error::new(ErrorKind::Spawn, "the supervisor thread died").with_task(name)
@@ -153,14 +173,19 @@ impl ProcessBuilder {
 
 fn supervise(
     task: &'static str,
+    name: Option<String>,
     daemon: bool,
     mut enc: chunk::Encoded,
     started: mpsc::Sender<Result<Arc<Supervised>>>,
 ) {
     let shm = ShmConfig::default();
+    let launch = spawn::Launch {
+        max_memory: None,
+        name: name.clone(),
+    };
     // Like Python's `start()`, `spawn` returns once the process exists; the handshake
     // happens here, and a failed one is the result `join` returns.
-    let worker = match spawn::start_worker(&spawn::default_program()) {
+    let worker = match spawn::start_worker(&spawn::default_program(), &launch) {
         Ok(w) => w,
         Err(e) => {
             let _ = started.send(Err(e.with_task(task)));
@@ -172,6 +197,7 @@ fn supervise(
         pid,
         daemon,
         task,
+        name,
         state: Mutex::new(State::default()),
         finished: Condvar::new(),
     });
@@ -180,17 +206,26 @@ fn supervise(
         shared: &shared,
         outcome: None,
     };
-    let mut worker = match spawn::handshake_with(worker, shm) {
+    // From the reap on, the pid may be recycled: `kill` must not signal it.
+    let before_reap = || lock(&shared.state).reaping = true;
+    let mut worker = match spawn::handshake_or_reap(worker, shm, before_reap) {
         Ok(w) => w,
-        Err(e) => {
-            let e = if lock(&shared.state).killed {
-                Error::new(
+        Err((e, status)) => {
+            let signalled = {
+                let mut state = lock(&shared.state);
+                state.status = status;
+                state.signalled
+            };
+            let e = match signalled {
+                Some(signal) => Error::new(
                     ErrorKind::WorkerDied,
-                    "the process was killed (SIGKILL) before it started the task",
+                    format!(
+                        "{} was sent {signal} before it started the task",
+                        shared.called()
+                    ),
                 )
-                .with_pid(pid)
-            } else {
-                e
+                .with_pid(pid),
+                None => e,
             };
             publish.outcome = Some(Reply::Failed {
                 first_index: 0,
@@ -206,6 +241,7 @@ fn supervise(
     let answer = run_one(worker.stream, enc, shm);
     lock(&shared.state).reaping = true;
     let status = spawn::reap(&mut worker.child, Duration::from_secs(1));
+    lock(&shared.state).status = status;
     drop(leases);
     let outcome = match answer {
         Some((count, nanos, body, values_len)) => Reply::Done {
@@ -224,7 +260,7 @@ fn supervise(
                 count: 1,
                 error: Error::new(
                     ErrorKind::WorkerDied,
-                    format!("the process {how} before returning a result"),
+                    format!("{} {how} before returning a result", shared.called()),
                 )
                 .with_task(task)
                 .with_pid(worker.pid),
@@ -288,24 +324,69 @@ impl<R: DeserializeOwned> Process<R> {
         !lock(&self.shared.state).finished
     }
 
+    /// The name given with [`ProcessBuilder::name`], if any.
+    pub fn name(&self) -> Option<&str> {
+        self.shared.name.as_deref()
+    }
+
     /// Kills the child (SIGKILL). Killing a child that already exited does nothing.
     pub fn kill(&self) -> Result<()> {
+        self.signal(crate::sys::process::Stop::Kill)
+    }
+
+    /// Asks the child to end (SIGTERM), like Python's `terminate()`. A task that does
+    /// not handle SIGTERM ends at once; [`join`](Self::join) then returns
+    /// [`ErrorKind::WorkerDied`] naming the signal. Terminating a child that already
+    /// exited does nothing.
+    pub fn terminate(&self) -> Result<()> {
+        self.signal(crate::sys::process::Stop::Term)
+    }
+
+    fn signal(&self, how: crate::sys::process::Stop) -> Result<()> {
         let mut state = lock(&self.shared.state);
         if state.reaping {
             return Ok(());
         }
-        state.killed = true;
+        state.signalled = Some(how.name());
         // The supervisor has not started reaping the child (we hold the lock it takes
         // first), so the pid cannot have been recycled.
-        let killed = crate::sys::process::kill(self.shared.pid);
+        let sent = crate::sys::process::stop(self.shared.pid, how);
         drop(state);
-        killed.map_err(|e| {
+        sent.map_err(|e| {
             Error::io(
                 ErrorKind::Io,
-                format_args!("cannot kill process {}", self.shared.pid),
+                format_args!("cannot send {} to {}", how.name(), self.shared.called()),
                 e,
             )
         })
+    }
+
+    /// Waits up to `timeout` for the child to end, like Python's `join(timeout)`; true
+    /// if it has ended (and been reaped). The result stays for [`join`](Self::join).
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut state = lock(&self.shared.state);
+        while !state.finished {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            state = self
+                .shared
+                .finished
+                .wait_timeout(state, left)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+
+    /// How the child ended, like Python's `exitcode`: `None` while it runs, else its
+    /// exit status (`code()`, or `signal()` from `std::os::unix::process::ExitStatusExt`
+    /// for a child killed by a signal).
+    pub fn exit_status(&self) -> Option<std::process::ExitStatus> {
+        let state = lock(&self.shared.state);
+        if state.finished { state.status } else { None }
     }
 
     /// Waits for the child to finish and returns the task's result.
@@ -319,6 +400,14 @@ impl<R: DeserializeOwned> Process<R> {
 }
 
 impl Supervised {
+    /// How errors name the child: "the process `loader`", or "the process 4242".
+    fn called(&self) -> String {
+        match &self.name {
+            Some(name) => format!("the process `{name}`"),
+            None => format!("the process {}", self.pid),
+        }
+    }
+
     fn wait(&self) -> std::sync::MutexGuard<'_, State> {
         let mut state = lock(&self.state);
         while !state.finished {
@@ -344,6 +433,7 @@ impl<R> std::fmt::Debug for Process<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Process")
             .field("pid", &self.shared.pid)
+            .field("name", &self.shared.name)
             .field("daemon", &self.shared.daemon)
             .finish()
     }

@@ -185,6 +185,7 @@ impl Server {
                         ..ShmConfig::default()
                     },
                     retries,
+                    max_memory: None,
                     initializer: None,
                     on_exit: None,
                 };

@@ -9,6 +9,7 @@ use std::sync::{Arc, Weak, mpsc};
 use std::time::{Duration, Instant};
 
 use super::spawn;
+use super::stats::Left;
 use super::{Job, Next, Pace, PoolShared, Reply};
 use crate::direct::ParentEnd;
 use crate::error::{Error, ErrorKind, Result};
@@ -216,9 +217,12 @@ impl Driver<'_> {
                     self.held = Some(job);
                     break;
                 }
-                self.recycle_worker();
+                self.recycle_worker(Left::Recycled);
             }
             if let Err(e) = self.ensure_worker() {
+                if e.kind() != ErrorKind::Closed {
+                    self.shared.tally().lost(u64::from(job.count));
+                }
                 job.fail(e);
                 if batch.is_empty() {
                     self.note_if_idle();
@@ -321,7 +325,9 @@ impl Driver<'_> {
             job.oneshot = oneshot;
         }
         for (i, e) in failed.into_iter().rev() {
-            batch.remove(i).fail(e);
+            let job = batch.remove(i);
+            self.shared.tally().lost(u64::from(job.count));
+            job.fail(e);
         }
         live.direct.set_segments_held(live.segments.len());
         if self.inflight.is_empty() {

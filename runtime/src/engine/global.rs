@@ -9,6 +9,8 @@ use crate::error::{Error, ErrorKind, Result};
 
 /// Overrides the global pool's worker count.
 pub(crate) const WORKERS_VAR: &str = "MULTIPROC_WORKERS";
+/// The memory limit per worker of every pool that sets none itself.
+pub(crate) const MAX_MEMORY_VAR: &str = "MULTIPROC_MAX_MEMORY";
 
 static GLOBAL: Mutex<Option<Arc<PoolCore>>> = Mutex::new(None);
 
@@ -47,6 +49,7 @@ pub(crate) fn global_config() -> Result<PoolConfig> {
         task_timeout: None,
         shm: crate::wire::ShmConfig::default(),
         retries: 0,
+        max_memory: max_memory_from_env()?,
         initializer: None,
         on_exit: None,
     })
@@ -64,6 +67,44 @@ fn workers_from_env(var: Option<&str>) -> Result<usize> {
             )),
         },
     }
+}
+
+/// The memory limit per worker that `MULTIPROC_MAX_MEMORY` sets, if any.
+pub(crate) fn max_memory_from_env() -> Result<Option<u64>> {
+    std::env::var(MAX_MEMORY_VAR)
+        .ok()
+        .map(|text| {
+            parse_bytes(&text).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!(
+                        "{MAX_MEMORY_VAR}={text:?} is not a size in bytes above zero \
+                         (a whole number, optionally with K, M, G or T, binary: 512M)"
+                    ),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// A size: a whole number of bytes, optionally followed by `K`, `M`, `G` or `T` (with or
+/// without `iB` or `B`; binary multiples either way). Zero is not a size.
+fn parse_bytes(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return None,
+    };
+    number.checked_mul(1 << shift).filter(|&bytes| bytes > 0)
 }
 
 /// At exit: let queued work finish for a moment, close every worker's socket, reap them.
@@ -95,6 +136,17 @@ mod tests {
             let e = workers_from_env(Some(bad)).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidConfig);
             assert!(e.to_string().contains(WORKERS_VAR), "{e}");
+        }
+    }
+
+    #[test]
+    fn sizes_are_bytes_or_binary_multiples() {
+        assert_eq!(parse_bytes("4096"), Some(4096));
+        assert_eq!(parse_bytes("512M"), Some(512 << 20));
+        assert_eq!(parse_bytes(" 2 GiB "), Some(2 << 30));
+        assert_eq!(parse_bytes("3kb"), Some(3 << 10));
+        for bad in ["", "0", "0M", "M", "-1", "1.5G", "12Q", "99999999999T"] {
+            assert_eq!(parse_bytes(bad), None, "{bad:?}");
         }
     }
 }

@@ -34,15 +34,43 @@ pub(crate) struct WorkerProcess {
     pub token: u64,
 }
 
+/// What a worker is told at start-up, in its marker, besides who its parent is.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Launch {
+    /// Its private resident memory may not go over this many bytes.
+    pub max_memory: Option<u64>,
+    /// The name of the thread that runs its tasks (`Process::builder().name(…)`).
+    pub name: Option<String>,
+}
+
+impl Launch {
+    /// The marker's fields after the token and the parent: `,mem=BYTES` and
+    /// `,name=NAME`, the name last (it may hold commas).
+    fn marker_tail(&self) -> String {
+        let mut tail = String::new();
+        if let Some(bytes) = self.max_memory {
+            tail.push_str(&format!(",mem={bytes}"));
+        }
+        if let Some(name) = &self.name {
+            tail.push_str(&format!(",name={name}"));
+        }
+        tail
+    }
+}
+
 /// Starts one worker and shakes hands with it. Must be called from a thread that lives
 /// as long as the worker: the worker's parent-death signal fires when that thread exits.
-pub(crate) fn spawn_worker(program: &Path, shm: ShmConfig) -> Result<WorkerProcess> {
-    handshake_with(start_worker(program)?, shm)
+pub(crate) fn spawn_worker(
+    program: &Path,
+    shm: ShmConfig,
+    launch: &Launch,
+) -> Result<WorkerProcess> {
+    handshake_with(start_worker(program, launch)?, shm)
 }
 
 /// Starts one worker process without waiting for it; [`handshake_with`] completes the
 /// start. Same threading rule as [`spawn_worker`].
-pub(crate) fn start_worker(program: &Path) -> Result<WorkerProcess> {
+pub(crate) fn start_worker(program: &Path, launch: &Launch) -> Result<WorkerProcess> {
     let (parent_end, child_end) = UnixStream::pair()
         .map_err(|e| Error::io(ErrorKind::Spawn, "cannot create a socketpair", e))?;
     let mut cmd = Command::new(program);
@@ -56,7 +84,11 @@ pub(crate) fn start_worker(program: &Path) -> Result<WorkerProcess> {
     // it); the worker moves it elsewhere and reopens stdin on /dev/null.
     cmd.env(
         MARKER,
-        format!("token={token:016x},parent={}", std::process::id()),
+        format!(
+            "token={token:016x},parent={}{}",
+            std::process::id(),
+            launch.marker_tail()
+        ),
     )
     .stdin(Stdio::from(OwnedFd::from(child_end)))
     .stdout(Stdio::inherit())
@@ -78,11 +110,23 @@ pub(crate) fn start_worker(program: &Path) -> Result<WorkerProcess> {
 }
 
 /// Checks that a started worker runs the same build; reaps it and says why if not.
-pub(crate) fn handshake_with(mut worker: WorkerProcess, shm: ShmConfig) -> Result<WorkerProcess> {
+pub(crate) fn handshake_with(worker: WorkerProcess, shm: ShmConfig) -> Result<WorkerProcess> {
+    handshake_or_reap(worker, shm, || {}).map_err(|(e, _)| e)
+}
+
+/// As [`handshake_with`], with how the worker ended when it failed (`None`: it could
+/// not be reaped); `before_reap` runs right before the pid may be reaped (and so
+/// recycled).
+pub(crate) fn handshake_or_reap(
+    mut worker: WorkerProcess,
+    shm: ShmConfig,
+    before_reap: impl FnOnce(),
+) -> std::result::Result<WorkerProcess, (Error, Option<ExitStatus>)> {
     let pid = worker.pid;
     match parent_handshake(&mut worker.stream, shm, worker.token) {
         Ok(()) => Ok(worker),
         Err(e) => {
+            before_reap();
             let status = reap(&mut worker.child, Duration::from_millis(500));
             let e = match status {
                 Some(status) if e.kind() == ErrorKind::Io => Error::new(
@@ -91,7 +135,7 @@ pub(crate) fn handshake_with(mut worker: WorkerProcess, shm: ShmConfig) -> Resul
                 ),
                 _ => e,
             };
-            Err(e.with_pid(pid))
+            Err((e.with_pid(pid), status))
         }
     }
 }

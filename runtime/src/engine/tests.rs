@@ -4,6 +4,7 @@ use std::thread;
 use super::*;
 use crate::api::chunk::encode_slice;
 use crate::codec::Codec;
+use crate::direct::ParentEnd;
 
 fn shared(workers: usize) -> Arc<PoolShared> {
     Arc::new(PoolShared::new(PoolConfig {
@@ -13,6 +14,7 @@ fn shared(workers: usize) -> Arc<PoolShared> {
         task_timeout: None,
         shm: crate::wire::ShmConfig::default(),
         retries: 0,
+        max_memory: None,
         initializer: None,
         on_exit: None,
     }))

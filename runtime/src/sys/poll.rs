@@ -39,14 +39,21 @@ pub(crate) fn readable_within(fd: BorrowedFd<'_>, timeout: Duration) -> std::io:
 /// Waits until the peer of socket `fd` hangs up (data waiting to be read does not
 /// count), retrying after interruptions and, briefly paused, after errors.
 pub(crate) fn until_hung_up(fd: BorrowedFd<'_>) {
+    while !hung_up_within(fd, None) {}
+}
+
+/// Whether the peer of the socket `fd` hangs up within `timeout` (`None`: no limit; a
+/// spurious wake-up may still return false early).
+pub(crate) fn hung_up_within(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> bool {
     let gone = PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL;
-    loop {
-        let mut w = [Watch::from_borrowed_fd(fd, PollFlags::RDHUP)];
-        match wait(&mut w, None) {
-            Ok(true) if w[0].revents().intersects(gone) => return,
-            Ok(_) => {}
-            // Out of resources for a moment: ask again shortly rather than spin.
-            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+    let mut w = [Watch::from_borrowed_fd(fd, PollFlags::RDHUP)];
+    match wait(&mut w, timeout) {
+        Ok(true) => w[0].revents().intersects(gone),
+        Ok(false) => false,
+        // Out of resources for a moment: ask again shortly rather than spin.
+        Err(_) => {
+            std::thread::sleep(timeout.unwrap_or(Duration::from_millis(10)));
+            false
         }
     }
 }

@@ -14,6 +14,34 @@ pub(crate) fn kill(pid: u32) -> std::io::Result<()> {
     rustix::process::kill_process(pid, Signal::KILL).map_err(Into::into)
 }
 
+/// How [`stop`] asks a process to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// SIGTERM: it may handle it.
+    Term,
+    /// SIGKILL: it cannot.
+    Kill,
+}
+
+impl Stop {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Stop::Term => "SIGTERM",
+            Stop::Kill => "SIGKILL",
+        }
+    }
+}
+
+/// Sends `pid` the signal `how` names; the same rule as [`kill`] on which pid.
+pub(crate) fn stop(pid: u32, how: Stop) -> std::io::Result<()> {
+    let pid = to_pid(pid).ok_or_else(|| std::io::Error::from_raw_os_error(libc::ESRCH))?;
+    let signal = match how {
+        Stop::Term => Signal::TERM,
+        Stop::Kill => Signal::KILL,
+    };
+    rustix::process::kill_process(pid, signal).map_err(Into::into)
+}
+
 fn to_pid(pid: u32) -> Option<Pid> {
     Pid::from_raw(i32::try_from(pid).ok()?)
 }
@@ -56,6 +84,21 @@ pub(crate) fn ignore_sigpipe() {
     // SAFETY: setting a signal disposition to SIG_IGN has no preconditions, and no
     // handler of ours is replaced (none was installed for SIGPIPE).
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+/// Makes a terminal's Ctrl-C (SIGINT to the foreground process group) leave this
+/// process alone: a worker's parent decides what Ctrl-C does.
+pub(crate) fn ignore_sigint() {
+    // SAFETY: as in `ignore_sigpipe`; called in a worker before `main`, where nothing
+    // installed a SIGINT handler.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+}
+
+/// Ends this process at once with SIGKILL, as its parent would.
+pub(crate) fn kill_self() -> ! {
+    let _ = rustix::process::kill_process(rustix::process::getpid(), Signal::KILL);
+    // SIGKILL cannot be caught; should the call itself fail, leave anyway.
+    exit_now(137)
 }
 
 /// Runs `f` when the process exits normally (returning from `main`, or `exit`). A

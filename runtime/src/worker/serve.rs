@@ -146,6 +146,7 @@ fn run_chunk(
     let done = run(items, count, out, failures);
     let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
     BUSY.store(false, Ordering::SeqCst);
+    super::count_chunk(done, failures.len(), nanos);
     if let Some(why) = crate::shm::ranges_kept() {
         // Before the progress note: the parent blames the item that ran last.
         return Ok(Ran::KeptRange(why));

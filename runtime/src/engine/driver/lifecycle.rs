@@ -19,7 +19,15 @@ impl Driver<'_> {
             std::thread::sleep(backoff.min(Duration::from_secs(1)));
         }
         let config = &self.shared.config;
-        let started = spawn::spawn_worker(&config.program, config.shm).and_then(|process| {
+        let started = spawn::spawn_worker(
+            &config.program,
+            config.shm,
+            &spawn::Launch {
+                max_memory: config.max_memory,
+                name: None,
+            },
+        )
+        .and_then(|process| {
             let spawn::WorkerProcess {
                 mut child,
                 stream,
@@ -54,6 +62,7 @@ impl Driver<'_> {
         let started = started.and_then(|live| self.initialize(live));
         match started {
             Ok(live) => {
+                self.shared.tally().started(self.slot, &live.direct);
                 self.shared.set_pid(self.slot, Some(live.pid));
                 self.shared.set_direct(self.slot, Some(&live.direct));
                 self.worker = Some(live);
@@ -94,7 +103,7 @@ impl Driver<'_> {
 
     /// Ends the current worker cleanly (it holds nothing): it exits on end-of-stream and
     /// gives its memory back to the system; the next job starts a fresh one.
-    pub(super) fn recycle_worker(&mut self) {
+    pub(super) fn recycle_worker(&mut self, how: Left) {
         self.drop_writes();
         let Some(live) = self.worker.take() else {
             return;
@@ -112,6 +121,7 @@ impl Driver<'_> {
             self.run_exit_hook(&mut live);
         }
         self.shared.set_pid(self.slot, None);
+        self.shared.tally().left(self.slot, how);
         let (pid, direct) = (live.pid, Arc::clone(&live.direct));
         let exit = close_and_reap(live);
         if !idle {
@@ -196,6 +206,12 @@ impl Driver<'_> {
         let mut live = self.worker.take()?;
         self.shared.set_direct(self.slot, None);
         self.shared.set_pid(self.slot, None);
+        let how = if self.shared.is_terminated() {
+            Left::Closed
+        } else {
+            Left::Died
+        };
+        self.shared.tally().left(self.slot, how);
         let pid = live.pid;
         if !matches!(loss, Loss::Died) {
             let _ = live.child.kill();
@@ -204,12 +220,22 @@ impl Driver<'_> {
         // What the worker noted about its death, if anything: written before it died,
         // which is how it got here (or it was just killed, and noted nothing).
         let note = live.direct.death_note();
+        let live_memory = live.direct.memory_reached();
         let direct = Arc::clone(&live.direct);
         let exit = close_and_reap(live);
         let exit = match note {
             crate::direct::STACK_OVERFLOW => format!("overflowed its stack and {exit}"),
             crate::direct::SOCKET_TAKEN => {
                 format!("lost its socket (the task closed it) and {exit}")
+            }
+            crate::direct::MEMORY_LIMIT => {
+                let human = crate::sys::mem::human_bytes;
+                format!(
+                    "went over its memory limit of {} (its resident memory reached {}) \
+                     and {exit}",
+                    human(self.shared.config.max_memory.unwrap_or(0)),
+                    human(live_memory),
+                )
             }
             _ => exit,
         };
@@ -292,6 +318,9 @@ impl Driver<'_> {
             loss_error(loss, &ended.exit, &what, &attempts)
         };
         let index = item.unwrap_or(running.first_index);
+        if !self.shared.is_terminated() {
+            self.shared.tally().lost(u64::from(running.count));
+        }
         running.fail_at(error.with_pid(ended.pid), index);
         if self.shared.is_terminated() {
             for job in self.inflight.drain(..) {
@@ -313,7 +342,7 @@ impl Driver<'_> {
     /// The pool is closed and drained (or never started): close the socket so the worker
     /// exits, and reap it.
     pub(super) fn retire(&mut self) {
-        self.recycle_worker();
+        self.recycle_worker(Left::Closed);
         if let Some(job) = self.held.take() {
             job.fail(Error::new(ErrorKind::Closed, "the pool shut down"));
         }
