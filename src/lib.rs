@@ -122,8 +122,8 @@
 
 pub use multiproc_macros::{parallel, with_pool};
 pub use multiproc_runtime::{
-    AsyncResult, Error, ErrorKind, IMap, IntoPool, ParMap, Pipeline, Pool, PoolBuilder, PoolStats,
-    Process, ProcessBuilder, Queue, QueueIter, Rejected, Result, Shared, SharedChunkMut,
+    AsyncResult, Error, ErrorKind, IMap, Interrupt, IntoPool, ParMap, Pipeline, Pool, PoolBuilder,
+    PoolStats, Process, ProcessBuilder, Queue, QueueIter, Rejected, Result, Shared, SharedChunkMut,
     SharedSlice, SharedSliceMut, ShmBackend, Task, WorkerStats, in_worker, pipeline,
 };
 

@@ -8,6 +8,7 @@ pub(crate) mod current;
 mod driver;
 mod global;
 mod hook;
+mod interrupt;
 mod job;
 mod offer;
 mod shared;
@@ -71,6 +72,8 @@ pub(crate) struct PoolConfig {
     /// Kill and replace a worker whose private resident memory goes over this many
     /// bytes.
     pub max_memory: Option<u64>,
+    /// Ctrl-C stops the pool, and its calls return `Interrupted`.
+    pub cancel_on_interrupt: bool,
     /// Runs in every worker before its first task.
     pub initializer: Option<Hook>,
     /// Runs in a worker that leaves normally (recycled, or the pool closed).
@@ -193,7 +196,11 @@ impl PoolCore {
         }
         let workers = config.workers;
         let generation = fork::generation();
+        let cancel_on_interrupt = config.cancel_on_interrupt;
         let shared = Arc::new(PoolShared::new(config));
+        if cancel_on_interrupt {
+            interrupt::cancel_on_interrupt(&shared)?;
+        }
         let (completions, completed) = mpsc::channel::<Completion>();
         let completion_thread = std::thread::Builder::new()
             .name("multiproc-results".into())
@@ -305,7 +312,7 @@ impl PoolCore {
         if q.closed {
             drop(q);
             drop(job);
-            return Err(Error::new(ErrorKind::Closed, "the pool is closed"));
+            return Err(self.shared.closed_error());
         }
         // The polling driver takes the first job queued; any further one needs a driver
         // of its own. While direct calls run, any driver may be one that takes nothing.
@@ -320,6 +327,12 @@ impl PoolCore {
         drop(q);
         self.shared.wake_drivers(wake);
         Ok(())
+    }
+
+    /// The error for work submitted to this pool once closed: `Closed`, or
+    /// `Interrupted` after Ctrl-C stopped it.
+    pub(crate) fn closed_error(&self) -> Error {
+        self.shared.closed_error()
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -340,19 +353,23 @@ impl PoolCore {
             return;
         }
         self.close();
-        let drivers = std::mem::take(&mut *lock(&self.drivers));
-        for d in drivers {
+        // The locks are held while joining: a second thread that joins (or terminates)
+        // at the same time waits until the first has seen every worker reaped.
+        let mut drivers = lock(&self.drivers);
+        for d in drivers.drain(..) {
             let _ = d.join();
         }
+        drop(drivers);
         if let Some(remote) = self.remote() {
             remote.join();
         }
         lock(&self.completions).take();
         // A callback may join its own pool; it cannot wait for itself.
-        if std::thread::current().id() != self.completion_thread_id
-            && let Some(t) = lock(&self.completion_thread).take()
-        {
-            let _ = t.join();
+        if std::thread::current().id() != self.completion_thread_id {
+            let mut thread = lock(&self.completion_thread);
+            if let Some(t) = thread.take() {
+                let _ = t.join();
+            }
         }
     }
 
@@ -362,18 +379,7 @@ impl PoolCore {
             // The workers are the original process's: never kill them from here.
             return;
         }
-        self.shared.terminated.store(true, Ordering::SeqCst);
-        let dropped: Vec<Job> = {
-            let mut q = lock(&self.shared.queue);
-            q.closed = true;
-            q.jobs.drain(..).collect()
-        };
-        self.shared.wake_drivers(Wake::All);
-        drop(dropped); // each replies Closed
-        if let Some(remote) = self.remote() {
-            remote.terminate();
-        }
-        self.shared.kill_workers();
+        self.shared.stop_now(false);
         self.join();
     }
 
@@ -385,7 +391,14 @@ impl PoolCore {
         }
         self.close();
         let deadline = Instant::now() + grace;
-        let all_done = || lock(&self.drivers).iter().all(JoinHandle::is_finished);
+        // Another thread joining holds the lock until its workers are reaped: not done.
+        let all_done = || match self.drivers.try_lock() {
+            Ok(drivers) => drivers.iter().all(JoinHandle::is_finished),
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                p.into_inner().iter().all(JoinHandle::is_finished)
+            }
+            Err(std::sync::TryLockError::WouldBlock) => false,
+        };
         while !all_done() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }

@@ -25,6 +25,9 @@ pub enum ErrorKind {
     Io,
     /// A worker sent something that is not a valid frame of the multiproc protocol.
     Protocol,
+    /// Ctrl-C (SIGINT) stopped the pool, built with
+    /// [`Interrupt::Cancel`](crate::Interrupt::Cancel), while the call ran.
+    Interrupted,
 }
 
 impl ErrorKind {
@@ -39,6 +42,7 @@ impl ErrorKind {
             ErrorKind::InvalidConfig => "invalid configuration",
             ErrorKind::Io => "I/O error",
             ErrorKind::Protocol => "protocol error",
+            ErrorKind::Interrupted => "interrupted",
         }
     }
 }

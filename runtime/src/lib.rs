@@ -47,7 +47,7 @@ pub use api::apply::AsyncResult;
 pub use api::imap::IMap;
 pub use api::map::ParMap;
 pub use api::pipeline::{OkOnly, Pipeline, Source, Stage, pipeline};
-pub use api::pool::{IntoPool, Pool, PoolBuilder};
+pub use api::pool::{Interrupt, IntoPool, Pool, PoolBuilder};
 pub use api::process::{Process, ProcessBuilder};
 pub use engine::{PoolStats, WorkerStats};
 pub use error::{Error, ErrorKind, Result};

@@ -58,8 +58,29 @@ pub struct PoolBuilder {
     program: Option<std::path::PathBuf>,
     cluster: bool,
     max_memory: Option<u64>,
+    interrupt: Interrupt,
     initializer: Option<PendingHook>,
     on_exit: Option<PendingHook>,
+}
+
+/// What Ctrl-C (SIGINT) does to a pool: [`PoolBuilder::interrupt`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Interrupt {
+    /// The parent's own disposition decides (the default). The workers ignore SIGINT,
+    /// so a terminal's Ctrl-C, which reaches the whole foreground process group, never
+    /// kills one: a parent that keeps the default action dies, and its workers with
+    /// it; a parent with a handler (the `ctrlc` crate, say) may call
+    /// [`Pool::terminate`] or let the work go on, and no worker is counted as died.
+    #[default]
+    Parent,
+    /// Ctrl-C stops the pool: every running `map`, `imap` and `apply` (and pending
+    /// `apply_async`) returns [`ErrorKind::Interrupted`], the workers are killed and
+    /// reaped, and the pool takes no more work (later calls are `Interrupted` too;
+    /// build a new pool to go on). A second Ctrl-C, or one while no such pool runs,
+    /// ends the program as SIGINT does by default. Installs a SIGINT handler for the
+    /// process, which only wakes a thread of multiproc's.
+    Cancel,
 }
 
 /// A hook's chunk, encoded when the builder method was called; an argument that did not
@@ -162,6 +183,34 @@ impl PoolBuilder {
     /// other; cgroups would be exact, but need privileges most users lack.
     pub fn max_memory_per_worker(mut self, bytes: u64) -> Self {
         self.max_memory = Some(bytes);
+        self
+    }
+
+    /// What Ctrl-C does to this pool: [`Interrupt::Parent`] (the default; the workers
+    /// ignore it) or [`Interrupt::Cancel`] (the pool's calls return
+    /// [`ErrorKind::Interrupted`]).
+    ///
+    /// ```no_run
+    /// use multiproc::prelude::*;
+    /// use multiproc::{ErrorKind, Interrupt};
+    ///
+    /// #[parallel]
+    /// fn slow(x: u64) -> u64 {
+    ///     std::thread::sleep(std::time::Duration::from_secs(1));
+    ///     x
+    /// }
+    ///
+    /// fn main() -> multiproc::Result<()> {
+    ///     let pool = Pool::builder().interrupt(Interrupt::Cancel).build()?;
+    ///     match pool.map(slow, &(0..100).collect::<Vec<u64>>()) {
+    ///         Err(e) if e.kind() == ErrorKind::Interrupted => eprintln!("cancelled"),
+    ///         other => println!("{:?}", other?.len()),
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn interrupt(mut self, interrupt: Interrupt) -> Self {
+        self.interrupt = interrupt;
         self
     }
 
@@ -317,6 +366,7 @@ impl PoolBuilder {
             shm,
             retries: self.retries,
             max_memory,
+            cancel_on_interrupt: self.interrupt == Interrupt::Cancel,
             initializer: PendingHook::ready(self.initializer)?,
             on_exit: PendingHook::ready(self.on_exit)?,
         };
@@ -477,7 +527,7 @@ impl Pool {
 
     fn check_open(&self, task: &'static str) -> Result<()> {
         if self.core.is_closed() {
-            return Err(Error::new(ErrorKind::Closed, "the pool is closed").with_task(task));
+            return Err(self.core.closed_error().with_task(task));
         }
         Ok(())
     }

@@ -18,6 +18,8 @@ pub(super) enum ToRank {
         task_timeout_nanos: Option<u64>,
         retries: u32,
         shm_threshold: u64,
+        /// Each worker's memory limit, in bytes.
+        max_memory: Option<u64>,
     },
     /// A segment's contents (`len` bytes of payload), to keep under `id`.
     Segment { id: u64, len: u64 },
@@ -95,6 +97,7 @@ pub(super) enum Kind {
     InvalidConfig,
     Io,
     Protocol,
+    Interrupted,
 }
 
 impl From<ErrorKind> for Kind {
@@ -109,6 +112,7 @@ impl From<ErrorKind> for Kind {
             ErrorKind::InvalidConfig => Kind::InvalidConfig,
             ErrorKind::Io => Kind::Io,
             ErrorKind::Protocol => Kind::Protocol,
+            ErrorKind::Interrupted => Kind::Interrupted,
         }
     }
 }
@@ -125,6 +129,7 @@ impl From<Kind> for ErrorKind {
             Kind::InvalidConfig => ErrorKind::InvalidConfig,
             Kind::Io => ErrorKind::Io,
             Kind::Protocol => ErrorKind::Protocol,
+            Kind::Interrupted => ErrorKind::Interrupted,
         }
     }
 }
@@ -145,6 +150,7 @@ mod tests {
             ErrorKind::InvalidConfig,
             ErrorKind::Io,
             ErrorKind::Protocol,
+            ErrorKind::Interrupted,
         ] {
             assert_eq!(ErrorKind::from(Kind::from(kind)), kind);
         }

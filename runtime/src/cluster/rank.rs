@@ -174,6 +174,7 @@ impl Server {
                 task_timeout_nanos,
                 retries,
                 shm_threshold,
+                max_memory,
             } => {
                 let config = PoolConfig {
                     workers: workers.map_or(self.share, |n| usize::try_from(n).unwrap_or(1)),
@@ -185,7 +186,8 @@ impl Server {
                         ..ShmConfig::default()
                     },
                     retries,
-                    max_memory: None,
+                    max_memory,
+                    cancel_on_interrupt: false,
                     initializer: None,
                     on_exit: None,
                 };

@@ -456,6 +456,7 @@ impl Pump {
                 .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
             retries: config.retries,
             shm_threshold: config.shm.threshold as u64,
+            max_memory: config.max_memory,
         };
         let mut waiting = HashSet::new();
         for r in 1..self.ranks.len() {

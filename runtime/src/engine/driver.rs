@@ -220,7 +220,7 @@ impl Driver<'_> {
                 self.recycle_worker(Left::Recycled);
             }
             if let Err(e) = self.ensure_worker() {
-                if e.kind() != ErrorKind::Closed {
+                if !matches!(e.kind(), ErrorKind::Closed | ErrorKind::Interrupted) {
                     self.shared.tally().lost(u64::from(job.count));
                 }
                 job.fail(e);

@@ -50,6 +50,7 @@ pub(crate) fn global_config() -> Result<PoolConfig> {
         shm: crate::wire::ShmConfig::default(),
         retries: 0,
         max_memory: max_memory_from_env()?,
+        cancel_on_interrupt: false,
         initializer: None,
         on_exit: None,
     })

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::{Job, PoolConfig, Remote, stats};
 use crate::direct::ParentEnd;
+use crate::error::{Error, ErrorKind};
 use crate::sys::lock::lock;
 
 /// The jobs waiting for a worker, and what the drivers need to know to share them.
@@ -60,7 +61,10 @@ pub(crate) struct PoolShared {
     /// Workers that are not this process's children (the other ranks of a cluster),
     /// taking jobs from the same queue through a [`Tap`].
     pub(super) remote: Mutex<Option<Arc<dyn Remote>>>,
-    /// What the pool has done so far (see [`PoolStats`]).
+    /// Set when Ctrl-C stopped the pool (`Interrupt::Cancel`): its calls fail with
+    /// `Interrupted`, not `Closed`.
+    pub(super) interrupted: AtomicBool,
+    /// What the pool has done so far (see [`PoolStats`](super::PoolStats)).
     pub(super) tally: Mutex<stats::Tally>,
 }
 
@@ -113,6 +117,7 @@ impl PoolShared {
             directs: Mutex::new(vec![None; workers]),
             direct_calls: AtomicUsize::new(0),
             remote: Mutex::new(None),
+            interrupted: AtomicBool::new(false),
             tally: Mutex::new(stats::Tally::new(workers)),
         }
     }
@@ -268,6 +273,56 @@ impl PoolShared {
 
     pub(super) fn tally(&self) -> std::sync::MutexGuard<'_, stats::Tally> {
         lock(&self.tally)
+    }
+
+    /// The error of the calls a stopped pool cuts short: `Interrupted` after Ctrl-C,
+    /// `Closed` after `terminate`.
+    pub(super) fn stop_error(&self) -> Error {
+        if self.interrupted.load(Ordering::SeqCst) {
+            Error::new(
+                ErrorKind::Interrupted,
+                "Ctrl-C (SIGINT) stopped the pool and killed its workers; a second Ctrl-C \
+                 exits the program",
+            )
+        } else {
+            Error::new(ErrorKind::Closed, "the pool was terminated")
+        }
+    }
+
+    /// The error for work submitted to a closed pool.
+    pub(super) fn closed_error(&self) -> Error {
+        if self.interrupted.load(Ordering::SeqCst) {
+            self.stop_error()
+        } else {
+            Error::new(ErrorKind::Closed, "the pool is closed")
+        }
+    }
+
+    /// Stops the pool now: no more work, queued jobs fail with [`stop_error`]
+    /// (`Interrupted` if `interrupted`), the workers elsewhere are stopped, and every
+    /// worker is killed; the drivers then fail what their workers held and exit. Does
+    /// not wait for them (`PoolCore::terminate` joins after this).
+    ///
+    /// [`stop_error`]: Self::stop_error
+    pub(super) fn stop_now(&self, interrupted: bool) {
+        if interrupted {
+            self.interrupted.store(true, Ordering::SeqCst);
+        }
+        self.terminated.store(true, Ordering::SeqCst);
+        let dropped: Vec<Job> = {
+            let mut q = lock(&self.queue);
+            q.closed = true;
+            q.jobs.drain(..).collect()
+        };
+        self.wake_drivers(Wake::All);
+        for job in dropped {
+            job.fail(self.stop_error());
+        }
+        let remote = lock(&self.remote).clone();
+        if let Some(remote) = remote {
+            remote.terminate();
+        }
+        self.kill_workers();
     }
 
     pub(super) fn is_terminated(&self) -> bool {

@@ -15,6 +15,7 @@ fn shared(workers: usize) -> Arc<PoolShared> {
         shm: crate::wire::ShmConfig::default(),
         retries: 0,
         max_memory: None,
+        cancel_on_interrupt: false,
         initializer: None,
         on_exit: None,
     }))

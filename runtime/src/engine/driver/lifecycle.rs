@@ -12,7 +12,7 @@ impl Driver<'_> {
             return Ok(());
         }
         if self.shared.is_terminated() {
-            return Err(Error::new(ErrorKind::Closed, "the pool was terminated"));
+            return Err(self.shared.stop_error());
         }
         if self.spawn_failures > 0 {
             let backoff = Duration::from_millis(10u64 << self.spawn_failures.min(7));
@@ -95,7 +95,7 @@ impl Driver<'_> {
         }
         let exit = close_and_reap(live);
         if self.shared.is_terminated() {
-            return Err(Error::new(ErrorKind::Closed, "the pool was terminated"));
+            return Err(self.shared.stop_error());
         }
         self.initializer_failed = true;
         Err(hooks::initializer_error(&hook, &failure, &exit).with_pid(pid))
@@ -125,7 +125,12 @@ impl Driver<'_> {
         let (pid, direct) = (live.pid, Arc::clone(&live.direct));
         let exit = close_and_reap(live);
         if !idle {
-            direct.lose(loss_error(&Loss::Died, &exit, DIRECT_CALL, "").with_pid(pid));
+            let lost = if self.shared.is_terminated() {
+                self.shared.stop_error()
+            } else {
+                loss_error(&Loss::Died, &exit, DIRECT_CALL, "")
+            };
+            direct.lose(lost.with_pid(pid));
         }
     }
 
@@ -241,7 +246,12 @@ impl Driver<'_> {
         };
         // A call in the direct path (the worker's only one, if it held it) fails the same
         // way.
-        direct.lose(loss_error(loss, &exit, DIRECT_CALL, "").with_pid(pid));
+        let lost = if self.shared.is_terminated() {
+            self.shared.stop_error()
+        } else {
+            loss_error(loss, &exit, DIRECT_CALL, "")
+        };
+        direct.lose(lost.with_pid(pid));
         Some(Ended {
             pid,
             record,
@@ -308,7 +318,7 @@ impl Driver<'_> {
             ),
         };
         let error = if self.shared.is_terminated() {
-            Error::new(ErrorKind::Closed, "the pool was terminated")
+            self.shared.stop_error()
         } else {
             let attempts = if self.shared.config.retries > 0 {
                 format!(" (after {} attempts)", running.attempts)
@@ -324,7 +334,7 @@ impl Driver<'_> {
         running.fail_at(error.with_pid(ended.pid), index);
         if self.shared.is_terminated() {
             for job in self.inflight.drain(..) {
-                job.fail(Error::new(ErrorKind::Closed, "the pool was terminated"));
+                job.fail(self.shared.stop_error());
             }
         } else {
             self.shared.requeue_front(self.inflight.drain(..));
@@ -343,11 +353,18 @@ impl Driver<'_> {
     /// exits, and reap it.
     pub(super) fn retire(&mut self) {
         self.recycle_worker(Left::Closed);
+        let shut = || {
+            if self.shared.is_terminated() {
+                self.shared.stop_error()
+            } else {
+                Error::new(ErrorKind::Closed, "the pool shut down")
+            }
+        };
         if let Some(job) = self.held.take() {
-            job.fail(Error::new(ErrorKind::Closed, "the pool shut down"));
+            job.fail(shut());
         }
-        for job in self.inflight.drain(..) {
-            job.fail(Error::new(ErrorKind::Closed, "the pool shut down"));
+        for job in std::mem::take(&mut self.inflight) {
+            job.fail(shut());
         }
     }
 }
