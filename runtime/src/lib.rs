@@ -15,8 +15,9 @@
 //! - `shm`: the user's shared-memory handles and the per-process segment table.
 //! - `direct`: the shared-memory call path from a caller to an idle local worker.
 //! - `worker`: the pre-`main` entry of a worker process and its serving loop.
-//! - `engine`: the job queue, driver threads, starting and reaping workers, the global
-//!   and current pools.
+//! - `engine`: the job queue, driver threads, starting, initializing and reaping
+//!   workers, the pool's counters, Ctrl-C for cancellable pools, the global and current
+//!   pools.
 //! - `cluster`: the same program over the ranks of an MPI job (feature `mpi`): rank
 //!   0's cluster thread, the serving ranks' loop, and the MPI transport.
 //! - `api`: [`Pool`], maps, `apply`, [`Process`], pipelines, progress.

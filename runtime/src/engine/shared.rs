@@ -289,6 +289,16 @@ impl PoolShared {
         }
     }
 
+    /// [`stop_error`](Self::stop_error) if the pool was stopped, else `error()`: what
+    /// a worker's loss, or the pool's end, means for the jobs it cut short.
+    pub(super) fn unless_stopped(&self, error: impl FnOnce() -> Error) -> Error {
+        if self.is_terminated() {
+            self.stop_error()
+        } else {
+            error()
+        }
+    }
+
     /// The error for work submitted to a closed pool.
     pub(super) fn closed_error(&self) -> Error {
         if self.interrupted.load(Ordering::SeqCst) {

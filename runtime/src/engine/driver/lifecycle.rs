@@ -125,11 +125,9 @@ impl Driver<'_> {
         let (pid, direct) = (live.pid, Arc::clone(&live.direct));
         let exit = close_and_reap(live);
         if !idle {
-            let lost = if self.shared.is_terminated() {
-                self.shared.stop_error()
-            } else {
-                loss_error(&Loss::Died, &exit, DIRECT_CALL, "")
-            };
+            let lost = self
+                .shared
+                .unless_stopped(|| loss_error(&Loss::Died, &exit, DIRECT_CALL, ""));
             direct.lose(lost.with_pid(pid));
         }
     }
@@ -246,11 +244,9 @@ impl Driver<'_> {
         };
         // A call in the direct path (the worker's only one, if it held it) fails the same
         // way.
-        let lost = if self.shared.is_terminated() {
-            self.shared.stop_error()
-        } else {
-            loss_error(loss, &exit, DIRECT_CALL, "")
-        };
+        let lost = self
+            .shared
+            .unless_stopped(|| loss_error(loss, &exit, DIRECT_CALL, ""));
         direct.lose(lost.with_pid(pid));
         Some(Ended {
             pid,
@@ -354,11 +350,8 @@ impl Driver<'_> {
     pub(super) fn retire(&mut self) {
         self.recycle_worker(Left::Closed);
         let shut = || {
-            if self.shared.is_terminated() {
-                self.shared.stop_error()
-            } else {
-                Error::new(ErrorKind::Closed, "the pool shut down")
-            }
+            self.shared
+                .unless_stopped(|| Error::new(ErrorKind::Closed, "the pool shut down"))
         };
         if let Some(job) = self.held.take() {
             job.fail(shut());
