@@ -1,7 +1,10 @@
 //! `Pool::apply` and `Pool::apply_async`: one call, synchronously or as an
 //! [`AsyncResult`] whose callbacks run in the parent process.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -25,11 +28,32 @@ type ErrorCallback = Box<dyn FnOnce(&Error) + Send>;
 /// at once, in the calling thread, if the task had already completed), also when the
 /// handle was dropped, and always before [`get`](Self::get) returns. A callback that
 /// panics is reported on stderr; it does not stop the pool's result handling.
+///
+/// It is also a [`Future`] whose output is the task's result, for async code: `.await`
+/// it in any executor (tokio, async-std, smol). It needs no runtime and no thread of
+/// its own: the pool's result thread wakes the task that awaits it. Dropping it
+/// unpolled, or cancelling the `.await` (`tokio::time::timeout`, `select!`), lets the
+/// task run to the end all the same, as dropping the handle does.
+///
+/// ```no_run
+/// use multiproc::prelude::*;
+///
+/// #[parallel]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// async fn squares(pool: &Pool) -> multiproc::Result<u64> {
+///     let a = pool.apply_async(square, 3);
+///     let b = pool.apply_async(square, 4);
+///     Ok(a.await? + b.await?)
+/// }
+/// ```
 pub struct AsyncResult<R> {
     slot: Arc<Slot<R>>,
 }
 
-struct Slot<R> {
+pub(super) struct Slot<R> {
     state: Mutex<State<R>>,
     done: Condvar,
 }
@@ -37,8 +61,12 @@ struct Slot<R> {
 struct State<R> {
     /// `Some` once the task completed and its callbacks ran.
     result: Option<Result<R>>,
+    /// The result was taken by a future that resolved.
+    taken: bool,
     on_success: Vec<SuccessCallback<R>>,
     on_error: Vec<ErrorCallback>,
+    /// The task of the last poll that found no result.
+    waker: Option<Waker>,
 }
 
 fn run_callback(f: impl FnOnce()) {
@@ -48,21 +76,24 @@ fn run_callback(f: impl FnOnce()) {
 }
 
 impl<R> Slot<R> {
-    fn new() -> Arc<Self> {
+    pub(super) fn new() -> Arc<Self> {
         Arc::new(Slot {
             state: Mutex::new(State {
                 result: None,
+                taken: false,
                 on_success: Vec::new(),
                 on_error: Vec::new(),
+                waker: None,
             }),
             done: Condvar::new(),
         })
     }
 
-    /// Runs the registered callbacks, then publishes the result. The lock is held
-    /// throughout, so a callback registered concurrently runs exactly once: here, or
-    /// (after this) at registration.
-    fn complete(&self, result: Result<R>) {
+    /// Runs the registered callbacks, then publishes the result and wakes whoever
+    /// waits: threads in `get`, and the task awaiting the future. The lock is held
+    /// until the result is out, so a callback registered concurrently runs exactly
+    /// once: here, or (after this) at registration.
+    pub(super) fn complete(&self, result: Result<R>) {
         let mut state = lock(&self.state);
         match &result {
             Ok(value) => {
@@ -79,15 +110,57 @@ impl<R> Slot<R> {
         state.on_success.clear();
         state.on_error.clear();
         state.result = Some(result);
+        let waker = state.waker.take();
         drop(state);
         self.done.notify_all();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Whether the result is in (or was taken by the future).
+    pub(super) fn is_complete(&self) -> bool {
+        let state = lock(&self.state);
+        state.result.is_some() || state.taken
+    }
+}
+
+/// The error for a result asked for again after the future resolved with it.
+fn already_taken() -> Error {
+    Error::new(
+        ErrorKind::Closed,
+        "the result was already taken: the future resolved with it",
+    )
+}
+
+impl<R> Future for AsyncResult<R> {
+    type Output = Result<R>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
+        let mut state = lock(&self.slot.state);
+        if let Some(result) = state.result.take() {
+            state.taken = true;
+            return Poll::Ready(result);
+        }
+        if state.taken {
+            return Poll::Ready(Err(already_taken()));
+        }
+        match &mut state.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 }
 
 impl<R> AsyncResult<R> {
-    fn failed(error: Error) -> Self {
+    pub(super) fn failed(error: Error) -> Self {
         let slot = Slot::new();
         slot.complete(Err(error));
+        AsyncResult { slot }
+    }
+
+    pub(super) fn from_slot(slot: Arc<Slot<R>>) -> Self {
         AsyncResult { slot }
     }
 
@@ -97,6 +170,9 @@ impl<R> AsyncResult<R> {
         loop {
             if let Some(result) = state.result.take() {
                 return result;
+            }
+            if state.taken {
+                return Err(already_taken());
             }
             state = self
                 .slot
@@ -108,13 +184,13 @@ impl<R> AsyncResult<R> {
 
     /// True once the task has completed (and its callbacks have run).
     pub fn ready(&self) -> bool {
-        lock(&self.slot.state).result.is_some()
+        self.slot.is_complete()
     }
 
     /// Waits until the task has completed.
     pub fn wait(&self) {
         let mut state = lock(&self.slot.state);
-        while state.result.is_none() {
+        while state.result.is_none() && !state.taken {
             state = self
                 .slot
                 .done
@@ -128,7 +204,7 @@ impl<R> AsyncResult<R> {
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut state = lock(&self.slot.state);
-        while state.result.is_none() {
+        while state.result.is_none() && !state.taken {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;
@@ -147,6 +223,8 @@ impl<R> AsyncResult<R> {
     pub fn on_success(self, f: impl FnOnce(&R) + Send + 'static) -> Self {
         let mut state = lock(&self.slot.state);
         match &state.result {
+            // Taken by the future: nothing to run it with.
+            None if state.taken => {}
             None => state.on_success.push(Box::new(f)),
             Some(Ok(value)) => run_callback(|| f(value)),
             Some(Err(_)) => {}
@@ -160,6 +238,7 @@ impl<R> AsyncResult<R> {
     pub fn on_error(self, f: impl FnOnce(&Error) + Send + 'static) -> Self {
         let mut state = lock(&self.slot.state);
         match &state.result {
+            None if state.taken => {}
             None => state.on_error.push(Box::new(f)),
             Some(Err(e)) => run_callback(|| f(e)),
             Some(Ok(_)) => {}

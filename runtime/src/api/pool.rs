@@ -480,6 +480,38 @@ impl Pool {
         apply::apply_async(&self.core, &task, &arg)
     }
 
+    /// Submits `task` on every item and returns at once, like Python's `map_async` (and
+    /// `starmap_async`, for a function of several arguments: the items are tuples). The
+    /// result is the one `map` would return, values in input order or the first failure,
+    /// as an [`AsyncResult`]: `get()` it, register callbacks, or `.await` it. The items
+    /// are encoded now, in chunks; the chunks are decoded on the pool's result thread as
+    /// they come back.
+    ///
+    /// ```no_run
+    /// use multiproc::prelude::*;
+    ///
+    /// #[parallel]
+    /// fn add(a: u64, b: u64) -> u64 {
+    ///     a + b
+    /// }
+    ///
+    /// fn main() -> multiproc::Result<()> {
+    ///     let pool = Pool::new(2)?;
+    ///     let sums = pool
+    ///         .map_async(add, vec![(1, 2), (3, 4)])
+    ///         .on_success(|v| println!("done: {v:?}"));
+    ///     assert_eq!(sums.get()?, [3, 7]);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn map_async<A, R, F>(&self, task: Task<A, R, F>, items: Vec<A>) -> AsyncResult<Vec<R>>
+    where
+        A: Serialize,
+        R: DeserializeOwned + Send + 'static,
+    {
+        crate::api::map_async::map_async(&self.core, &task, &items, &self.settings)
+    }
+
     /// What the pool has done so far, and what each live worker has done (pid, items,
     /// busy and idle time), like mpire's worker insights. Cheap: the workers count their
     /// own items as they go, and this reads the counts.
