@@ -59,7 +59,7 @@ pub(crate) struct PoolShared {
     /// call.
     pub(super) direct_calls: AtomicUsize,
     /// Workers that are not this process's children (the other ranks of a cluster),
-    /// taking jobs from the same queue through a [`Tap`].
+    /// taking jobs from the same queue through a [`Tap`](super::Tap).
     pub(super) remote: Mutex<Option<Arc<dyn Remote>>>,
     /// Set when Ctrl-C stopped the pool (`Interrupt::Cancel`): its calls fail with
     /// `Interrupted`, not `Closed`.
