@@ -4,7 +4,7 @@
 //! among them, gets the default action: the process ends, killed by SIGINT, and its
 //! workers with it.
 
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use signal_hook::consts::SIGINT;
 
@@ -24,25 +24,30 @@ pub(super) fn cancel_on_interrupt(pool: &Arc<PoolShared>) -> Result<()> {
     Ok(())
 }
 
-/// Starts the thread that waits for SIGINT, once per process.
+/// Starts the thread that waits for SIGINT, once per process: a `fork()`ed copy, which
+/// has none of its parent's threads, starts its own (and forgets the parent's pools).
 fn watch() -> Result<()> {
-    static WATCHING: OnceLock<std::result::Result<(), String>> = OnceLock::new();
-    let started = WATCHING.get_or_init(|| {
-        let mut signals = signal_hook::iterator::Signals::new([SIGINT])
-            .map_err(|e| format!("cannot watch for Ctrl-C (SIGINT): {e}"))?;
-        std::thread::Builder::new()
-            .name("multiproc-interrupt".into())
-            .spawn(move || {
-                for _ in signals.forever() {
-                    on_interrupt();
-                }
-            })
-            .map(drop)
-            .map_err(|e| format!("cannot start the Ctrl-C thread: {e}"))
-    });
-    started
-        .clone()
-        .map_err(|why| Error::new(ErrorKind::Io, why))
+    /// The fork generation whose thread is started.
+    static WATCHING: Mutex<Option<u64>> = Mutex::new(None);
+    let generation = crate::sys::fork::generation();
+    let mut watching = lock(&WATCHING);
+    if *watching == Some(generation) {
+        return Ok(());
+    }
+    lock(&CANCELLABLE).clear();
+    let failed = |why: String| Error::new(ErrorKind::Io, why);
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT])
+        .map_err(|e| failed(format!("cannot watch for Ctrl-C (SIGINT): {e}")))?;
+    std::thread::Builder::new()
+        .name("multiproc-interrupt".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                on_interrupt();
+            }
+        })
+        .map_err(|e| failed(format!("cannot start the Ctrl-C thread: {e}")))?;
+    *watching = Some(generation);
+    Ok(())
 }
 
 /// A SIGINT came: stop the cancellable pools that still run, or, if there are none,

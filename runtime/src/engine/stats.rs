@@ -90,7 +90,7 @@ impl Tally {
 
     /// A worker started in `slot`.
     pub(crate) fn started(&mut self, slot: usize, direct: &Arc<ParentEnd>) {
-        self.started += 1;
+        self.started = self.started.saturating_add(1);
         if let Some(s) = self.live.get_mut(slot) {
             *s = Some(Live {
                 direct: Arc::clone(direct),
@@ -102,21 +102,18 @@ impl Tally {
     /// The worker of `slot` left, as `how`: what it counted moves to the totals.
     pub(crate) fn left(&mut self, slot: usize, how: Left) {
         if let Some(live) = self.live.get_mut(slot).and_then(Option::take) {
-            let c = live.direct.counters();
-            self.retired.items += c.items;
-            self.retired.failed += c.failed;
-            self.retired.busy_nanos += c.busy_nanos;
+            self.retired = add(self.retired, live.direct.counters());
         }
         match how {
-            Left::Recycled => self.recycled += 1,
-            Left::Died => self.died += 1,
+            Left::Recycled => self.recycled = self.recycled.saturating_add(1),
+            Left::Died => self.died = self.died.saturating_add(1),
             Left::Closed => {}
         }
     }
 
     /// `items` failed without a worker counting them.
     pub(crate) fn lost(&mut self, items: u64) {
-        self.lost += items;
+        self.lost = self.lost.saturating_add(items);
     }
 
     /// A `map` of `items` items took `elapsed`.
@@ -137,8 +134,7 @@ impl Tally {
             .flatten()
             .map(|live| {
                 let c = live.direct.counters();
-                total.items += c.items;
-                total.failed += c.failed;
+                total = add(total, c);
                 let busy = Duration::from_nanos(c.busy_nanos);
                 WorkerStats {
                     pid: live.direct.pid(),
@@ -150,12 +146,22 @@ impl Tally {
             .collect();
         PoolStats {
             items_done: total.items.saturating_sub(total.failed),
-            items_failed: total.failed + self.lost,
+            items_failed: total.failed.saturating_add(self.lost),
             workers_started: self.started,
             workers_died: self.died,
             workers_recycled: self.recycled,
             workers,
             last_map_per_item: self.last_map_per_item,
         }
+    }
+}
+
+/// `a + b`, saturating: the counts come from the workers' memory, which a task could
+/// scribble on; a wrong figure is their problem, a panic here would be ours.
+fn add(a: Counters, b: Counters) -> Counters {
+    Counters {
+        items: a.items.saturating_add(b.items),
+        failed: a.failed.saturating_add(b.failed),
+        busy_nanos: a.busy_nanos.saturating_add(b.busy_nanos),
     }
 }
