@@ -127,6 +127,11 @@ pub use multiproc_runtime::{
     SharedSlice, SharedSliceMut, ShmBackend, Task, WorkerStats, in_worker, pipeline,
 };
 
+/// Synchronisation between processes that no dead process can wedge: [`sync::Event`].
+pub mod sync {
+    pub use multiproc_runtime::Event;
+}
+
 /// The iterator adapters a [`pipeline`](fn@pipeline) is made of. The function that
 /// starts one is [`multiproc::pipeline`](fn@crate::pipeline).
 pub mod pipeline {
