@@ -49,12 +49,11 @@ fn the_three_forms_work() {
 #[test]
 fn par_map_inside_runs_on_the_block_pool_even_in_nested_calls() {
     with_pool!(2, |pool| {
-        let mine: BTreeSet<u32> = pool
-            .map(whoami, &(0..4000).collect::<Vec<u64>>())
-            .unwrap()
-            .into_iter()
-            .collect();
+        // The pool's own workers (a map of quick items may all go to one of them).
+        let mine: BTreeSet<u32> = pool.stats().workers.iter().map(|w| w.pid).collect();
+        assert_eq!(mine.len(), 2, "{mine:?}");
         let from_nested_call = pids_of_current_pool();
+        assert!(!from_nested_call.is_empty());
         assert!(
             from_nested_call.is_subset(&mine),
             "{from_nested_call:?} vs {mine:?}"
