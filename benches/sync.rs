@@ -1,7 +1,8 @@
 //! Synchronisation between processes: one `Event` set → wake latency, measured as half
-//! a ping-pong of two events between the parent and a `Process` child, beside Python's
-//! `multiprocessing.Event` (`benches/peers/sync_ops.py`) and the same ping-pong between
-//! two threads over `std::sync` (a `Mutex<bool>` and a `Condvar` per event).
+//! a ping-pong of two events between the parent and a `Process` child, and one
+//! uncontended `Mutex` lock and unlock; beside Python's `multiprocessing.Event` and
+//! `Lock` (`benches/peers/sync_ops.py`) and the same between threads over `std::sync`
+//! (a `Mutex<bool>` and a `Condvar` per event; a `std::sync::Mutex`).
 //!
 //! Run: `cargo bench --bench sync`.
 
@@ -13,7 +14,7 @@ use std::time::Instant;
 
 use common::median;
 use multiproc::prelude::*;
-use multiproc::sync::Event;
+use multiproc::sync::{Event, Mutex as ProcessMutex};
 
 const ROUNDS: u64 = 2_000;
 
@@ -99,30 +100,71 @@ fn threads_us() -> f64 {
     )
 }
 
+/// One uncontended lock and unlock, ns: median of 5 runs of `n`.
+fn lock_ns(n: u32, mut lock_unlock: impl FnMut()) -> f64 {
+    median(
+        (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                for _ in 0..n {
+                    lock_unlock();
+                }
+                t.elapsed().as_secs_f64() * 1e9 / f64::from(n)
+            })
+            .collect(),
+    )
+}
+
 fn main() {
     let ours = multiproc_us();
     let threads = threads_us();
+    let shared = ProcessMutex::new(0u64).expect("a mutex");
+    let ours_lock = lock_ns(1_000_000, || {
+        *shared.lock().expect("the lock") += 1;
+    });
+    let std_mutex = Mutex::new(0u64);
+    let std_lock = lock_ns(1_000_000, || {
+        *std_mutex.lock().expect("the lock") += 1;
+    });
     println!("# Event set -> wake latency (half a ping-pong), {ROUNDS} rounds, medians of 5");
     println!(
         "{:<44} {:>10.2} us",
         "multiproc::sync::Event, two processes", ours
     );
-    match common::python("sync_ops.py", &[ROUNDS.to_string()]) {
-        Ok(out) => match common::field(&out, "event_us=") {
-            Some(py) => println!(
-                "{:<44} {:>10.2} us  (multiproc: {:.1}x faster)",
-                "Python multiprocessing.Event, two processes",
-                py,
-                py / ours
-            ),
-            None => println!("Python: no figure in {out:?}"),
-        },
-        Err(why) => println!("Python: {why}"),
+    let python = common::python("sync_ops.py", &[ROUNDS.to_string()]);
+    let py = |key: &str| python.as_ref().ok().and_then(|out| common::field(out, key));
+    match py("event_us=") {
+        Some(py) => println!(
+            "{:<44} {:>10.2} us  (multiproc: {:.1}x faster)",
+            "Python multiprocessing.Event, two processes",
+            py,
+            py / ours
+        ),
+        None => println!("Python: {python:?}"),
     }
     println!(
         "{:<44} {:>10.2} us  (multiproc: {:.2}x its time)",
         "std::sync Mutex + Condvar, two threads",
         threads,
         ours / threads
+    );
+    println!("# uncontended lock + unlock, medians of 5");
+    println!(
+        "{:<44} {:>10.1} ns",
+        "multiproc::sync::Mutex<u64>", ours_lock
+    );
+    if let Some(py) = py("lock_ns=") {
+        println!(
+            "{:<44} {:>10.1} ns  (multiproc: {:.1}x faster)",
+            "Python multiprocessing.Lock",
+            py,
+            py / ours_lock
+        );
+    }
+    println!(
+        "{:<44} {:>10.1} ns  (multiproc: {:.2}x its time)",
+        "std::sync::Mutex<u64>",
+        std_lock,
+        ours_lock / std_lock
     );
 }

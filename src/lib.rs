@@ -127,9 +127,10 @@ pub use multiproc_runtime::{
     SharedSlice, SharedSliceMut, ShmBackend, Task, WorkerStats, in_worker, pipeline,
 };
 
-/// Synchronisation between processes that no dead process can wedge: [`sync::Event`].
+/// Synchronisation between processes that no dead process can wedge: [`sync::Event`],
+/// [`sync::Mutex`].
 pub mod sync {
-    pub use multiproc_runtime::Event;
+    pub use multiproc_runtime::{Event, Mutex, MutexGuard};
 }
 
 /// The iterator adapters a [`pipeline`](fn@pipeline) is made of. The function that

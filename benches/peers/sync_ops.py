@@ -1,6 +1,7 @@
-"""Python's multiprocessing.Event between two processes (fork): a ping-pong of two
-events, `rounds` times. Prints `event_us`, one set -> wake latency (half a round trip),
-median of 5 runs, for `cargo bench --bench sync`."""
+"""Python's multiprocessing primitives, for `cargo bench --bench sync`: `event_us`, one
+Event set -> wake latency between two processes (fork), half a round trip of a
+ping-pong of two events; `lock_ns`, one uncontended Lock acquire and release. Medians
+of 5 runs."""
 import statistics
 import sys
 import time
@@ -30,6 +31,16 @@ def main():
         runs.append((time.perf_counter() - t) / rounds / 2 * 1e6)
         p.join()
     print(f"event_us={statistics.median(runs):.2f}")
+    lock = ctx.Lock()
+    n = 200_000
+    locks = []
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(n):
+            lock.acquire()
+            lock.release()
+        locks.append((time.perf_counter() - t) / n * 1e9)
+    print(f"lock_ns={statistics.median(locks):.1f}")
 
 
 if __name__ == "__main__":

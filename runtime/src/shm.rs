@@ -266,3 +266,21 @@ pub(crate) fn missing<E: serde::de::Error>(id: u64) -> E {
          forged, or made by a process that is not this one's parent, or its segment is gone"
     ))
 }
+
+/// Serializes a handle to `entry`'s segment (a queue's, an event's, a mutex's): its id,
+/// with the segment noted to travel with the message.
+pub(crate) fn serialize_entry<S: serde::Serializer>(
+    entry: &Arc<Entry>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    note_outgoing(entry);
+    serde::Serialize::serialize(&entry.segment.id(), s)
+}
+
+/// The segment of a handle that [`serialize_entry`] wrote, if this process has it.
+pub(crate) fn deserialize_entry<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Arc<Entry>, D::Error> {
+    let id = <u64 as serde::Deserialize>::deserialize(d)?;
+    resolve(id).ok_or_else(|| missing::<D::Error>(id))
+}

@@ -5,5 +5,7 @@
 //! Beside `queue`, on `shm` and `sys`.
 
 mod event;
+mod mutex;
 
 pub use event::Event;
+pub use mutex::{Mutex, MutexGuard};

@@ -189,15 +189,13 @@ impl std::fmt::Debug for Event {
 
 impl Serialize for Event {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        crate::shm::note_outgoing(&self.entry);
-        self.entry.segment.id().serialize(s)
+        crate::shm::serialize_entry(&self.entry, s)
     }
 }
 
 impl<'de> Deserialize<'de> for Event {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let id = u64::deserialize(d)?;
-        let entry = crate::shm::resolve(id).ok_or_else(|| crate::shm::missing::<D::Error>(id))?;
+        let entry = crate::shm::deserialize_entry(d)?;
         Event::from_entry(entry, false).map_err(<D::Error as serde::de::Error>::custom)
     }
 }
