@@ -128,9 +128,9 @@ pub use multiproc_runtime::{
 };
 
 /// Synchronisation between processes that no dead process can wedge: [`sync::Event`],
-/// [`sync::Mutex`].
+/// [`sync::Mutex`], [`sync::Semaphore`].
 pub mod sync {
-    pub use multiproc_runtime::{Event, Mutex, MutexGuard};
+    pub use multiproc_runtime::{Event, Mutex, MutexGuard, Semaphore, SemaphoreGuard};
 }
 
 /// The iterator adapters a [`pipeline`](fn@pipeline) is made of. The function that

@@ -6,6 +6,8 @@
 
 mod event;
 mod mutex;
+mod semaphore;
 
 pub use event::Event;
 pub use mutex::{Mutex, MutexGuard};
+pub use semaphore::{Semaphore, SemaphoreGuard};

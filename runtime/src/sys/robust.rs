@@ -38,6 +38,27 @@ pub(crate) fn me() -> u64 {
     ME.with(|m| *m)
 }
 
+/// This process's identity, in the same form as a thread's: its pid (its main thread's
+/// id) and its start time. For what a process holds as a whole (a semaphore's permits,
+/// which any of its threads may release). Asked of the kernel once per process (and
+/// again in a `fork()`ed copy, whose pid differs).
+pub(crate) fn this_process() -> u64 {
+    static CACHE: std::sync::Mutex<Option<(u32, u64)>> = std::sync::Mutex::new(None);
+    let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
+    let mut cache = CACHE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match *cache {
+        Some((cached, id)) if cached == pid => id,
+        _ => {
+            let start = thread_state(pid).map_or(0, |(_, start)| start);
+            let id = pack(pid, start);
+            *cache = Some((pid, id));
+            id
+        }
+    }
+}
+
 /// The state letter and start time of thread `tid`, if it exists.
 fn thread_state(tid: u32) -> Option<(u8, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{tid}/stat")).ok()?;
