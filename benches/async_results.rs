@@ -37,15 +37,7 @@ fn main() {
     for i in 0..1000 {
         pool.apply(t1, i).expect("warm-up");
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("a runtime");
-    let awaited = rate(|| {
-        let results = runtime.block_on(futures::future::join_all(
-            (0..CALLS).map(|i| pool.apply_async(t1, i)),
-        ));
-        assert!(results.iter().all(Result::is_ok));
-    });
+    let awaited = common::awaited_per_s(&pool, t1);
     let got = rate(|| {
         let handles: Vec<_> = (0..CALLS).map(|i| pool.apply_async(t1, i)).collect();
         for h in handles {

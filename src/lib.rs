@@ -128,9 +128,11 @@ pub use multiproc_runtime::{
 };
 
 /// Synchronisation between processes that no dead process can wedge: [`sync::Event`],
-/// [`sync::Mutex`], [`sync::Semaphore`].
+/// [`sync::Barrier`], [`sync::Semaphore`], [`sync::Mutex`].
 pub mod sync {
-    pub use multiproc_runtime::{Event, Mutex, MutexGuard, Semaphore, SemaphoreGuard};
+    pub use multiproc_runtime::{
+        Barrier, BarrierWaitResult, Event, Mutex, MutexGuard, Semaphore, SemaphoreGuard,
+    };
 }
 
 /// The iterator adapters a [`pipeline`](fn@pipeline) is made of. The function that

@@ -223,3 +223,24 @@ pub fn work(n: u64) -> u64 {
         std::hint::black_box(h.wrapping_mul(31).wrapping_add(i))
     })
 }
+
+/// 10,000 `apply_async` awaited at once on a tokio `current_thread` runtime: results per
+/// second, median of 5 rounds.
+pub fn awaited_per_s(pool: &Pool, task: U64Task) -> f64 {
+    const CALLS: u64 = 10_000;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    median(
+        (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                let results = runtime.block_on(futures::future::join_all(
+                    (0..CALLS).map(|i| pool.apply_async(task, i)),
+                ));
+                assert!(results.iter().all(Result::is_ok));
+                CALLS as f64 / t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}

@@ -1,7 +1,7 @@
 """Python's multiprocessing primitives, for `cargo bench --bench sync`: `event_us`, one
 Event set -> wake latency between two processes (fork), half a round trip of a
-ping-pong of two events; `lock_ns`, one uncontended Lock acquire and release. Medians
-of 5 runs."""
+ping-pong of two events; `lock_ns`, one uncontended Lock acquire and release;
+`barrier_us`, one round of a Barrier of 2 processes. Medians of 5 runs."""
 import statistics
 import sys
 import time
@@ -13,6 +13,11 @@ def pong(a, b, rounds):
         a.wait()
         a.clear()
         b.set()
+
+
+def party(barrier, rounds):
+    for _ in range(rounds):
+        barrier.wait()
 
 
 def main():
@@ -41,6 +46,17 @@ def main():
             lock.release()
         locks.append((time.perf_counter() - t) / n * 1e9)
     print(f"lock_ns={statistics.median(locks):.1f}")
+    laps = []
+    for _ in range(5):
+        barrier = ctx.Barrier(2)
+        p = ctx.Process(target=party, args=(barrier, rounds))
+        p.start()
+        t = time.perf_counter()
+        for _ in range(rounds):
+            barrier.wait()
+        laps.append((time.perf_counter() - t) / rounds * 1e6)
+        p.join()
+    print(f"barrier_us={statistics.median(laps):.2f}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@
 //!   0's cluster thread, the serving ranks' loop, and the MPI transport.
 //! - `api`: [`Pool`], maps, `apply`, [`Process`], pipelines, progress.
 //! - `queue`: the cross-process [`Queue`] (beside `api`, on `shm` and `sys`).
-//! - `sync`: [`Event`], [`Mutex`] and [`Semaphore`] between processes (beside `queue`, on `shm` and `sys`).
+//! - `sync`: [`Event`], [`Barrier`], [`Semaphore`] and [`Mutex`] between processes (beside `queue`, on `shm` and `sys`).
 //!
 //! Depend on the `multiproc` crate instead; it re-exports everything that is public here
 //! under stable names. This crate's version is pinned exactly by `multiproc`.
@@ -56,7 +56,7 @@ pub use engine::{PoolStats, WorkerStats};
 pub use error::{Error, ErrorKind, Result};
 pub use queue::{Queue, QueueIter, Rejected};
 pub use shm::{Shared, SharedChunkMut, SharedSlice, SharedSliceMut, ShmBackend, segments_held};
-pub use sync::{Event, Mutex, MutexGuard, Semaphore, SemaphoreGuard};
+pub use sync::{Barrier, BarrierWaitResult, Event, Mutex, MutexGuard, Semaphore, SemaphoreGuard};
 pub use task::Task;
 pub use worker::in_worker;
 

@@ -4,10 +4,12 @@
 //! [`Queue`](crate::Queue)), and waits on futexes in that segment after a short spin.
 //! Beside `queue`, on `shm` and `sys`.
 
+mod barrier;
 mod event;
 mod mutex;
 mod semaphore;
 
+pub use barrier::{Barrier, BarrierWaitResult};
 pub use event::Event;
 pub use mutex::{Mutex, MutexGuard};
 pub use semaphore::{Semaphore, SemaphoreGuard};
