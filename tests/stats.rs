@@ -2,6 +2,8 @@
 //! deaths and recycling.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+mod common;
+
 use std::time::Duration;
 
 use multiproc::prelude::*;
@@ -88,4 +90,41 @@ fn failures_deaths_and_recycling_are_counted() {
     // Terminating is not dying.
     pool.terminate();
     assert_eq!(pool.stats().workers_died, 1);
+}
+
+/// Kills its worker the first time it sees item 3 (it leaves a mark in `dir`).
+#[parallel]
+fn dies_once_on_3(x: u64, dir: String) -> u64 {
+    if x == 3 && std::fs::create_dir(std::path::Path::new(&dir).join("died")).is_ok() {
+        // SAFETY: SIGKILL to this worker process itself: the fault under test.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+    x
+}
+
+#[test]
+fn a_retried_death_leaves_the_pool_at_its_size() {
+    let dir = std::env::temp_dir().join(format!("multiproc-stats-{}", std::process::id()));
+    for round in 0..5 {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let pool = Pool::builder().workers(2).retries(1).build().unwrap();
+        // One item: its worker dies, and it runs again on whichever slot takes it.
+        let item = [(3u64, dir.display().to_string())];
+        assert_eq!(pool.map(dies_once_on_3, &item).unwrap(), [3]);
+        assert!(dir.join("died").exists());
+        // The lost worker is replaced at once, not when its slot next gets work.
+        common::eventually(
+            "the pool is back to 2 workers",
+            Duration::from_secs(60),
+            || pool.stats().workers.len() == 2,
+        );
+        let s = pool.stats();
+        assert_eq!(
+            (s.workers_started, s.workers_died),
+            (3, 1),
+            "round {round}: {s:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -197,8 +197,11 @@ impl Driver<'_> {
             }
             return;
         };
-        if let Some(running) = self.retry(running, &loss) {
-            self.fail_running(running, item, &loss, &ended);
+        match self.retry(running, &loss) {
+            Some(running) => self.fail_running(running, item, &loss, &ended),
+            // Retried elsewhere, or here once the replacement is up: the pool keeps its
+            // size either way.
+            None => self.respawn(),
         }
     }
 
