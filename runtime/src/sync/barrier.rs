@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::shm::{Entry, Pages, Segment, ShmBackend};
+use crate::shm::Entry;
 use crate::sys::robust;
 
 /// Marks a segment as a barrier's.
@@ -132,9 +132,7 @@ impl Barrier {
                 format!("Barrier::new({parties}): a barrier has 1 to {MAX_PARTIES} parties"),
             ));
         }
-        let segment = Segment::create_writable(ShmBackend::Memfd, BYTES, Pages::Now)?;
-        let entry = Entry::new(segment);
-        crate::shm::register_created(&entry);
+        let entry = super::create_segment(BYTES)?;
         let barrier = Barrier::from_entry(entry, true)?;
         let h = barrier.header();
         h.parties.store(parties as u32, Ordering::Relaxed);
@@ -149,10 +147,7 @@ impl Barrier {
                 "the handle is not a Barrier's segment",
             )
         };
-        if entry.segment.len() < BYTES {
-            return Err(not_mine());
-        }
-        let base = entry.segment.as_mut_ptr().ok_or_else(not_mine)?;
+        let base = super::mapped(&entry, BYTES).ok_or_else(not_mine)?;
         let barrier = Barrier {
             layout: base.cast::<Layout>().cast_const(),
             entry,

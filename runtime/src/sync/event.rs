@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::shm::{Entry, Pages, Segment, ShmBackend};
+use crate::shm::Entry;
 
 /// Marks a segment as an event's, so that a handle to another kind of segment is
 /// refused rather than read as one.
@@ -83,9 +83,7 @@ impl Clone for Event {
 impl Event {
     /// A new event, not set.
     pub fn new() -> Result<Event> {
-        let segment = Segment::create_writable(ShmBackend::Memfd, BYTES, Pages::Now)?;
-        let entry = Entry::new(segment);
-        crate::shm::register_created(&entry);
+        let entry = super::create_segment(BYTES)?;
         let event = Event::from_entry(entry, true)?;
         event.words().magic.store(MAGIC, Ordering::Release);
         Ok(event)
@@ -99,10 +97,7 @@ impl Event {
                 "the handle is not an Event's segment",
             )
         };
-        if entry.segment.len() < BYTES {
-            return Err(not_an_event());
-        }
-        let base = entry.segment.as_mut_ptr().ok_or_else(not_an_event)?;
+        let base = super::mapped(&entry, BYTES).ok_or_else(not_an_event)?;
         let event = Event {
             words: base.cast::<Words>().cast_const(),
             entry,

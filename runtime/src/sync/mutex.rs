@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::shm::{Entry, Pages, Segment, ShmBackend};
+use crate::shm::Entry;
 use crate::sys::robust;
 
 /// Marks a segment as a mutex's.
@@ -117,9 +117,7 @@ impl<T: bytemuck::Pod> Mutex<T> {
                 "a sync::Mutex value may be aligned to at most 64 bytes",
             ));
         }
-        let segment = Segment::create_writable(ShmBackend::Memfd, bytes_for::<T>(), Pages::Now)?;
-        let entry = Entry::new(segment);
-        crate::shm::register_created(&entry);
+        let entry = super::create_segment(bytes_for::<T>())?;
         let mutex = Mutex::<T>::from_entry(entry, true)?;
         // SAFETY: the segment is fresh: no other thread or process has it yet; the value's
         // place is inside it (`bytes_for`) and aligned (page-aligned base, `VALUE_AT` a
@@ -145,10 +143,10 @@ impl<T: bytemuck::Pod> Mutex<T> {
                 ),
             )
         };
-        if align_of::<T>() > VALUE_AT || entry.segment.len() < bytes_for::<T>() {
+        if align_of::<T>() > VALUE_AT {
             return Err(not_mine());
         }
-        let base = entry.segment.as_mut_ptr().ok_or_else(not_mine)?;
+        let base = super::mapped(&entry, bytes_for::<T>()).ok_or_else(not_mine)?;
         let mutex = Mutex {
             entry,
             base,

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::shm::{Entry, Pages, Segment, ShmBackend};
+use crate::shm::Entry;
 use crate::sys::robust;
 
 /// Marks a segment as a semaphore's.
@@ -115,9 +115,7 @@ impl Semaphore {
                 "Semaphore::new(0): a semaphore needs at least one permit",
             ));
         }
-        let segment = Segment::create_writable(ShmBackend::Memfd, BYTES, Pages::Now)?;
-        let entry = Entry::new(segment);
-        crate::shm::register_created(&entry);
+        let entry = super::create_segment(BYTES)?;
         let sem = Semaphore::from_entry(entry, true)?;
         let h = sem.header();
         h.permits.store(permits, Ordering::Relaxed);
@@ -132,10 +130,7 @@ impl Semaphore {
                 "the handle is not a Semaphore's segment",
             )
         };
-        if entry.segment.len() < BYTES {
-            return Err(not_mine());
-        }
-        let base = entry.segment.as_mut_ptr().ok_or_else(not_mine)?;
+        let base = super::mapped(&entry, BYTES).ok_or_else(not_mine)?;
         let sem = Semaphore {
             layout: base.cast::<Layout>().cast_const(),
             entry,
