@@ -56,8 +56,65 @@ fn touch(part: SharedSlice<u8>) -> (u32, u64) {
     )
 }
 
+/// Rank 0's worker waits here (with `held` made) until `release` exists; on another
+/// rank it returns at once. Says where it ran.
+#[parallel]
+fn hold(dir: std::path::PathBuf) -> u32 {
+    let r = rank();
+    if r == 0 {
+        let _ = std::fs::create_dir(dir.join("held"));
+        while !dir.join("release").exists() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    r
+}
+
+/// Says where it ran.
+#[parallel]
+fn where_run(x: u64) -> u64 {
+    let _ = x;
+    u64::from(rank())
+}
+
+/// The `apply` round trip to another rank: rank 0's one worker is held busy first, so
+/// that every call goes to a serving rank. Checks that each did.
+fn remote_round_trip_us(pool: &Pool) -> multiproc::Result<f64> {
+    let dir = std::env::temp_dir().join(format!("multiproc-bench-hold-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a mark directory");
+    let held = loop {
+        let h = pool.apply_async(hold, dir.clone());
+        while !h.ready() && !dir.join("held").exists() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        if dir.join("held").exists() {
+            break h;
+        }
+        h.get()?;
+    };
+    let mut elsewhere = true;
+    let us = common::trips_us(&mut |i| {
+        elsewhere &= pool.apply(where_run, i).expect("apply") != 0;
+    });
+    std::fs::create_dir(dir.join("release")).expect("the release mark");
+    held.get()?;
+    std::fs::remove_dir_all(&dir).expect("removing the marks");
+    assert!(elsewhere, "every call ran on another rank");
+    Ok(us)
+}
+
 fn measure(label: &str, pool: &Pool) -> multiproc::Result<()> {
+    let shm = shared_slice_ms(pool)?;
+    if std::env::var_os("CLUSTER_BENCH_ONLY_SHM").is_some() {
+        println!("| {label} | – | – | – | – | – | {shm} |");
+        return Ok(());
+    }
     let apply = round_trip_us(pool, t1);
+    let remote = if label.starts_with("local") {
+        "–".to_owned()
+    } else {
+        format!("{:.1} µs", remote_round_trip_us(pool)?)
+    };
     let async50k = async_50k_us(pool, t1);
     let data: Vec<u64> = (0..1_000_000).collect();
     let map_ns = median_secs(5, || {
@@ -75,6 +132,15 @@ fn measure(label: &str, pool: &Pool) -> multiproc::Result<()> {
             pool.map(burn, &tasks).expect("map");
         },
     );
+    println!(
+        "| {label} | {apply:.1} µs | {remote} | {async50k:.2} µs | {map_ns:.1} ns | {speed:.2}x | {shm} |"
+    );
+    Ok(())
+}
+
+/// A 200 MB `SharedSlice` mapped by 30 tasks over the pool: the median ms of 3 runs,
+/// each with a new slice, and how many ranks it reached.
+fn shared_slice_ms(pool: &Pool) -> multiproc::Result<String> {
     let mut shm_ms = Vec::new();
     let mut reached = 0;
     for _ in 0..3 {
@@ -90,11 +156,7 @@ fn measure(label: &str, pool: &Pool) -> multiproc::Result<()> {
             .collect::<std::collections::BTreeSet<_>>()
             .len();
     }
-    println!(
-        "| {label} | {apply:.1} µs | {async50k:.2} µs | {map_ns:.1} ns | {speed:.2}x | {:.0} ms ({reached} rank(s)) |",
-        median(shm_ms)
-    );
-    Ok(())
+    Ok(format!("{:.0} ms ({reached} rank(s))", median(shm_ms)))
 }
 
 /// 48 tasks of ~20 ms, one at a time per chunk, with rank 2 `slow` times slower.
@@ -131,9 +193,9 @@ fn main() -> multiproc::Result<()> {
         return Ok(());
     }
     println!(
-        "| 3 workers | apply round trip | 50k apply_async, per task | 1M-item map, per item | 24 CPU-bound tasks, speedup | 200 MB SharedSlice to every rank |"
+        "| 3 workers | apply round trip | to another rank | 50k apply_async, per task | 1M-item map, per item | 24 CPU-bound tasks, speedup | 200 MB SharedSlice to every rank |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     let local = Pool::new(3)?;
     measure("local pool", &local)?;
     drop(local);
@@ -154,18 +216,33 @@ fn main() -> multiproc::Result<()> {
             );
         }
     };
-    run(
-        "3 ranks, one machine",
-        Command::new("mpirun")
-            .args(["--oversubscribe", "-n", "3"])
-            .arg(&me),
-    );
+    let one_machine = || {
+        let mut cmd = Command::new("mpirun");
+        cmd.args(["--oversubscribe", "-n", "3"]).arg(&me);
+        cmd
+    };
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/cluster/netns.sh");
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/cluster/netns.sh");
+    let root = unsafe { libc::geteuid() } == 0;
+    run("3 ranks, one machine", &mut one_machine());
+    // The same segment figure with segments sent as messages, rank by rank.
+    run(
+        "3 ranks, one machine, segments as messages",
+        one_machine()
+            .env("CLUSTER_BENCH_ONLY_SHM", "1")
+            .env("MULTIPROC_ONE_SIDED", "0"),
+    );
+    if root {
         run(
             "3 ranks, two namespaces (TCP)",
             Command::new(script).arg(&me),
+        );
+        run(
+            "3 ranks, two namespaces (TCP), segments as messages",
+            Command::new(script)
+                .arg(&me)
+                .env("CLUSTER_BENCH_ONLY_SHM", "1")
+                .env("MULTIPROC_ONE_SIDED", "0"),
         );
     } else {
         println!("(the two-namespace row needs root)");

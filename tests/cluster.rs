@@ -86,8 +86,9 @@ fn mpirun(
 }
 
 /// Runs the inner test `name` of this binary as rank 0 under `mpirun before… THIS
-/// name… after…`; fails unless it passed and printed `CLUSTER-OK`.
-fn on_ranks(before: &[&str], name: &str, after: &[&str], envs: &[(&str, &str)]) {
+/// name… after…`; fails unless it passed and printed `CLUSTER-OK`. Returns what the
+/// ranks wrote to stderr.
+fn on_ranks(before: &[&str], name: &str, after: &[&str], envs: &[(&str, &str)]) -> String {
     let exe = std::env::current_exe().unwrap();
     let mut args = vec![
         name,
@@ -105,10 +106,11 @@ fn on_ranks(before: &[&str], name: &str, after: &[&str], envs: &[(&str, &str)]) 
         "{name} failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
+    stderr
 }
 
 /// Runs the inner test `name` of this binary on 3 ranks, as [`on_ranks`] does.
-fn on_three_ranks(options: &[&str], name: &str, envs: &[(&str, &str)]) {
+fn on_three_ranks(options: &[&str], name: &str, envs: &[(&str, &str)]) -> String {
     let mut before = vec!["-n", "3"];
     before.extend_from_slice(options);
     on_ranks(&before, name, &[], envs)
@@ -240,6 +242,69 @@ fn inner_every_api() {
 #[test]
 fn every_api_works_across_three_ranks() {
     on_three_ranks(&[], "inner_every_api", &[]);
+}
+
+/// Sums part `k` of `PARTS` of the slice, on whatever rank it runs, and says which.
+#[parallel]
+fn sum_part(data: SharedSlice<u64>, k: usize) -> (u32, u64) {
+    std::thread::sleep(Duration::from_millis(2));
+    let part = data.len() / PARTS;
+    (
+        rank().unwrap_or(99),
+        data[k * part..(k + 1) * part].iter().sum(),
+    )
+}
+
+/// Parts of the large slice, more than the ranks' workers, so that every rank gets some.
+const PARTS: usize = 60;
+
+#[test]
+#[ignore = "rank 0 of an mpirun that segments_reach_every_rank_through_a_window starts"]
+fn inner_large_segment() {
+    // 80 MiB: more than one piece of a read from the window (64 MiB).
+    let n = 10 << 20;
+    let data = SharedSlice::from_slice(&(0..n as u64).collect::<Vec<_>>()).unwrap();
+    let pool = Pool::builder().cluster().workers(1).build().unwrap();
+    for round in 0..2 {
+        let jobs: Vec<(SharedSlice<u64>, usize)> = (0..PARTS).map(|k| (data.clone(), k)).collect();
+        let got = pool.map(sum_part, &jobs).unwrap();
+        let part = (n / PARTS) as u64;
+        for (k, (_, sum)) in got.iter().enumerate() {
+            let first = k as u64 * part;
+            assert_eq!(
+                *sum,
+                (first..first + part).sum::<u64>(),
+                "part {k}, round {round}"
+            );
+        }
+        let readers: BTreeSet<u32> = got.iter().map(|(r, _)| *r).collect();
+        assert_eq!(readers, BTreeSet::from([0, 1, 2]), "round {round}");
+    }
+    println!("CLUSTER-OK");
+}
+
+#[test]
+fn segments_reach_every_rank_through_a_window() {
+    let log = [("MULTIPROC_CLUSTER_LOG", "1")];
+    let stderr = on_three_ranks(&[], "inner_large_segment", &log);
+    for rank in [1, 2] {
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains(&format!("(83886080 bytes) to rank {rank}:")))
+            .collect();
+        // Once per rank, though two maps used it, and read one-sided.
+        assert_eq!(lines.len(), 1, "rank {rank}:\n{stderr}");
+        assert!(lines[0].ends_with("read through the window"), "{stderr}");
+    }
+    // Turned off, the same segment goes as a message to each rank, and reads the same.
+    let off = [("MULTIPROC_CLUSTER_LOG", "1"), ("MULTIPROC_ONE_SIDED", "0")];
+    let stderr = on_three_ranks(&[], "inner_large_segment", &off);
+    assert_eq!(
+        stderr.matches("(83886080 bytes) to rank").count(),
+        2,
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("sent as a message").count(), 2, "{stderr}");
 }
 
 #[test]

@@ -39,5 +39,5 @@ exec ip netns exec "\$ns" /bin/sh -c "\$*"
 AGENT
 chmod 755 "$agent"
 mpirun --oversubscribe -n 3 --host "$net.1:2,$net.2:1" --mca plm_rsh_agent "$agent" \
-    --mca btl tcp,self --mca oob_tcp_if_include "$net.0/24" \
+    --mca btl tcp,self --mca osc pt2pt --mca oob_tcp_if_include "$net.0/24" \
     --mca btl_tcp_if_include "$net.0/24" "$@"

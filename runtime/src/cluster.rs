@@ -17,6 +17,8 @@ mod msg;
 mod rank;
 #[cfg(feature = "mpi")]
 mod root;
+#[cfg(feature = "mpi")]
+mod window;
 
 use std::sync::Arc;
 

@@ -14,6 +14,7 @@ use mpi::traits::{AsRaw, Communicator, Destination, Source};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::window::Window;
 use crate::error::{Error, ErrorKind, Result};
 use crate::shm::Entry;
 use crate::wire::Body;
@@ -70,10 +71,15 @@ impl Drop for Sending {
     }
 }
 
-/// The communicator of every rank, and the sends in flight.
+/// The communicator of every rank, the sends in flight, and the window segments are
+/// read through.
 pub(super) struct Endpoint {
     world: SimpleCommunicator,
     sending: Vec<Sending>,
+    /// `None` if MPI could not make it: segments then go as messages.
+    window: Option<Window>,
+    /// Rank 0: the ranks that read segments through the window.
+    readers: std::collections::HashSet<i32>,
 }
 
 /// A header received, and where it came from.
@@ -84,16 +90,69 @@ pub(super) struct Received {
 
 impl Endpoint {
     /// Makes MPI errors come back as return codes rather than end the job, so that a
-    /// rank that died is noticed (by its silence) and reported, not fatal to this one.
+    /// rank that died is noticed (by its silence) and reported, not fatal to this one;
+    /// and makes the window for segments. Collective: every rank calls it once, right
+    /// after MPI starts.
     pub(super) fn new(world: SimpleCommunicator) -> Endpoint {
         // SAFETY: `world` is a valid communicator of an initialised MPI, on the thread
         // that initialised it; `MPI_ERRORS_RETURN` is a predefined handler.
         unsafe {
             mpi::ffi::MPI_Comm_set_errhandler(world.as_raw(), mpi::ffi::RSMPI_ERRORS_RETURN);
         }
+        let window = match Window::create(&world, world.rank() != 0) {
+            Ok(window) => Some(window),
+            Err(e) => {
+                eprintln!(
+                    "multiproc rank {}: {e}; shared segments go to the ranks as messages",
+                    world.rank()
+                );
+                None
+            }
+        };
         Endpoint {
             world,
             sending: Vec::new(),
+            window,
+            readers: std::collections::HashSet::new(),
+        }
+    }
+
+    /// Whether this rank has the window for segments.
+    pub(super) fn has_window(&self) -> bool {
+        self.window.is_some()
+    }
+
+    /// Rank 0: `rank` reads segments through the window (it has one too).
+    pub(super) fn add_reader(&mut self, rank: i32) {
+        if self.window.is_some() {
+            self.readers.insert(rank);
+        }
+    }
+
+    /// Rank 0: attaches `entry` for rank `to` to read, and returns its address; `None`
+    /// if `to` cannot read it so (then it goes as a message).
+    pub(super) fn expose(&mut self, to: i32, entry: &Arc<Entry>) -> Option<u64> {
+        if !self.readers.contains(&to) {
+            return None;
+        }
+        self.window.as_mut()?.expose(entry, to).ok()
+    }
+
+    /// Rank 0: rank `from` has finished reading segment `id`.
+    pub(super) fn read_done(&mut self, from: i32, id: u64) {
+        if let Some(window) = &mut self.window {
+            window.done(id, from);
+        }
+    }
+
+    /// A serving rank: reads `into.len()` bytes at address `at` of rank 0's window.
+    pub(super) fn fetch(&mut self, at: u64, into: &mut [u8]) -> Result<()> {
+        match &mut self.window {
+            Some(window) => window.fetch(at, into),
+            None => Err(Error::new(
+                ErrorKind::Protocol,
+                "rank 0 offered a segment to read, but this rank has no window",
+            )),
         }
     }
 
@@ -182,8 +241,13 @@ impl Endpoint {
         self.sending.iter().any(|s| !dead(s.to))
     }
 
-    /// Gives up the sends to a rank that died: their bytes are leaked, not freed.
+    /// Gives up the sends to a rank that died: their bytes are leaked, not freed, and
+    /// so are the segments it was reading.
     pub(super) fn forget(&mut self, rank: i32) {
+        self.readers.remove(&rank);
+        if let Some(window) = &mut self.window {
+            window.lost(rank);
+        }
         let (dead, live): (Vec<Sending>, Vec<Sending>) = std::mem::take(&mut self.sending)
             .into_iter()
             .partition(|s| s.to == rank);

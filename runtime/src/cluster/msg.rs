@@ -23,6 +23,9 @@ pub(super) enum ToRank {
     },
     /// A segment's contents (`len` bytes of payload), to keep under `id`.
     Segment { id: u64, len: u64 },
+    /// A segment of `len` bytes to read at address `at` of rank 0's window and keep
+    /// under `id`; say `Read` once the read is over.
+    Exposed { id: u64, len: u64, at: u64 },
     /// Rank 0 holds no handle to these segments any more.
     Release { ids: Vec<u64> },
     /// Run a chunk: its `Run` frame is the payload (`len` bytes).
@@ -54,7 +57,11 @@ pub(super) enum ToRoot {
         tasks: u64,
         host: String,
         pid: u32,
+        /// Whether this rank can read segments through rank 0's window.
+        one_sided: bool,
     },
+    /// This rank has finished reading segment `id` through the window.
+    Read { id: u64 },
     /// Pool `pool` runs here with `workers` workers.
     Opened { pool: u64, workers: u64 },
     /// Pool `pool` could not start here.

@@ -69,6 +69,7 @@ fn run(root_timeout: Duration) -> Result<()> {
         tasks: crate::task::task_count() as u64,
         host: hosted.host,
         pid: std::process::id(),
+        one_sided: server.ep.has_window(),
     };
     server.ep.send(0, &hello, None)?;
     let served = server.serve();
@@ -204,7 +205,11 @@ impl Server {
                 };
                 self.ep.send(0, &answer, None)?;
             }
-            ToRank::Segment { id, len } => self.keep_segment(id, len)?,
+            ToRank::Segment { id, len } => self.keep_segment(id, len, None)?,
+            ToRank::Exposed { id, len, at } => {
+                self.keep_segment(id, len, Some(at))?;
+                self.ep.send(0, &ToRoot::Read { id }, None)?;
+            }
             ToRank::Release { ids } => {
                 for id in ids {
                     self.segments.remove(&id);
@@ -266,15 +271,18 @@ impl Server {
         }
     }
 
-    /// Makes the segment rank 0 sent: its contents go straight from MPI into the new
-    /// segment's memory.
-    fn keep_segment(&mut self, id: u64, len: u64) -> Result<()> {
+    /// Makes a segment rank 0 sent (`at: None`) or offered to read at address `at` of
+    /// its window: its contents go straight from MPI into the new segment's memory.
+    fn keep_segment(&mut self, id: u64, len: u64, at: Option<u64>) -> Result<()> {
         let backend = ShmConfig::default().backend;
         // `None` until the contents are read (segment creation can fail before).
         let mut received: Option<Result<()>> = None;
         let made = match usize::try_from(len) {
             Ok(len) => Segment::filled(backend, id, len, |into| {
-                let got = self.ep.receive_payload(0, into);
+                let got = match at {
+                    Some(at) => self.ep.fetch(at, into),
+                    None => self.ep.receive_payload(0, into),
+                };
                 let answer = got.as_ref().map(|_| ()).map_err(Error::duplicate);
                 received = Some(got);
                 answer
@@ -288,6 +296,11 @@ impl Server {
             (Ok(segment), _) => {
                 self.segments.insert(id, Entry::new(segment));
             }
+            // A read from the window failed: chunks that need the segment fail, saying
+            // why.
+            (Err(e), Some(Err(_))) if at.is_some() => {
+                self.broken.insert(id, e.to_string());
+            }
             // The contents never came whole: the connection to rank 0 is broken.
             (Err(_), Some(Err(e))) => return Err(e),
             // They came, but the segment could not be sealed here.
@@ -295,9 +308,11 @@ impl Server {
                 self.broken.insert(id, e.to_string());
             }
             (Err(e), None) => {
-                // The segment could not be made here (out of memory, say): its contents
-                // are still on their way, and are read and dropped.
-                self.ep.discard_payload(0, len)?;
+                // The segment could not be made here (out of memory, say). Contents
+                // sent as a message are still on their way, and are read and dropped.
+                if at.is_none() {
+                    self.ep.discard_payload(0, len)?;
+                }
                 self.broken.insert(id, e.to_string());
             }
         }

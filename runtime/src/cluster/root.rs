@@ -35,6 +35,24 @@ const SMALL_WINDOW: usize = 64;
 /// queued per worker (see the local drivers' `SMALL_BACKLOG_NANOS`).
 const SMALL_BACKLOG_NANOS: u64 = 1_000_000;
 
+/// Set to `0` on rank 0, segments go to the ranks as messages rather than being read
+/// through the window (for an MPI whose one-sided reads misbehave).
+const ONE_SIDED_VAR: &str = "MULTIPROC_ONE_SIDED";
+
+/// Whether ranks may read segments through the window (`MULTIPROC_ONE_SIDED` is not 0).
+fn one_sided_allowed() -> bool {
+    std::env::var(ONE_SIDED_VAR).map_or(true, |v| v.trim() != "0")
+}
+
+/// Set (to anything), rank 0 says on stderr how each segment reaches each rank.
+const LOG_VAR: &str = "MULTIPROC_CLUSTER_LOG";
+
+/// Whether `MULTIPROC_CLUSTER_LOG` is set.
+fn logging() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os(LOG_VAR).is_some())
+}
+
 /// What the cluster looks like from rank 0.
 #[derive(Debug, Clone)]
 pub(super) struct Info {
@@ -327,6 +345,7 @@ impl Pump {
                 tasks,
                 host,
                 pid,
+                one_sided,
             } = endpoint::decode(&received)?
             else {
                 return Err(Error::new(
@@ -347,6 +366,9 @@ impl Pump {
                 continue;
             };
             *heard = true;
+            if one_sided && one_sided_allowed() {
+                self.ep.add_reader(from);
+            }
             state.host = host;
             state.alive = true;
             state.unusable = unusable;

@@ -47,6 +47,7 @@ impl Pump {
                 return Err(Error::new(ErrorKind::Protocol, "a second hello"));
             }
             ToRoot::Beat => {}
+            ToRoot::Read { id } => self.ep.read_done(from, id),
             ToRoot::Opened { pool, workers } => {
                 if let Some(p) = self.pools.iter_mut().find(|p| p.id == pool)
                     && let Some(opening) = &mut p.opening

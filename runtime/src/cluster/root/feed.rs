@@ -226,11 +226,25 @@ fn send_run(
         if state.segments.contains_key(&id) {
             continue;
         }
-        let header = ToRank::Segment {
-            id,
-            len: entry.segment.len() as u64,
+        let len = entry.segment.len() as u64;
+        // Read through the window where the rank can, else sent as a message.
+        let exposed = ep.expose(rank, entry);
+        if super::logging() {
+            let how = match exposed {
+                Some(_) => "read through the window",
+                None => "sent as a message",
+            };
+            eprintln!("multiproc: segment {id:016x} ({len} bytes) to rank {rank}: {how}");
+        }
+        let sent = match exposed {
+            Some(at) => ep.send(rank, &ToRank::Exposed { id, len, at }, None),
+            None => ep.send(
+                rank,
+                &ToRank::Segment { id, len },
+                Some(Keep::Segment(Arc::clone(entry))),
+            ),
         };
-        if let Err(e) = ep.send(rank, &header, Some(Keep::Segment(Arc::clone(entry)))) {
+        if let Err(e) = sent {
             job.fail(e);
             return;
         }
