@@ -368,10 +368,17 @@ pub(super) fn decode<T: DeserializeOwned>(received: &Received) -> Result<T> {
     })
 }
 
-/// How a loop that polls waits when it found nothing to do: not at all at first, then
-/// in sleeps that grow to a millisecond, so an idle rank costs no core.
+/// How long a polling loop keeps checking without sleeping after it last found
+/// something to do: a round trip to another rank comes back well within it.
+const HOT: Duration = Duration::from_millis(1);
+
+/// How a loop that polls waits when it found nothing to do: not at all for [`HOT`]
+/// after it last did something, then in sleeps that grow to a millisecond, so an idle
+/// rank costs no core.
 #[derive(Default)]
 pub(super) struct Idle {
+    /// When the loop last found nothing after doing something.
+    since: Option<Instant>,
     rounds: u32,
 }
 
@@ -379,13 +386,16 @@ impl Idle {
     /// After a round of the loop: `busy` says whether it did anything.
     pub(super) fn after(&mut self, busy: bool) {
         if busy {
+            self.since = None;
             self.rounds = 0;
             return;
         }
-        self.rounds = self.rounds.saturating_add(1);
-        match self.rounds {
-            0..=32 => std::thread::yield_now(),
-            n => std::thread::sleep(Duration::from_micros(u64::from((n - 32).min(50)) * 20)),
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if since.elapsed() < HOT {
+            std::thread::yield_now();
+            return;
         }
+        self.rounds = self.rounds.saturating_add(1);
+        std::thread::sleep(Duration::from_micros(u64::from(self.rounds.min(50)) * 20));
     }
 }
