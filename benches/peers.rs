@@ -571,6 +571,6 @@ fn main() -> multiproc::Result<()> {
         println!("{line}");
     }
     println!();
-    compare_with_baseline(&rows);
+    compare_with_baseline(&rows, "peers-baseline.txt");
     Ok(())
 }

@@ -280,6 +280,49 @@ fn results_that_fail_to_serialize_or_deserialize_are_errors_naming_the_item() {
     assert_pool_still_works();
 }
 
+/// Decodes as a `String`, but panics (in the parent, where results are decoded) on
+/// "boom".
+#[derive(Debug, serde::Serialize)]
+struct PanicsWhenDecoded(String);
+
+impl<'de> serde::Deserialize<'de> for PanicsWhenDecoded {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        assert!(s != "boom", "decoding a result panicked");
+        Ok(PanicsWhenDecoded(s))
+    }
+}
+
+#[parallel]
+fn name_or_boom(x: u64) -> PanicsWhenDecoded {
+    PanicsWhenDecoded(if x == 3_000 {
+        "boom".into()
+    } else {
+        format!("item {x}")
+    })
+}
+
+#[test]
+fn a_result_whose_deserialize_panics_fails_the_map_and_the_pool_goes_on() {
+    // Many chunks, so that others were decoded (and dropped) around the one that panics.
+    let data: Vec<u64> = (0..20_000).collect();
+    for _ in 0..3 {
+        let err = data.par_map(name_or_boom).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Serialization, "{err}");
+        assert!(
+            err.to_string().contains("decoding a result panicked"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("name_or_boom"), "{err}");
+    }
+    // Every driver is still there: a map that needs all of them completes.
+    let ok: Vec<u64> = (0..2_999).collect();
+    let names = ok.par_map(name_or_boom).unwrap();
+    assert_eq!(names.len(), 2_999);
+    assert_eq!(names[1_234].0, "item 1234");
+    assert_pool_still_works();
+}
+
 #[parallel]
 fn takes_unserializable(_u: Unserializable) -> u8 {
     0

@@ -101,24 +101,24 @@ pub fn print_table(rows: &[Row]) {
     }
 }
 
-const BASELINE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/peers-baseline.txt");
-
-/// Warns about every figure worse than the recorded one by more than 20%; records this
-/// run instead when `BENCH_RECORD=1`.
-pub fn compare_with_baseline(rows: &[Row]) {
+/// Warns about every figure worse than the one recorded in `benches/<file>` by more than
+/// 20%; records this run there instead when `BENCH_RECORD=1`.
+pub fn compare_with_baseline(rows: &[Row], file: &str) {
+    let path = format!("{}/benches/{file}", env!("CARGO_MANIFEST_DIR"));
+    let path = path.as_str();
     if std::env::var("BENCH_RECORD").is_ok_and(|v| v == "1") {
         let text: String = rows
             .iter()
             .map(|r| format!("{} {:.4}\n", r.key, r.ours))
             .collect();
-        match std::fs::write(BASELINE, text) {
-            Ok(()) => println!("recorded this run as the baseline in {BASELINE}"),
-            Err(e) => println!("cannot record the baseline in {BASELINE}: {e}"),
+        match std::fs::write(path, text) {
+            Ok(()) => println!("recorded this run as the baseline in {path}"),
+            Err(e) => println!("cannot record the baseline in {path}: {e}"),
         }
         return;
     }
-    let Ok(text) = std::fs::read_to_string(BASELINE) else {
-        println!("no baseline at {BASELINE}; BENCH_RECORD=1 records one");
+    let Ok(text) = std::fs::read_to_string(path) else {
+        println!("no baseline at {path}; BENCH_RECORD=1 records one");
         return;
     };
     let recorded: BTreeMap<&str, f64> = text

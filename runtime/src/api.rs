@@ -9,6 +9,7 @@
 
 pub(crate) mod apply;
 pub(crate) mod chunk;
+pub(crate) mod gather;
 pub(crate) mod imap;
 pub(crate) mod map;
 pub(crate) mod map_async;

@@ -73,15 +73,14 @@ impl<T> Codec<T> {
         self.raw.map(|raw| (raw.as_bytes)(items))
     }
 
-    /// Appends all `count` values held in `bytes` to `out`, when the layout is raw;
-    /// `Some(false)`, adding nothing, if `bytes` is not exactly that many values.
-    pub(crate) fn extend_raw(&self, bytes: &[u8], count: u32, out: &mut Vec<T>) -> Option<bool> {
-        let raw = self.raw?;
-        if bytes.len() != raw.size * count as usize {
-            return Some(false);
-        }
-        (raw.extend)(bytes, out);
-        Some(true)
+    /// Writes the values held in `bytes` into `out`, when the layout is raw;
+    /// `Some(false)`, writing nothing, if `bytes` is not exactly `out.len()` values.
+    pub(crate) fn fill_raw(
+        &self,
+        bytes: &[u8],
+        out: &mut [std::mem::MaybeUninit<T>],
+    ) -> Option<bool> {
+        self.raw.map(|raw| (raw.fill)(bytes, out))
     }
 }
 
@@ -276,13 +275,13 @@ mod tests {
             reader.take(&codec),
             Err(postcard::Error::DeserializeUnexpectedEnd)
         ));
-        let mut out = vec![7u64];
-        assert_eq!(codec.extend_raw(&body, 4, &mut out), Some(true));
-        assert_eq!(out, [7, 0, 1, u64::MAX, 1 << 40]);
-        // A body that is not exactly `count` values is refused, and nothing is added.
-        assert_eq!(codec.extend_raw(&body[1..], 4, &mut out), Some(false));
-        assert_eq!(codec.extend_raw(&body, 3, &mut out), Some(false));
-        assert_eq!(out.len(), 5);
+        let mut out = [std::mem::MaybeUninit::new(7u64); 4];
+        assert_eq!(codec.fill_raw(&body, &mut out), Some(true));
+        // SAFETY: `fill_raw` wrote every slot; all were initialised before anyway.
+        assert_eq!(out.map(|v| unsafe { v.assume_init() }), items);
+        // A body that is not exactly as many values as slots is refused.
+        assert_eq!(codec.fill_raw(&body[1..], &mut out), Some(false));
+        assert_eq!(codec.fill_raw(&body, &mut out[..3]), Some(false));
     }
 
     #[test]
@@ -299,7 +298,10 @@ mod tests {
         assert!(reader.is_empty());
         // Nothing of the chunk-wide raw paths applies to a `Vec`.
         assert_eq!(codec.slice_bytes(&[vec![1]]), None);
-        assert_eq!(codec.extend_raw(&body, 1, &mut Vec::new()), None);
+        assert_eq!(
+            codec.fill_raw(&body, &mut [std::mem::MaybeUninit::uninit()]),
+            None
+        );
 
         let codec = Codec::parts(Parts::<Vec<[f32; 2]>>::raw_vec());
         let mut body = Vec::new();
@@ -417,7 +419,10 @@ mod tests {
         codec.put(&300, &mut body).unwrap();
         assert_eq!(body, postcard::to_stdvec(&300u64).unwrap());
         assert_eq!(codec.slice_bytes(&[1, 2]), None);
-        assert_eq!(codec.extend_raw(&body, 1, &mut Vec::new()), None);
+        assert_eq!(
+            codec.fill_raw(&body, &mut [std::mem::MaybeUninit::uninit()]),
+            None
+        );
         assert_eq!(Reader::new(&body).take(&codec).unwrap(), 300);
     }
 }

@@ -30,7 +30,7 @@ pub(crate) use current::MapSettings;
 pub(crate) use global::{WORKERS_VAR, global_config};
 pub(crate) use global::{global, max_memory_from_env};
 pub(crate) use hook::Hook;
-pub(crate) use job::{Completion, Encoded, Job, Reply, ReplyTo};
+pub(crate) use job::{Completion, Encoded, Job, OnReply, Reply, ReplyTo};
 pub(crate) use offer::Offered;
 pub(crate) use shared::PoolShared;
 use shared::{Next, Wake};
@@ -249,6 +249,11 @@ impl PoolCore {
 
     fn remote(&self) -> Option<Arc<dyn Remote>> {
         lock(&self.shared.remote).clone()
+    }
+
+    /// Whether other ranks run this pool's jobs too (a cluster pool).
+    pub(crate) fn spans_ranks(&self) -> bool {
+        lock(&self.shared.remote).is_some()
     }
 
     /// The pool's queue, for workers that live elsewhere.

@@ -8,6 +8,7 @@ use std::borrow::Borrow;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::api::gather::Writer;
 use crate::codec::{Codec, Reader};
 
 pub(crate) use crate::engine::Encoded;
@@ -110,6 +111,54 @@ pub(crate) fn max_items_inline(bytes_per_item: usize) -> usize {
     (crate::wire::DEFAULT_SHM_THRESHOLD / 2 / bytes_per_item.max(1)).max(1)
 }
 
+/// A chunk's answer once decoded into its range of the output: how many values and
+/// how long the worker took, or the error that ends the call.
+pub(crate) enum Decoded {
+    Written { count: u32, nanos: u64 },
+    Failed(Error),
+}
+
+/// Decodes a chunk's reply into `writer`'s range (which it fills), or gives the error of
+/// its first failed item. A `Deserialize` impl that panics fails the chunk, with its
+/// message.
+pub(crate) fn decode_reply<R: DeserializeOwned>(
+    task: &'static str,
+    codec: Codec<R>,
+    reply: Reply,
+    writer: &mut Writer<R>,
+) -> Decoded {
+    let (first_index, pid, nanos, expected, count, body, values_len) = match reply {
+        Reply::Done {
+            first_index,
+            pid,
+            nanos,
+            expected,
+            count,
+            body,
+            values_len,
+        } => (first_index, pid, nanos, expected, count, body, values_len),
+        Reply::Failed { error, .. } => return Decoded::Failed(error),
+    };
+    let origin = ChunkOrigin {
+        task,
+        first_index,
+        pid,
+    };
+    let (values, failures) = body.bytes().split_at(values_len);
+    if !failures.is_empty() || count != expected {
+        return Decoded::Failed(origin.first_failure(failures, count, expected));
+    }
+    match crate::sys::unwind::guarded(|| origin.decode_into(codec, values, count, writer)) {
+        Ok(Ok(())) => Decoded::Written { count, nanos },
+        Ok(Err(e)) => Decoded::Failed(e),
+        Err(panic) => Decoded::Failed(origin.error(
+            ErrorKind::Serialization,
+            writer.written(),
+            format!("the result could not be deserialized: its Deserialize panicked: {panic}"),
+        )),
+    }
+}
+
 /// Where a chunk's results came from, for error messages.
 pub(crate) struct ChunkOrigin {
     pub task: &'static str,
@@ -125,17 +174,26 @@ impl ChunkOrigin {
             .with_pid(self.pid)
     }
 
-    /// Appends the chunk's `count` values to `out` (a chunk without failures).
-    pub(crate) fn decode_values<R: DeserializeOwned>(
+    /// Writes the chunk's `count` values into `writer`, which must have room for
+    /// exactly that many (a chunk without failures).
+    pub(crate) fn decode_into<R: DeserializeOwned>(
         &self,
         codec: Codec<R>,
         bytes: &[u8],
         count: u32,
-        out: &mut Vec<R>,
+        writer: &mut Writer<R>,
     ) -> Result<()> {
-        match codec.extend_raw(bytes, count, out) {
-            Some(true) => return Ok(()),
-            Some(false) => {
+        let mut raw = None;
+        // SAFETY: `fill_raw` writes every slot it is given when it says it did.
+        let filled = unsafe {
+            writer.fill(|slots| {
+                raw = codec.fill_raw(bytes, slots);
+                raw == Some(true)
+            })
+        };
+        match raw {
+            _ if filled => return Ok(()),
+            Some(_) => {
                 return Err(self.error(
                     ErrorKind::Protocol,
                     0,
@@ -152,7 +210,13 @@ impl ChunkOrigin {
             let value = reader
                 .take(&codec)
                 .map_err(|e| self.result_error::<R>(k, reader.rest(), &e))?;
-            out.push(value);
+            if writer.push(value).is_err() {
+                return Err(self.error(
+                    ErrorKind::Protocol,
+                    k,
+                    "the worker sent more results than the chunk had items".to_owned(),
+                ));
+            }
         }
         self.check_end(&reader)
     }

@@ -1,7 +1,6 @@
 //! `par_map` and `Pool::map`: split a slice into chunks, encode them in the caller's
 //! thread, keep every worker's window full, and put the results back in input order.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -9,9 +8,10 @@ use std::sync::mpsc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::api::chunk::{self, ChunkOrigin, ChunkSizer};
+use crate::api::chunk::{self, ChunkSizer, Decoded};
+use crate::api::gather::Gather;
 use crate::api::progress::Progress;
-use crate::engine::{Job, MapSettings, PoolCore, Reply, ReplyTo};
+use crate::engine::{Job, MapSettings, OnReply, PoolCore, ReplyTo};
 use crate::error::{Error, ErrorKind, Result};
 use crate::task::Task;
 
@@ -42,15 +42,18 @@ pub trait ParMap<A> {
     /// Runs `task` on every element, in worker processes, and returns the results in
     /// input order. The first item that fails (a panic, a dead worker, a value that does
     /// not serialize) makes the whole call an `Err` naming that item.
+    ///
+    /// Results are decoded on the pool's threads, as they arrive, so `R` must be `Send`
+    /// (as with rayon's `map`).
     fn par_map<R, F>(&self, task: Task<A, R, F>) -> Result<Vec<R>>
     where
-        R: Serialize + DeserializeOwned;
+        R: Serialize + DeserializeOwned + Send + 'static;
 }
 
 impl<A: Serialize + DeserializeOwned> ParMap<A> for [A] {
     fn par_map<R, F>(&self, task: Task<A, R, F>) -> Result<Vec<R>>
     where
-        R: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
     {
         if self.is_empty() {
             return Ok(Vec::new());
@@ -144,7 +147,10 @@ pub(crate) fn fixed_chunk_size(pool: &PoolCore, settings: &MapSettings) -> Optio
     }
 }
 
-/// The ordered map of a slice on `pool`.
+/// The ordered map of a slice on `pool`. The caller's thread encodes the chunks; each
+/// chunk's results are decoded where its answer arrives (the driver of the worker that
+/// ran it, or for a cluster pool the pool's completion thread), so that decoding runs
+/// beside the encoding and on as many threads as there are workers.
 pub(crate) fn map_on<A, R, F>(
     pool: &PoolCore,
     items: &[A],
@@ -153,7 +159,7 @@ pub(crate) fn map_on<A, R, F>(
 ) -> Result<Vec<R>>
 where
     A: Serialize,
-    R: DeserializeOwned,
+    R: DeserializeOwned + Send + 'static,
 {
     if items.is_empty() {
         return Ok(Vec::new());
@@ -172,9 +178,15 @@ where
     let cancel = Arc::new(AtomicBool::new(false));
     let _cancel_guard = CancelOnDrop(Arc::clone(&cancel));
     let progress = Progress::new(settings.progress, Some(len));
-    let (tx, rx) = mpsc::channel();
-    let mut out: Vec<R> = Vec::with_capacity(len);
-    let mut pending: BTreeMap<usize, Vec<R>> = BTreeMap::new();
+    let (tx, rx) = mpsc::channel::<Decoded>();
+    // The cluster thread must not spend its time decoding: there, the completion
+    // thread does.
+    let completions = if pool.spans_ranks() {
+        Some(pool.completions()?)
+    } else {
+        None
+    };
+    let gather = Gather::<R>::new(len);
     let arg_codec = task.arg_codec();
     let ret_codec = task.ret_codec();
     let mut next = 0;
@@ -191,57 +203,57 @@ where
             else {
                 break;
             };
-            let reply = ReplyTo::Channel(tx.clone());
+            let count = enc.count as usize;
+            let mut writer = gather.claim(next, count).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Protocol,
+                    "a chunk's results overlap another's (a bug in multiproc)",
+                )
+                .with_task(name)
+            })?;
+            let tx = tx.clone();
+            let on_reply: OnReply = Box::new(move |reply| {
+                let decoded = chunk::decode_reply(name, ret_codec, reply, &mut writer);
+                // Done writing before the caller hears of it.
+                drop(writer);
+                let _ = tx.send(decoded);
+            });
+            let reply = match &completions {
+                Some(completions) => ReplyTo::Handler {
+                    completions: completions.clone(),
+                    on_reply,
+                },
+                None => ReplyTo::Inline(on_reply),
+            };
             let cancel = Some(Arc::clone(&cancel));
-            let count = enc.count;
             pool.submit(Job::new(enc, name, next, cancel, reply))?;
             inflight += 1;
-            next += count as usize;
+            next += count;
         }
         if inflight == 0 {
             break;
         }
         // Every job replies exactly once (see `Job`'s `Drop`), and we hold a sender, so
         // this cannot fail; treat a failure as the pool being gone rather than unwrap.
-        let reply = rx
+        let decoded = rx
             .recv()
             .map_err(|_| Error::new(ErrorKind::Closed, "the pool went away during the map"))?;
         inflight -= 1;
-        match reply {
-            Reply::Done {
-                first_index,
-                pid,
-                nanos,
-                expected,
-                count,
-                body,
-                values_len,
-            } => {
+        match decoded {
+            Decoded::Written { count, nanos } => {
                 sizer.observe(nanos, count);
-                let origin = ChunkOrigin {
-                    task: name,
-                    first_index,
-                    pid,
-                };
-                let (values, failures) = body.bytes().split_at(values_len);
-                if !failures.is_empty() || count != expected {
-                    return Err(origin.first_failure(failures, count, expected));
-                }
                 progress.inc(count as usize);
-                if first_index == out.len() {
-                    origin.decode_values(ret_codec, values, count, &mut out)?;
-                    while let Some(values) = pending.remove(&out.len()) {
-                        out.extend(values);
-                    }
-                } else {
-                    let mut decoded = Vec::with_capacity(count as usize);
-                    origin.decode_values(ret_codec, values, count, &mut decoded)?;
-                    pending.insert(first_index, decoded);
-                }
             }
-            Reply::Failed { error, .. } => return Err(error),
+            Decoded::Failed(error) => return Err(error),
         }
     }
+    let out = Gather::into_vec(gather).map_err(|_| {
+        Error::new(
+            ErrorKind::Protocol,
+            "a map ended with results missing (a bug in multiproc)",
+        )
+        .with_task(name)
+    })?;
     pool.map_done(started.elapsed(), len);
     Ok(out)
 }

@@ -406,7 +406,7 @@ impl Pool {
     pub fn map<A, R, F>(&self, task: Task<A, R, F>, items: &[A]) -> Result<Vec<R>>
     where
         A: Serialize,
-        R: DeserializeOwned,
+        R: DeserializeOwned + Send + 'static,
     {
         self.check_open(task.name())?;
         map::map_on(&self.core, items, &task, &self.settings)

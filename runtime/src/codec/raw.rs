@@ -23,11 +23,10 @@ impl<T: RawItem, const N: usize> RawItem for [T; N] where [T; N]: bytemuck::Pod 
 
 /// The raw layout of `T`: typed operations, made only for a [`RawItem`] type.
 pub struct Raw<T> {
-    pub(super) size: usize,
     pub(super) as_bytes: fn(&[T]) -> &[u8],
     pub(super) put: fn(&T, &mut Vec<u8>) -> postcard::Result<()>,
     pub(super) take: fn(&mut Reader<'_>) -> postcard::Result<T>,
-    pub(super) extend: fn(&[u8], &mut Vec<T>),
+    pub(super) fill: fn(&[u8], &mut [std::mem::MaybeUninit<T>]) -> bool,
 }
 
 impl<T> Clone for Raw<T> {
@@ -42,11 +41,10 @@ impl<T: RawItem> Raw<T> {
     /// The raw layout of `T`.
     pub const fn new() -> Self {
         Raw {
-            size: size_of::<T>(),
             as_bytes: bytemuck::cast_slice::<T, u8>,
             put: put_raw::<T>,
             take: take_raw::<T>,
-            extend: extend_raw::<T>,
+            fill: fill_raw::<T>,
         }
     }
 }
@@ -76,11 +74,19 @@ pub(super) fn take_raw<T: RawItem>(reader: &mut Reader<'_>) -> postcard::Result<
     }
 }
 
-/// Appends the values held in `bytes` (a whole number of them) to `out`, with one copy.
-fn extend_raw<T: RawItem>(bytes: &[u8], out: &mut Vec<T>) {
-    let start = out.len();
-    out.resize(start + bytes.len() / size_of::<T>(), T::zeroed());
-    bytemuck::cast_slice_mut::<T, u8>(&mut out[start..]).copy_from_slice(bytes);
+/// Writes the values held in `bytes` into `out`, with one copy; `false`, writing
+/// nothing, unless `bytes` is exactly `out.len()` values.
+fn fill_raw<T: RawItem>(bytes: &[u8], out: &mut [std::mem::MaybeUninit<T>]) -> bool {
+    if bytes.len() != size_of_val(out) {
+        return false;
+    }
+    // SAFETY: `out` is `bytes.len()` writable bytes (checked above), which `bytes`, a
+    // distinct borrow, does not overlap; every bit pattern is a valid `T` (`Pod`), so
+    // each slot holds a value afterwards.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), out.as_mut_ptr().cast::<u8>(), bytes.len());
+    }
+    true
 }
 
 /// A layout given by the functions that write and read one value: for values made of

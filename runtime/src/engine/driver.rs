@@ -169,6 +169,9 @@ impl Driver<'_> {
         let Some(live) = self.worker.as_mut() else {
             return;
         };
+        if rbuf.capacity() == 0 {
+            *rbuf = wire::spare_buffer();
+        }
         match live.link.recv(rbuf) {
             Ok(true) => self.on_frame(rbuf),
             Ok(false) => self.lose_worker(Loss::Died),

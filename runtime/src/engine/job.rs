@@ -101,6 +101,10 @@ pub(crate) enum ReplyTo {
         completions: mpsc::Sender<Completion>,
         on_reply: OnReply,
     },
+    /// Run `on_reply` on the thread that has the reply (a driver, as soon as the
+    /// worker's answer is read): `map` decodes its results there, off the caller's
+    /// thread, one driver per worker.
+    Inline(OnReply),
 }
 
 impl Job {
@@ -171,6 +175,7 @@ fn deliver(to: ReplyTo, reply: Reply) {
         ReplyTo::Channel(tx) => {
             let _ = tx.send(reply);
         }
+        ReplyTo::Inline(on_reply) => on_reply(reply),
         ReplyTo::Handler {
             completions,
             on_reply,

@@ -100,6 +100,45 @@ pub(crate) enum Body {
     Mapped(Segment),
 }
 
+/// The largest buffer kept for reuse: above it, bodies travel out of line anyway.
+const SPARE_LIMIT: usize = 4 << 20;
+
+thread_local! {
+    /// The buffer of the last inline body dropped on this thread, for the next frame
+    /// this thread reads: a driver that decodes a chunk's results reads the next
+    /// chunk's answer into the same memory, instead of allocating and freeing a frame
+    /// per chunk (whose large frees made the allocator consolidate its free lists).
+    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// A buffer to read the next frame into: the one an inline body dropped on this thread
+/// left, else an empty one.
+pub(crate) fn spare_buffer() -> Vec<u8> {
+    SPARE.with(std::cell::Cell::take)
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        let Body::Inline { frame, .. } = self else {
+            return;
+        };
+        if frame.capacity() > SPARE_LIMIT {
+            return;
+        }
+        let mut frame = std::mem::take(frame);
+        frame.clear();
+        // Keeps the larger of the two buffers.
+        let _ = SPARE.try_with(|spare| {
+            let old = spare.take();
+            spare.set(if old.capacity() >= frame.capacity() {
+                old
+            } else {
+                frame
+            });
+        });
+    }
+}
+
 impl Body {
     pub(crate) fn bytes(&self) -> &[u8] {
         match self {
