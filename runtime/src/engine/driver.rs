@@ -45,6 +45,7 @@ pub(super) fn run(slot: usize, shared: &PoolShared, started: mpsc::Sender<Result
         worker: None,
         inflight: VecDeque::with_capacity(SMALL_WINDOW),
         held: None,
+        answered: Vec::new(),
         front_started: Instant::now(),
         small_nanos: Pace::default(),
         spawn_failures: 0,
@@ -89,6 +90,10 @@ struct Driver<'a> {
     inflight: VecDeque<Job>,
     /// A job taken from the queue that must wait for the worker to be recycled.
     held: Option<Job>,
+    /// Jobs answered, whose replies go out once the worker has its next jobs: a reply
+    /// may take a while to handle (`map` decodes its results in it), and the worker
+    /// must not wait for that.
+    answered: Vec<(Job, Reply)>,
     /// When the oldest in-flight job started running, for the time limit.
     front_started: Instant,
     /// The run time of recent small jobs (a moving average), once one has come back.
@@ -133,7 +138,16 @@ impl Driver<'_> {
                     .worker
                     .as_ref()
                     .is_some_and(|live| live.link.has_buffered());
-            if !answers_waiting && !self.write_pending() && !self.fill_window() {
+            // With nothing left in flight, filling the window waits for the next job,
+            // which may be the caller's answer to these replies: they go out first.
+            if !answers_waiting && self.inflight.is_empty() {
+                self.deliver_answered();
+            }
+            let more = answers_waiting || self.write_pending() || self.fill_window();
+            if !answers_waiting {
+                self.deliver_answered();
+            }
+            if !more {
                 return;
             }
             if self.inflight.is_empty() {
@@ -455,10 +469,17 @@ impl Driver<'_> {
             body,
             values_len,
         };
-        job.reply(reply);
+        self.answered.push((job, reply));
         self.front_started = Instant::now();
         self.spawn_failures = 0;
         self.note_if_idle();
+    }
+
+    /// Sends the replies of the jobs answered so far.
+    fn deliver_answered(&mut self) {
+        for (job, reply) in self.answered.drain(..) {
+            job.reply(reply);
+        }
     }
 
     /// Tells the queue this worker holds nothing any more (it may get the next job).

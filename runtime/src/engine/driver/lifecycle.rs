@@ -351,6 +351,7 @@ impl Driver<'_> {
     /// The pool is closed and drained (or never started): close the socket so the worker
     /// exits, and reap it.
     pub(super) fn retire(&mut self) {
+        self.deliver_answered();
         self.recycle_worker(Left::Closed);
         let shut = || {
             self.shared
