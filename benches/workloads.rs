@@ -80,9 +80,10 @@ fn gzip(buf: Vec<u8>) -> Vec<u8> {
     gzip_bytes(&buf)
 }
 
+/// Borrows its line: the worker reads it in place, in the chunk.
 #[parallel]
-fn parse(line: String) -> Record {
-    parse_line(&line)
+fn parse(line: &str) -> Record {
+    parse_line(line)
 }
 
 #[parallel]
@@ -223,16 +224,17 @@ struct Figures {
     postcard: f64,
 }
 
-fn run<A, R>(
+fn run<A, R, F>(
     name: &'static str,
     pool: &Pool,
     threads: &rayon::ThreadPool,
     items: &[A],
-    task: Task<A, R, fn(A) -> R>,
+    task: Task<A, R, F>,
     direct: impl Fn(&A) -> R + Sync,
     python: Cell,
 ) -> Figures
 where
+    F: Copy,
     A: Serialize + serde::de::DeserializeOwned + Sync,
     R: Serialize + serde::de::DeserializeOwned + Send + PartialEq + std::fmt::Debug + 'static,
 {

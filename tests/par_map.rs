@@ -515,3 +515,60 @@ fn tuples_of_plain_numbers_round_trip_exactly() {
     let child = Process::spawn(swap, (5, 6)).unwrap();
     assert_eq!(child.join().unwrap(), (6, 5));
 }
+
+/// Words in a line, read in place in the worker: no `String` is made for it there.
+#[parallel]
+fn count_words(line: &str) -> usize {
+    line.split_whitespace().count()
+}
+
+/// The sum of some bytes, read in place in the worker.
+#[parallel]
+fn sum_bytes(bytes: &[u8]) -> u64 {
+    bytes.iter().map(|&b| u64::from(b)).sum()
+}
+
+/// Counts the words of each line of a block, with a nested `par_map` (which runs inline
+/// in the worker).
+#[parallel]
+fn words_in_block(block: String) -> Vec<usize> {
+    let lines: Vec<String> = block.lines().map(str::to_owned).collect();
+    lines.par_map(count_words).unwrap()
+}
+
+#[test]
+fn a_lone_str_or_byte_slice_argument_is_borrowed_and_every_api_takes_it() {
+    let lines: Vec<String> = (0..5_000)
+        .map(|i| "word ".repeat(i % 17) + "é end")
+        .collect();
+    let expected: Vec<usize> = lines.iter().map(|l| count_words(l)).collect();
+    assert_eq!(expected[3], 5);
+    assert_eq!(lines.par_map(count_words).unwrap(), expected);
+    let blobs: Vec<Vec<u8>> = (0..300u32)
+        .map(|i| (0..i * 7).map(|b| b as u8).collect())
+        .collect();
+    let sums: Vec<u64> = blobs.iter().map(|b| sum_bytes(b)).collect();
+    assert_eq!(blobs.par_map(sum_bytes).unwrap(), sums);
+
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(pool.apply(count_words, "one two three".into()).unwrap(), 3);
+    assert_eq!(pool.apply(sum_bytes, vec![200, 100]).unwrap(), 300);
+    assert_eq!(pool.apply(count_words, String::new()).unwrap(), 0);
+    assert_eq!(pool.apply_async(sum_bytes, Vec::new()).get().unwrap(), 0);
+    let streamed: Vec<usize> = pool
+        .imap(count_words, lines[..200].to_vec())
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(streamed, expected[..200]);
+    assert_eq!(
+        Process::spawn(count_words, "a b".into())
+            .unwrap()
+            .join()
+            .unwrap(),
+        2
+    );
+    // Inside a worker, a nested map runs inline and borrows all the same.
+    let blocks = [lines[..40].join("\n"), lines[40..90].join("\n")];
+    let per_block = blocks.par_map(words_in_block).unwrap();
+    assert_eq!(per_block.concat(), expected[..90]);
+}

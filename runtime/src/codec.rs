@@ -242,6 +242,22 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// The next `String`'s text (postcard: a varint length, then UTF-8), borrowed from
+    /// the body. A value that does not decode leaves the reader where it was.
+    pub(crate) fn take_borrowed_str(&mut self) -> postcard::Result<&'a str> {
+        let (text, rest) = postcard::take_from_bytes::<&'a str>(self.rest)?;
+        self.rest = rest;
+        Ok(text)
+    }
+
+    /// The next `Vec<u8>`'s bytes (raw: a `u64` length, then the bytes), borrowed from
+    /// the body. A value that does not decode leaves the reader where it was.
+    pub(crate) fn take_borrowed_bytes(&mut self) -> postcard::Result<&'a [u8]> {
+        let (bytes, rest) = raw::split_raw_vec(self.rest, 1)?;
+        self.rest = rest;
+        Ok(bytes)
+    }
+
     /// The bytes not read yet.
     pub(crate) fn rest(&self) -> &'a [u8] {
         self.rest

@@ -69,7 +69,9 @@ pub mod __private {
         Codec, Layout, PostcardLayout, RawItem, RawLayout, RawTupleLayout, RawVecLayout,
     };
     pub use crate::engine::current::CurrentGuard;
-    pub use crate::task::{Failure, RunChunk, TASKS, Task, TaskEntry, run_chunk};
+    pub use crate::task::{
+        Borrowed, Failure, RunChunk, TASKS, Task, TaskEntry, run_chunk, run_chunk_borrowed,
+    };
     pub use linkme;
     pub use serde;
     pub use std::vec::Vec;

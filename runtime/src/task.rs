@@ -12,7 +12,7 @@ pub(crate) mod note;
 mod run;
 
 pub(crate) use run::decode_failures;
-pub use run::{Failure, FailureKind, run_chunk};
+pub use run::{Borrowed, Failure, FailureKind, run_chunk, run_chunk_borrowed};
 
 /// A `#[parallel]` function, as a value.
 ///

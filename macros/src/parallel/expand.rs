@@ -22,6 +22,7 @@ pub(crate) fn expand(task: &TaskFn) -> TokenStream {
         ret,
         arg_wire,
         ret_wire,
+        borrowed,
     } = task;
     let private = quote!(#krate::__private);
     let name = &func.sig.ident;
@@ -49,14 +50,11 @@ pub(crate) fn expand(task: &TaskFn) -> TokenStream {
     let call_args: Vec<_> = (0..args.len())
         .map(|i| format_ident!("__multiproc_a{}", i))
         .collect();
-    let fn_ptr = quote!(fn(#(#types),*) -> #ret);
-
-    // Each check carries the span of the type it checks, so an argument or result type
-    // that cannot be serialized is reported on that type.
-    let arg_checks = types
-        .iter()
-        .map(|ty| quote_spanned!(ty.span()=> #private::assert_argument::<#ty>();));
-    let ret_check = quote_spanned!(ret.span()=> #private::assert_result::<#ret>(););
+    // A borrowed argument is lent from the owned value the caller sent.
+    let call = match borrowed {
+        Some(_) => quote!(#name(&__multiproc_a0)),
+        None => quote!(#name(#(#call_args),*)),
+    };
     // How each side travels: plain numbers (and `Vec`s of them) as raw bytes, anything
     // else as postcard.
     let layout = |wire: Wire| match wire {
@@ -66,6 +64,39 @@ pub(crate) fn expand(task: &TaskFn) -> TokenStream {
         Wire::Postcard => quote!(#private::PostcardLayout),
     };
     let (arg_layout, ret_layout) = (layout(*arg_wire), layout(*ret_wire));
+    // The function's own signature: a borrowed argument stays borrowed.
+    let fn_ptr = match borrowed {
+        Some((declared, _)) => quote!(fn(#declared) -> #ret),
+        None => quote!(fn(#(#types),*) -> #ret),
+    };
+    // A borrowed argument is read in place in the chunk; an owned one is decoded.
+    let runner = match borrowed {
+        Some((_, referent)) => quote! {
+            #private::run_chunk_borrowed::<#referent, #ret, #ret_layout>(
+                #name,
+                __multiproc_input,
+                __multiproc_count,
+                __multiproc_out,
+                __multiproc_failures,
+            )
+        },
+        None => quote! {
+            #private::run_chunk::<#arg_ty, #ret, #arg_layout, #ret_layout>(
+                __multiproc_invoke,
+                __multiproc_input,
+                __multiproc_count,
+                __multiproc_out,
+                __multiproc_failures,
+            )
+        },
+    };
+
+    // Each check carries the span of the type it checks, so an argument or result type
+    // that cannot be serialized is reported on that type.
+    let arg_checks = types
+        .iter()
+        .map(|ty| quote_spanned!(ty.span()=> #private::assert_argument::<#ty>();));
+    let ret_check = quote_spanned!(ret.span()=> #private::assert_result::<#ret>(););
 
     quote! {
         #(#const_attrs)*
@@ -84,7 +115,7 @@ pub(crate) fn expand(task: &TaskFn) -> TokenStream {
 
             fn __multiproc_invoke(__multiproc_arg: #arg_ty) -> #ret {
                 #destructure
-                #name(#(#call_args),*)
+                #call
             }
 
             fn __multiproc_run(
@@ -93,13 +124,7 @@ pub(crate) fn expand(task: &TaskFn) -> TokenStream {
                 __multiproc_out: &mut #private::Vec<::core::primitive::u8>,
                 __multiproc_failures: &mut #private::Vec<#private::Failure>,
             ) -> ::core::primitive::u32 {
-                #private::run_chunk::<#arg_ty, #ret, #arg_layout, #ret_layout>(
-                    __multiproc_invoke,
-                    __multiproc_input,
-                    __multiproc_count,
-                    __multiproc_out,
-                    __multiproc_failures,
-                )
+                #runner
             }
 
             #[#private::linkme::distributed_slice(#private::TASKS)]

@@ -18,6 +18,9 @@ pub(crate) struct TaskFn {
     pub arg_wire: Wire,
     /// How the result travels.
     pub ret_wire: Wire,
+    /// A lone `&str` or `&[u8]` argument: its declared type, and what it refers to (`str`
+    /// or `[u8]`). `args` then holds the owned type the caller sends (`String`, `Vec<u8>`).
+    pub borrowed: Option<(syn::Type, syn::Type)>,
 }
 
 /// How one side of a task travels between the processes.
@@ -113,6 +116,7 @@ pub(crate) fn validate(parsed: Parsed) -> Result<TaskFn, (TokenStream, syn::Erro
     }
 
     let mut args = Vec::new();
+    let mut borrowed = None;
     for input in &sig.inputs {
         match input {
             syn::FnArg::Receiver(r) => fail(
@@ -132,7 +136,19 @@ pub(crate) fn validate(parsed: Parsed) -> Result<TaskFn, (TokenStream, syn::Erro
                          destructure inside the body instead",
                     );
                 }
-                if check_type(&pt.ty, "argument", &mut fail) {
+                if let Some((owned, referent)) = borrowable(&pt.ty) {
+                    if sig.inputs.len() == 1 {
+                        borrowed = Some(((*pt.ty).clone(), referent));
+                        args.push(owned);
+                    } else {
+                        fail(
+                            &pt.ty,
+                            "a #[parallel] function can borrow its argument (`&str`, `&[u8]`) only \
+                             when it takes one: take `String` or `Vec<u8>` here, or pass a \
+                             tuple of owned values",
+                        );
+                    }
+                } else if check_type(&pt.ty, "argument", &mut fail) {
                     args.push((*pt.ty).clone());
                 }
             }
@@ -163,6 +179,7 @@ pub(crate) fn validate(parsed: Parsed) -> Result<TaskFn, (TokenStream, syn::Erro
             ret_wire: Wire::of(&ret),
             args,
             ret,
+            borrowed,
         }),
         Some(mut first) => {
             for e in errors {
@@ -192,16 +209,48 @@ fn find_range_handle(ty: &syn::Type) -> Option<&syn::PathSegment> {
     find.0
 }
 
+/// For `&str` and `&[u8]` (shared, no lifetime named): the owned type the caller sends
+/// in its place, and the referent. A worker reads such an argument in place, in the
+/// chunk it arrives in.
+fn borrowable(ty: &syn::Type) -> Option<(syn::Type, syn::Type)> {
+    let syn::Type::Reference(r) = ty else {
+        return None;
+    };
+    if r.mutability.is_some() || r.lifetime.is_some() {
+        return None;
+    }
+    match &*r.elem {
+        syn::Type::Path(p) if p.qself.is_none() && p.path.is_ident("str") => Some((
+            syn::parse_quote!(::std::string::String),
+            syn::parse_quote!(str),
+        )),
+        syn::Type::Slice(s) if matches!(&*s.elem, syn::Type::Path(p) if p.qself.is_none() && p.path.is_ident("u8")) => {
+            Some((
+                syn::parse_quote!(::std::vec::Vec<u8>),
+                syn::parse_quote!([u8]),
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// Rejects borrowed and `impl Trait` types, which cannot cross a process boundary. Other
 /// types are checked by the compiler (`Serialize + DeserializeOwned`) after expansion.
 fn check_type(ty: &syn::Type, role: &str, fail: &mut impl FnMut(&dyn ToTokens, &str)) -> bool {
     match ty {
         syn::Type::Reference(r) => {
+            let lone = if role == "argument" {
+                " (a function's one argument may be `&str` or `&[u8]`, without a lifetime: \
+                 it is read in place in the worker)"
+            } else {
+                ""
+            };
             fail(
                 r,
                 &format!(
                     "the {role} of a #[parallel] function must be owned, because it travels \
-                     between processes: use `String` for `&str`, `Vec<T>` for `&[T]`, `T` for `&T`"
+                     between processes: use `String` for `&str`, `Vec<T>` for `&[T]`, `T` for \
+                     `&T`{lone}"
                 ),
             );
             false

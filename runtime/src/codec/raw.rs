@@ -137,17 +137,8 @@ pub(super) fn put_raw_vec<E: RawItem>(values: &Vec<E>, out: &mut Vec<u8>) -> pos
 /// Reads a length, then that many values, in one copy.
 #[inline(always)]
 pub(super) fn take_raw_vec<E: RawItem>(reader: &mut Reader<'_>) -> postcard::Result<Vec<E>> {
-    let (len, rest) = reader
-        .rest
-        .split_first_chunk::<8>()
-        .ok_or(postcard::Error::DeserializeUnexpectedEnd)?;
-    // A length the rest of the body cannot hold is refused before anything is allocated.
-    let bytes = usize::try_from(u64::from_le_bytes(*len))
-        .ok()
-        .and_then(|n| n.checked_mul(size_of::<E>()))
-        .filter(|&n| n <= rest.len())
-        .ok_or(postcard::Error::DeserializeUnexpectedEnd)?;
-    let (values, rest) = rest.split_at(bytes);
+    let (values, rest) = split_raw_vec(reader.rest, size_of::<E>())?;
+    let bytes = values.len();
     reader.rest = rest;
     // One copy into memory allocated for it; zeroing it first would cost a second pass
     // where the bytes do not sit aligned for `E`.
@@ -159,6 +150,21 @@ pub(super) fn take_raw_vec<E: RawItem>(reader: &mut Reader<'_>) -> postcard::Res
             out
         }
     })
+}
+
+/// Splits the bytes of a raw `Vec` of `elem`-byte elements (its `u64` length, then the
+/// elements) off the front of `body`: the elements' bytes, and what follows. A length
+/// the body cannot hold is refused before anything is allocated.
+pub(super) fn split_raw_vec(body: &[u8], elem: usize) -> postcard::Result<(&[u8], &[u8])> {
+    let (len, rest) = body
+        .split_first_chunk::<8>()
+        .ok_or(postcard::Error::DeserializeUnexpectedEnd)?;
+    let bytes = usize::try_from(u64::from_le_bytes(*len))
+        .ok()
+        .and_then(|n| n.checked_mul(elem))
+        .filter(|&n| n <= rest.len())
+        .ok_or(postcard::Error::DeserializeUnexpectedEnd)?;
+    Ok(rest.split_at(bytes))
 }
 
 /// Tuples (of up to 12 fields) whose every field is a [`RawItem`]. Sealed.

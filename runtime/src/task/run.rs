@@ -43,7 +43,69 @@ pub(crate) fn decode_failures(mut bytes: &[u8]) -> Result<Vec<Failure>, String> 
     Ok(out)
 }
 
-/// The body of every generated chunk runner: decode, call, encode, with panics caught.
+/// An argument a task may borrow from the chunk it arrives in (`&str`, `&[u8]`): read in
+/// place in the worker, with no copy and no allocation. On the caller's side it is the
+/// owned type (`String`, `Vec<u8>`), whose layout it shares.
+#[doc(hidden)]
+pub trait Borrowed {
+    /// Reads the next value, borrowed from the chunk; leaves `reader` where it was if
+    /// that fails.
+    fn take<'a>(reader: &mut Reader<'a>) -> postcard::Result<&'a Self>;
+}
+
+impl Borrowed for str {
+    fn take<'a>(reader: &mut Reader<'a>) -> postcard::Result<&'a str> {
+        reader.take_borrowed_str()
+    }
+}
+
+impl Borrowed for [u8] {
+    fn take<'a>(reader: &mut Reader<'a>) -> postcard::Result<&'a [u8]> {
+        reader.take_borrowed_bytes()
+    }
+}
+
+/// The body of every generated chunk runner for a task that takes an owned argument:
+/// see [`run_items`].
+#[doc(hidden)]
+pub fn run_chunk<A: DeserializeOwned, R: Serialize, LA: Layout<A>, LR: Layout<R>>(
+    invoke: fn(A) -> R,
+    input: &[u8],
+    count: u32,
+    out: &mut Vec<u8>,
+    failures: &mut Vec<Failure>,
+) -> u32 {
+    run_items::<A, R, LR>(
+        input,
+        count,
+        out,
+        failures,
+        |reader| LA::take(reader).map_err(|e| crate::codec::de_failure::<A>(reader.rest(), &e)),
+        invoke,
+    )
+}
+
+/// The chunk runner of a task whose one argument is borrowed (`&str`, `&[u8]`): each
+/// argument is read in place, in the chunk.
+#[doc(hidden)]
+pub fn run_chunk_borrowed<B: Borrowed + ?Sized, R: Serialize, LR: Layout<R>>(
+    invoke: fn(&B) -> R,
+    input: &[u8],
+    count: u32,
+    out: &mut Vec<u8>,
+    failures: &mut Vec<Failure>,
+) -> u32 {
+    run_items::<&B, R, LR>(
+        input,
+        count,
+        out,
+        failures,
+        |reader| B::take(reader).map_err(|e| e.to_string()),
+        invoke,
+    )
+}
+
+/// Decode, call, encode, with panics caught: what every chunk runner does.
 ///
 /// The values of the items that succeed are appended to `out`, back to back; an item that
 /// panics, or whose result does not encode, becomes a [`Failure`] and the next item runs.
@@ -52,13 +114,13 @@ pub(crate) fn decode_failures(mut bytes: &[u8]) -> Result<Vec<Failure>, String> 
 ///
 /// Items run in stretches under one `catch_unwind` each, not one per item: a stretch ends
 /// only at a panic, so a chunk without panics pays for one.
-#[doc(hidden)]
-pub fn run_chunk<A: DeserializeOwned, R: Serialize, LA: Layout<A>, LR: Layout<R>>(
-    invoke: fn(A) -> R,
-    input: &[u8],
+fn run_items<'a, A, R: Serialize, LR: Layout<R>>(
+    input: &'a [u8],
     count: u32,
     out: &mut Vec<u8>,
     failures: &mut Vec<Failure>,
+    mut take: impl FnMut(&mut Reader<'a>) -> Result<A, String>,
+    invoke: impl Fn(A) -> R,
 ) -> u32 {
     /// Where the current item was when a panic ended a stretch.
     #[derive(Clone, Copy, PartialEq)]
@@ -80,8 +142,7 @@ pub fn run_chunk<A: DeserializeOwned, R: Serialize, LA: Layout<A>, LR: Layout<R>
                 progress.note(index);
                 step.set(Step::Decoding);
                 mark = out.len();
-                let value = LA::take(&mut reader)
-                    .map_err(|e| crate::codec::de_failure::<A>(reader.rest(), &e))?;
+                let value = take(&mut reader)?;
                 step.set(Step::Running);
                 let result = invoke(value);
                 if let Err(e) = LR::put(&result, out) {
