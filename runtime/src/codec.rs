@@ -68,6 +68,11 @@ impl<T> Codec<T> {
         }
     }
 
+    /// Whether the layout is raw (plain numbers: one copy each way).
+    pub(crate) fn is_raw(&self) -> bool {
+        self.raw.is_some()
+    }
+
     /// The bytes of a whole slice, when the layout is raw.
     pub(crate) fn slice_bytes<'a>(&self, items: &'a [T]) -> Option<&'a [u8]> {
         self.raw.map(|raw| (raw.as_bytes)(items))

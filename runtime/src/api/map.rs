@@ -9,9 +9,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::api::chunk::{self, ChunkSizer, Decoded};
-use crate::api::gather::Gather;
+use crate::api::gather::{Gather, Writer};
 use crate::api::progress::Progress;
-use crate::engine::{Job, MapSettings, OnReply, PoolCore, ReplyTo};
+use crate::engine::{Job, MapSettings, OnReply, PoolCore, Reply, ReplyTo};
 use crate::error::{Error, ErrorKind, Result};
 use crate::task::Task;
 
@@ -147,10 +147,18 @@ pub(crate) fn fixed_chunk_size(pool: &PoolCore, settings: &MapSettings) -> Optio
     }
 }
 
+/// A chunk's answer as it reaches the caller: decoded into its range already, or still
+/// to decode there.
+enum Arrived<R> {
+    Decoded(Decoded),
+    Undecoded(Reply, Writer<R>),
+}
+
 /// The ordered map of a slice on `pool`. The caller's thread encodes the chunks; each
-/// chunk's results are decoded where its answer arrives (the driver of the worker that
-/// ran it, or for a cluster pool the pool's completion thread), so that decoding runs
-/// beside the encoding and on as many threads as there are workers.
+/// chunk's results are decoded straight into the output where its answer arrives (the
+/// driver of the worker that ran it, or for a cluster pool the pool's completion
+/// thread), so that decoding runs beside the encoding and on as many threads as there
+/// are workers. Plain numbers, one copy, are decoded by the caller, which waits anyway.
 pub(crate) fn map_on<A, R, F>(
     pool: &PoolCore,
     items: &[A],
@@ -178,7 +186,7 @@ where
     let cancel = Arc::new(AtomicBool::new(false));
     let _cancel_guard = CancelOnDrop(Arc::clone(&cancel));
     let progress = Progress::new(settings.progress, Some(len));
-    let (tx, rx) = mpsc::channel::<Decoded>();
+    let (tx, rx) = mpsc::channel::<Arrived<R>>();
     // The cluster thread must not spend its time decoding: there, the completion
     // thread does.
     let completions = if pool.spans_ranks() {
@@ -189,6 +197,9 @@ where
     let gather = Gather::<R>::new(len);
     let arg_codec = task.arg_codec();
     let ret_codec = task.ret_codec();
+    // Plain numbers decode with one copy, which this thread (otherwise waiting) makes;
+    // anything else is decoded by the thread that has the reply.
+    let decode_here = ret_codec.is_raw();
     let mut next = 0;
     let mut inflight = 0;
     let mut bytes_per_item = 8;
@@ -213,10 +224,14 @@ where
             })?;
             let tx = tx.clone();
             let on_reply: OnReply = Box::new(move |reply| {
+                if decode_here {
+                    let _ = tx.send(Arrived::Undecoded(reply, writer));
+                    return;
+                }
                 let decoded = chunk::decode_reply(name, ret_codec, reply, &mut writer);
                 // Done writing before the caller hears of it.
                 drop(writer);
-                let _ = tx.send(decoded);
+                let _ = tx.send(Arrived::Decoded(decoded));
             });
             let reply = match &completions {
                 Some(completions) => ReplyTo::Handler {
@@ -235,10 +250,16 @@ where
         }
         // Every job replies exactly once (see `Job`'s `Drop`), and we hold a sender, so
         // this cannot fail; treat a failure as the pool being gone rather than unwrap.
-        let decoded = rx
+        let arrived = rx
             .recv()
             .map_err(|_| Error::new(ErrorKind::Closed, "the pool went away during the map"))?;
         inflight -= 1;
+        let decoded = match arrived {
+            Arrived::Decoded(decoded) => decoded,
+            Arrived::Undecoded(reply, mut writer) => {
+                chunk::decode_reply(name, ret_codec, reply, &mut writer)
+            }
+        };
         match decoded {
             Decoded::Written { count, nanos } => {
                 sizer.observe(nanos, count);
