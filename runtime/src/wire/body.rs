@@ -109,11 +109,16 @@ thread_local! {
     /// chunk's answer into the same memory, instead of allocating and freeing a frame
     /// per chunk (whose large frees made the allocator consolidate its free lists).
     static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    /// Whether this thread reads frames into spare buffers (a driver): only such a
+    /// thread keeps one, so no other thread holds on to memory it would never reuse.
+    static REUSES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// A buffer to read the next frame into: the one an inline body dropped on this thread
-/// left, else an empty one.
+/// left, else an empty one. From the first call on, this thread keeps the buffer of the
+/// inline bodies it drops.
 pub(crate) fn spare_buffer() -> Vec<u8> {
+    REUSES.with(|r| r.set(true));
     SPARE.with(std::cell::Cell::take)
 }
 
@@ -122,7 +127,8 @@ impl Drop for Body {
         let Body::Inline { frame, .. } = self else {
             return;
         };
-        if frame.capacity() > SPARE_LIMIT {
+        if frame.capacity() > SPARE_LIMIT || !REUSES.try_with(std::cell::Cell::get).unwrap_or(false)
+        {
             return;
         }
         let mut frame = std::mem::take(frame);
