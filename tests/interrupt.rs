@@ -218,6 +218,12 @@ fn child_case() {
     if !common::is_child() {
         return;
     }
+    // Whoever started the tests may have left SIGINT ignored (a shell does for its
+    // background jobs), and this process inherited that; each case is about a program
+    // that starts with the default.
+    // SAFETY: setting a signal's disposition has no preconditions; this fresh process
+    // has no handler of its own yet.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
     let case = std::env::var("CASE").unwrap();
     match case.as_str() {
         "default" => {
