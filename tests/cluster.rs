@@ -28,7 +28,9 @@ fn rank() -> Option<u32> {
 static ONE_JOB: Mutex<()> = Mutex::new(());
 
 /// Runs `program args` under `mpirun` with `options`, as root if need be, stopping it
-/// if it hangs; returns its output.
+/// if it hangs; returns its output. A job whose Open MPI daemon crashed while starting
+/// (in hwloc, before any rank ran: an Open MPI 4.1 fault seen now and then here) is
+/// started again, up to twice, saying so.
 fn mpirun(
     options: &[&str],
     program: &std::path::Path,
@@ -38,6 +40,26 @@ fn mpirun(
     let _one = ONE_JOB
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut attempt = 1;
+    loop {
+        let out = mpirun_once(options, program, args, envs);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let daemon_crashed = !out.status.success()
+            && stderr.contains("ORTE was unable to reliably start one or more daemons");
+        if !daemon_crashed || attempt == 3 {
+            return out;
+        }
+        eprintln!("mpirun's daemon crashed while starting (attempt {attempt}); again:\n{stderr}");
+        attempt += 1;
+    }
+}
+
+fn mpirun_once(
+    options: &[&str],
+    program: &std::path::Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Output {
     let mut cmd = Command::new("mpirun");
     cmd.args(["--oversubscribe"])
         .args(options)
