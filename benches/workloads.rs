@@ -224,36 +224,57 @@ struct Figures {
     postcard: f64,
 }
 
-fn run<A, R, F>(
-    name: &'static str,
-    pool: &Pool,
-    threads: &rayon::ThreadPool,
-    items: &[A],
-    task: Task<A, R, F>,
-    direct: impl Fn(&A) -> R + Sync,
-    python: Cell,
-) -> Figures
-where
-    F: Copy,
-    A: Serialize + serde::de::DeserializeOwned + Sync,
-    R: Serialize + serde::de::DeserializeOwned + Send + PartialEq + std::fmt::Debug + 'static,
-{
-    let (sequential, expected) = timed(|| items.iter().map(&direct).collect::<Vec<R>>());
-    let (rayon, by_threads) =
-        timed(|| threads.install(|| items.par_iter().map(&direct).collect::<Vec<R>>()));
-    let (ours, by_pool) = timed(|| pool.map(task, items).expect("map"));
-    assert!(
-        by_threads == expected && by_pool == expected,
-        "{name}: results differ"
-    );
-    Figures {
-        name,
-        items: items.len(),
-        ours,
-        rayon,
-        sequential,
-        python,
-        postcard: postcard_round_trip(items, &expected),
+/// What every workload runs against: the pool, rayon's threads, Python's figures, and
+/// which workloads `WORKLOADS_ONLY` asks for; with the figures so far, by baseline key.
+struct Bench<'a> {
+    pool: &'a Pool,
+    threads: &'a rayon::ThreadPool,
+    python: &'a Result<String, String>,
+    only: Option<&'a str>,
+    done: Vec<(&'static str, Figures)>,
+}
+
+impl Bench<'_> {
+    /// Runs workload `key` (`gzip_ms`: its Python figure is `gzip_s=`) as multiproc's
+    /// `task`, rayon's and sequential code's `direct`, over `items`, unless left out.
+    fn run<A, R, F>(
+        &mut self,
+        key: &'static str,
+        name: &'static str,
+        items: &[A],
+        task: Task<A, R, F>,
+        direct: impl Fn(&A) -> R + Sync,
+    ) where
+        F: Copy,
+        A: Serialize + serde::de::DeserializeOwned + Sync,
+        R: Serialize + serde::de::DeserializeOwned + Send + PartialEq + std::fmt::Debug + 'static,
+    {
+        if self.only.is_some_and(|o| !key.starts_with(o)) {
+            return;
+        }
+        let (sequential, expected) = timed(|| items.iter().map(&direct).collect::<Vec<R>>());
+        let (rayon, by_threads) = timed(|| {
+            self.threads
+                .install(|| items.par_iter().map(&direct).collect::<Vec<R>>())
+        });
+        let (ours, by_pool) = timed(|| self.pool.map(task, items).expect("map"));
+        assert!(
+            by_threads == expected && by_pool == expected,
+            "{name}: results differ"
+        );
+        let python_key = format!("{}_s=", key.trim_end_matches("_ms"));
+        self.done.push((
+            key,
+            Figures {
+                name,
+                items: items.len(),
+                ours,
+                rayon,
+                sequential,
+                python: from_python(self.python, &python_key),
+                postcard: postcard_round_trip(items, &expected),
+            },
+        ));
     }
 }
 
@@ -262,7 +283,6 @@ fn main() -> multiproc::Result<()> {
     std::fs::create_dir_all(&dir).expect("a data directory");
     let data = make_data(&dir);
     let only = std::env::var("WORKLOADS_ONLY").ok();
-    let wanted = |key: &str| only.as_deref().is_none_or(|o| key.starts_with(o));
     let py = match &only {
         None => python(
             "workloads.py",
@@ -275,49 +295,35 @@ fn main() -> multiproc::Result<()> {
         .num_threads(WORKERS)
         .build()
         .expect("a rayon pool");
-    let mut all = Vec::new();
-    if wanted("gzip") {
-        all.push((
-            "gzip_ms",
-            run(
-                "gzip, 64 x 1 MiB of text",
-                &pool,
-                &threads,
-                &data.buffers,
-                gzip,
-                |b| gzip_bytes(b),
-                from_python(&py, "gzip_s="),
-            ),
-        ));
-    }
-    if wanted("json") {
-        all.push((
-            "json_ms",
-            run(
-                "JSON lines into structs, 200k",
-                &pool,
-                &threads,
-                &data.lines,
-                parse,
-                |l| parse_line(l),
-                from_python(&py, "json_s="),
-            ),
-        ));
-    }
-    if wanted("hash") {
-        all.push((
-            "hash_ms",
-            run(
-                "hashing files, 128 x 1 MiB",
-                &pool,
-                &threads,
-                &data.files,
-                hash_file,
-                |p| hash_path(p),
-                from_python(&py, "hash_s="),
-            ),
-        ));
-    }
+    let mut bench = Bench {
+        pool: &pool,
+        threads: &threads,
+        python: &py,
+        only: only.as_deref(),
+        done: Vec::new(),
+    };
+    bench.run(
+        "gzip_ms",
+        "gzip, 64 x 1 MiB of text",
+        &data.buffers,
+        gzip,
+        |b| gzip_bytes(b),
+    );
+    bench.run(
+        "json_ms",
+        "JSON lines into structs, 200k",
+        &data.lines,
+        parse,
+        |l| parse_line(l),
+    );
+    bench.run(
+        "hash_ms",
+        "hashing files, 128 x 1 MiB",
+        &data.files,
+        hash_file,
+        |p| hash_path(p),
+    );
+    let all = bench.done;
     drop(pool);
     let _ = std::fs::remove_dir_all(&dir);
 

@@ -183,27 +183,20 @@ impl ChunkOrigin {
         count: u32,
         writer: &mut Writer<R>,
     ) -> Result<()> {
-        let mut raw = None;
-        // SAFETY: `fill_raw` writes every slot it is given when it says it did.
-        let filled = unsafe {
-            writer.fill(|slots| {
-                raw = codec.fill_raw(bytes, slots);
-                raw == Some(true)
-            })
-        };
-        match raw {
-            _ if filled => return Ok(()),
-            Some(_) => {
-                return Err(self.error(
-                    ErrorKind::Protocol,
-                    0,
-                    format!(
-                        "the worker sent {} result bytes for {count} results",
-                        bytes.len()
-                    ),
-                ));
+        if codec.is_raw() {
+            // SAFETY: `fill_raw` writes every slot it is given when it says it did.
+            let filled = unsafe { writer.fill(|slots| codec.fill_raw(bytes, slots) == Some(true)) };
+            if filled {
+                return Ok(());
             }
-            None => {}
+            return Err(self.error(
+                ErrorKind::Protocol,
+                0,
+                format!(
+                    "the worker sent {} result bytes for {count} results",
+                    bytes.len()
+                ),
+            ));
         }
         let mut reader = Reader::new(bytes);
         for k in 0..count as usize {
