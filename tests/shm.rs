@@ -71,6 +71,42 @@ fn sixty_four_mib_arguments_and_results_round_trip_posix() {
     round_trip_64mib(ShmBackend::Posix);
 }
 
+/// Dies the first time it runs for `dir` (leaving a mark there), then checks its bytes.
+#[parallel]
+fn die_once_then_checksum(dir: String, data: serde_bytes::ByteBuf) -> u64 {
+    let marks = std::fs::read_dir(&dir).unwrap().count();
+    std::fs::write(format!("{dir}/{}", std::process::id()), b"").unwrap();
+    if marks == 0 {
+        std::process::abort();
+    }
+    checksum(&data)
+}
+
+/// A large argument is written into its segment while it is encoded; a chunk whose
+/// worker died is sent to the next worker with the same segment, unchanged.
+#[test]
+fn a_large_argument_survives_its_workers_death_and_reaches_the_next_one() {
+    let dir = std::env::temp_dir().join(format!("multiproc-big-retry-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = big_input(24 << 20, 3);
+    let pool = Pool::builder()
+        .workers(1)
+        .retries(1)
+        .shm_backend(ShmBackend::Memfd)
+        .build()
+        .unwrap();
+    let arg = (
+        dir.to_string_lossy().into_owned(),
+        serde_bytes::ByteBuf::from(data.clone()),
+    );
+    let args = [arg.clone(), arg];
+    let sums = pool.map(die_once_then_checksum, &args).unwrap();
+    assert_eq!(sums, [checksum(&data); 2]);
+    assert_eq!(pool.stats().workers_died, 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Counts deserializations of `Counted` in this process.
 static DESERIALIZED: AtomicUsize = AtomicUsize::new(0);
 

@@ -16,8 +16,10 @@ use serde::de::DeserializeOwned;
 mod append;
 mod message;
 mod raw;
+mod spill;
 
-pub(crate) use append::{encode_into, extend_frame};
+pub(crate) use append::{HUGE_COPY, encode_into, extend_frame};
+pub(crate) use spill::spilling;
 
 pub use raw::{Parts, Raw, RawItem, RawTuple};
 use raw::{put_raw, put_raw_vec, take_raw, take_raw_vec};

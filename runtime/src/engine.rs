@@ -251,6 +251,16 @@ impl PoolCore {
         lock(&self.shared.remote).clone()
     }
 
+    /// The smallest copy of a value that goes straight into its chunk's one-shot segment
+    /// while the chunk is encoded ([`crate::codec::spilling`]): bodies that large travel
+    /// out of line anyway. Only for a pool of local workers with memfd segments (a
+    /// memfd can grow as it is written; a cluster sends bodies as messages).
+    pub(crate) fn spill_at(&self) -> Option<usize> {
+        let shm = self.shared.config.shm;
+        let spills = shm.backend == crate::sys::segment::ShmBackend::Memfd && !self.spans_ranks();
+        spills.then(|| shm.threshold.saturating_add(1).max(crate::codec::HUGE_COPY))
+    }
+
     /// Whether other ranks run this pool's jobs too (a cluster pool).
     pub(crate) fn spans_ranks(&self) -> bool {
         lock(&self.shared.remote).is_some()

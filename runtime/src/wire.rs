@@ -13,8 +13,8 @@ mod link;
 mod socket;
 
 pub(crate) use body::{
-    Answer, Body, DEFAULT_SHM_THRESHOLD, Expect, ShmConfig, append_frame, read_answer, seal_frame,
-    spare_buffer,
+    Answer, Body, DEFAULT_SHM_THRESHOLD, Expect, ShmConfig, append_frame, append_frame_of_segment,
+    read_answer, seal_frame, spare_buffer,
 };
 pub(crate) use link::{Link, Ready};
 pub(crate) use socket::SocketLink;

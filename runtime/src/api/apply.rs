@@ -256,11 +256,13 @@ impl<R> std::fmt::Debug for AsyncResult<R> {
     }
 }
 
-/// Encodes one argument as a one-item chunk.
+/// Encodes one argument as a one-item chunk (`spill_at` as for
+/// [`chunk::encode_chunk`]).
 pub(crate) fn one_item<A: Serialize>(
     task: &'static str,
     codec: Codec<A>,
     arg: &A,
+    spill_at: Option<usize>,
 ) -> Result<chunk::Encoded> {
     let mut bytes_per_item = 16;
     chunk::encode_chunk(
@@ -270,6 +272,7 @@ pub(crate) fn one_item<A: Serialize>(
         1,
         0,
         &mut bytes_per_item,
+        spill_at,
     )?
     .ok_or_else(|| Error::new(ErrorKind::Protocol, "an empty chunk").with_task(task))
 }
@@ -310,7 +313,7 @@ where
     R: DeserializeOwned,
 {
     let name = task.name();
-    let enc = one_item(name, task.arg_codec(), arg)?;
+    let enc = one_item(name, task.arg_codec(), arg, pool.spill_at())?;
     // Straight to an idle worker, if one watches its direct path; through the queue
     // otherwise.
     let attempts = match pool.call_direct(name, &enc) {
@@ -333,7 +336,7 @@ where
     R: DeserializeOwned + Send + 'static,
 {
     let name = task.name();
-    let enc = match one_item(name, task.arg_codec(), arg) {
+    let enc = match one_item(name, task.arg_codec(), arg, pool.spill_at()) {
         Ok(enc) => enc,
         Err(e) => return AsyncResult::failed(e),
     };

@@ -23,7 +23,9 @@ static NEXT_CHUNK: AtomicU64 = AtomicU64::new(1);
 
 /// Encodes up to `max` items from `items` (at least one, if there is one) into a `Run`
 /// frame for `task`; `first_index` is the position of the first one, for errors.
-/// `bytes_per_item` is a running estimate used to size the buffer, updated here.
+/// `bytes_per_item` is a running estimate used to size the buffer, updated here. With
+/// `spill_at` given, a value's copy of at least that many bytes takes the chunk's body
+/// into a one-shot segment, written as the chunk is encoded (see [`crate::codec::spilling`]).
 pub(crate) fn encode_chunk<T: Serialize>(
     task: &'static str,
     codec: Codec<T>,
@@ -31,6 +33,7 @@ pub(crate) fn encode_chunk<T: Serialize>(
     max: usize,
     first_index: usize,
     bytes_per_item: &mut usize,
+    spill_at: Option<usize>,
 ) -> Result<Option<Encoded>> {
     let chunk = NEXT_CHUNK.fetch_add(1, Ordering::Relaxed);
     let max = max.clamp(1, u32::MAX as usize);
@@ -39,26 +42,34 @@ pub(crate) fn encode_chunk<T: Serialize>(
     frame::begin_run(&mut frame, chunk, 0, task);
     let body_at = frame.len();
     let mut count = 0usize;
-    let (encoded, attachments, leases) = crate::shm::collect(|| {
-        for item in items.take(max) {
-            codec.put(item.borrow(), &mut frame).map_err(|e| {
-                let why = crate::codec::ser_failure(item.borrow(), &e);
-                Error::new(
-                    ErrorKind::Serialization,
-                    format!("the argument could not be serialized: {why}"),
-                )
-                .with_task(task)
-                .with_index(first_index + count)
-            })?;
-            count += 1;
-        }
-        Ok::<(), Error>(())
-    });
+    let ((encoded, attachments, leases), spilled) =
+        crate::codec::spilling(&mut frame, body_at, spill_at, |frame| {
+            crate::shm::collect(|| {
+                for item in items.take(max) {
+                    codec.put(item.borrow(), frame).map_err(|e| {
+                        let why = crate::codec::ser_failure(item.borrow(), &e);
+                        Error::new(
+                            ErrorKind::Serialization,
+                            format!("the argument could not be serialized: {why}"),
+                        )
+                        .with_task(task)
+                        .with_index(first_index + count)
+                    })?;
+                    count += 1;
+                }
+                Ok::<(), Error>(())
+            })
+        });
     encoded?;
+    let spilled = spilled.map_err(|e| e.with_task(task).with_index(first_index))?;
     if count == 0 {
         return Ok(None);
     }
-    *bytes_per_item = (frame.len() - body_at).div_ceil(count).max(1);
+    let body_len = match &spilled {
+        Some(segment) => segment.len(),
+        None => frame.len() - body_at,
+    };
+    *bytes_per_item = body_len.div_ceil(count).max(1);
     frame::set_run_count(&mut frame, count as u32);
     Ok(Some(Encoded {
         chunk,
@@ -67,6 +78,7 @@ pub(crate) fn encode_chunk<T: Serialize>(
         count: count as u32,
         attachments,
         leases,
+        spilled,
     }))
 }
 
@@ -79,11 +91,20 @@ pub(crate) fn encode_slice<T: Serialize>(
     max: usize,
     first_index: usize,
     bytes_per_item: &mut usize,
+    spill_at: Option<usize>,
 ) -> Result<Option<Encoded>> {
     let items = &items[..max.clamp(1, u32::MAX as usize).min(items.len())];
     let Some(bytes) = codec.slice_bytes(items) else {
         let mut iter = items.iter();
-        return encode_chunk(task, codec, &mut iter, max, first_index, bytes_per_item);
+        return encode_chunk(
+            task,
+            codec,
+            &mut iter,
+            max,
+            first_index,
+            bytes_per_item,
+            spill_at,
+        );
     };
     if items.is_empty() {
         return Ok(None);
@@ -100,6 +121,7 @@ pub(crate) fn encode_slice<T: Serialize>(
         count: items.len() as u32,
         attachments: Vec::new(),
         leases: Vec::new(),
+        spilled: None,
     }))
 }
 

@@ -108,6 +108,7 @@ where
                 size,
                 first,
                 &mut self.bytes_per_item,
+                self.pool.spill_at(),
             );
             let enc = match encoded {
                 Ok(Some(enc)) => enc,

@@ -203,14 +203,22 @@ where
     let mut next = 0;
     let mut inflight = 0;
     let mut bytes_per_item = 8;
+    let spill_at = pool.spill_at();
     loop {
         while inflight < window && next < len {
             let size = sizer
                 .next_size()
                 .min(chunk::max_items_inline(bytes_per_item));
             let rest = &items[next..];
-            let Some(enc) =
-                chunk::encode_slice(name, arg_codec, rest, size, next, &mut bytes_per_item)?
+            let Some(enc) = chunk::encode_slice(
+                name,
+                arg_codec,
+                rest,
+                size,
+                next,
+                &mut bytes_per_item,
+                spill_at,
+            )?
             else {
                 break;
             };

@@ -68,6 +68,7 @@ where
             size,
             next,
             &mut bytes_per_item,
+            pool.spill_at(),
         ) {
             Ok(Some(enc)) => enc,
             Ok(None) => break,

@@ -90,7 +90,8 @@ struct PendingHook(std::result::Result<engine::Hook, Arc<Error>>);
 
 impl PendingHook {
     fn new<A: Serialize, F>(role: &'static str, task: Task<A, (), F>, arg: &A) -> Self {
-        let encoded = apply::one_item(task.name(), task.arg_codec(), arg);
+        // A hook's frame is kept whole and sent to every worker: never spilled.
+        let encoded = apply::one_item(task.name(), task.arg_codec(), arg, None);
         PendingHook(
             encoded
                 .and_then(|enc| engine::Hook::new(role, task.name(), enc))

@@ -146,6 +146,8 @@ impl ProcessBuilder {
             1,
             0,
             &mut bytes_per_item,
+            // The frame is sealed below, body and all.
+            None,
         )?
         .ok_or_else(|| Error::new(ErrorKind::Protocol, "an empty chunk").with_task(name))?;
         let (daemon, label) = (self.daemon, self.name);

@@ -366,6 +366,7 @@ impl Server {
             count: run.count,
             attachments,
             leases: Vec::new(),
+            spilled: None,
         };
         // Counted from 0, so a failure's item index is its offset in the chunk.
         let job = Job::new(

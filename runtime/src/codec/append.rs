@@ -5,7 +5,7 @@ use serde::Serialize;
 
 /// A copy this large into a frame gets its room in transparent huge pages, where the
 /// system offers them.
-const HUGE_COPY: usize = 4 << 20;
+pub(crate) const HUGE_COPY: usize = 4 << 20;
 
 /// Makes room for `n` more bytes in `buf` and asks for that room in 2 MiB pages: one page
 /// fault per 2 MiB instead of one per 4 KiB while the copy lands in fresh memory (a
@@ -16,11 +16,15 @@ fn reserve_huge(buf: &mut Vec<u8>, n: usize) {
     crate::sys::mem::advise_huge_spare(buf);
 }
 
-/// Appends `data` to the frame being built in `buf`, in huge pages if it is large (see
-/// [`reserve_huge`]).
+/// Appends `data` to the frame being built in `buf`: into a segment if `buf` is a
+/// chunk's frame whose large copies go there (see [`super::spill`]), else in huge pages
+/// if it is large (see [`reserve_huge`]).
 #[inline]
 pub(crate) fn extend_frame(buf: &mut Vec<u8>, data: &[u8]) {
     if data.len() >= HUGE_COPY {
+        if super::spill::take(buf, data) {
+            return;
+        }
         reserve_huge(buf, data.len());
     }
     buf.extend_from_slice(data);

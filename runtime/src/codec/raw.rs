@@ -141,8 +141,15 @@ pub(super) fn take_raw_vec<E: RawItem>(reader: &mut Reader<'_>) -> postcard::Res
     let bytes = values.len();
     reader.rest = rest;
     // One copy into memory allocated for it; zeroing it first would cost a second pass
-    // where the bytes do not sit aligned for `E`.
+    // where the bytes do not sit aligned for `E`. A large one lands in huge pages where
+    // the system has them (the fresh memory's page faults cost more than the copy).
     Ok(match bytemuck::try_cast_slice::<u8, E>(values) {
+        Ok(aligned) if bytes >= super::append::HUGE_COPY => {
+            let mut out = Vec::with_capacity(aligned.len());
+            crate::sys::mem::advise_huge_spare(&mut out);
+            out.extend_from_slice(aligned);
+            out
+        }
         Ok(aligned) => aligned.to_vec(),
         Err(_) => {
             let mut out = vec![E::zeroed(); bytes / size_of::<E>().max(1)];

@@ -321,7 +321,16 @@ impl Driver<'_> {
             let (header, body) = job.frame.split_at(job.body_at);
             let outbox = live.link.outbox();
             let start = outbox.len();
-            let oneshot = match wire::append_frame(outbox, header, body, &attach, shm) {
+            // A body written into its segment while it was encoded goes as it is, to
+            // every worker the job is given to; any other is moved out of line here if
+            // it is large.
+            let sealed = match &job.spilled {
+                Some(spilled) => {
+                    wire::append_frame_of_segment(outbox, header, spilled, &attach).map(|()| None)
+                }
+                None => wire::append_frame(outbox, header, body, &attach, shm),
+            };
+            let oneshot = match sealed {
                 Ok(oneshot) => oneshot,
                 Err(e) => {
                     failed.push((i, e));
@@ -330,7 +339,8 @@ impl Driver<'_> {
             };
             // The frame's segments travel with it: its handles' segments, then the one
             // holding its body.
-            let carried: Vec<&Segment> = attach.iter().copied().chain(oneshot.as_ref()).collect();
+            let body_segment = oneshot.as_ref().or(job.spilled.as_ref());
+            let carried: Vec<&Segment> = attach.iter().copied().chain(body_segment).collect();
             if let Err(e) = live.link.attach(&carried) {
                 live.link.outbox().truncate(start);
                 failed.push((i, Error::io(ErrorKind::Io, "writing to the worker", e)));

@@ -22,6 +22,9 @@ pub(crate) struct Encoded {
     /// The `SharedChunkMut` ranges the items lend to the task: held until it has
     /// answered, or its worker is dead and reaped.
     pub leases: Vec<Lease>,
+    /// The one-shot segment holding the whole body, written while the chunk was encoded
+    /// (`frame` then ends at `body_at`).
+    pub spilled: Option<Segment>,
 }
 
 /// One encoded chunk waiting for, or held by, a worker.
@@ -48,6 +51,9 @@ pub(crate) struct Job {
     leases: Vec<Lease>,
     /// The one-shot segment holding the body, once the driver moved it out of line.
     pub oneshot: Option<Segment>,
+    /// The one-shot segment holding the body, written while the chunk was encoded
+    /// (`frame` then ends at `body_at`); sent to each worker the job goes to.
+    pub spilled: Option<Segment>,
     /// How many workers were given this chunk (more than one after retries).
     pub attempts: u32,
     /// How many workers died holding this chunk before it started (it went back to the
@@ -125,6 +131,7 @@ impl Job {
             attachments: enc.attachments,
             leases: enc.leases,
             oneshot: None,
+            spilled: enc.spilled,
             attempts: 1,
             bounced: 0,
             cancel,

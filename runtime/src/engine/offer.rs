@@ -39,6 +39,7 @@ impl PoolCore {
         if self.foreign()
             || !enc.attachments.is_empty()
             || !enc.leases.is_empty()
+            || enc.spilled.is_some()
             || !direct::fits(header, body, shm)
         {
             return Offered::NotRun;

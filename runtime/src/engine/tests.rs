@@ -22,7 +22,7 @@ fn shared(workers: usize) -> Arc<PoolShared> {
 }
 
 fn job() -> Job {
-    let enc = encode_slice("test", Codec::<u64>::POSTCARD, &[7u64], 1, 0, &mut 8)
+    let enc = encode_slice("test", Codec::<u64>::POSTCARD, &[7u64], 1, 0, &mut 8, None)
         .unwrap()
         .unwrap();
     let (tx, _rx) = mpsc::channel();

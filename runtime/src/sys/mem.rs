@@ -4,12 +4,12 @@
 /// transparent huge pages: one page fault per 2 MiB instead of one per 4 KiB while a
 /// large copy lands in fresh memory. Only advice: without transparent huge pages, or if
 /// the kernel refuses, nothing changes.
-pub(crate) fn advise_huge_spare(buf: &mut Vec<u8>) {
+pub(crate) fn advise_huge_spare<T>(buf: &mut Vec<T>) {
     const HUGE_PAGE: usize = 2 << 20;
     let spare = buf.spare_capacity_mut();
     let start = spare.as_ptr() as usize;
     let first = start.next_multiple_of(HUGE_PAGE);
-    let end = (start + spare.len()) / HUGE_PAGE * HUGE_PAGE;
+    let end = (start + size_of_val(spare)) / HUGE_PAGE * HUGE_PAGE;
     if end > first {
         // SAFETY: madvise only advises on pages of our own allocation (the whole
         // 2 MiB-aligned stretch lies inside the vector's spare capacity, which the

@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
 
+mod growing;
+pub(crate) use growing::Growing;
+
 /// Which kind of segment to create.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -142,7 +145,7 @@ impl Segment {
         match backend {
             ShmBackend::Memfd => {
                 let fd = create_memfd(bytes.len(), Reserve::OnWrite)?;
-                write_all_at(&fd, bytes)?;
+                write_all_at(&fd, bytes, 0)?;
                 add_write_seals(&fd)?;
                 Segment::memfd(id, fd, bytes.len(), false, Pages::OnTouch)
             }
@@ -295,7 +298,7 @@ impl Segment {
                     .map_err(|e| os_err(&format!("reserving {len} bytes of shared memory"), e))?;
             }
             if let Some(bytes) = bytes {
-                write_all_at(&fd, bytes)?;
+                write_all_at(&fd, bytes, 0)?;
             }
         }
         Ok(Some(Segment {
@@ -455,11 +458,11 @@ enum Reserve {
     OnWrite,
 }
 
-/// Writes all of `bytes` at the start of `fd`.
-fn write_all_at(fd: &impl AsFd, bytes: &[u8]) -> Result<()> {
+/// Writes all of `bytes` into `fd` at offset `at`.
+fn write_all_at(fd: &impl AsFd, bytes: &[u8], at: u64) -> Result<()> {
     let mut done = 0;
     while done < bytes.len() {
-        match rustix::io::pwrite(fd, &bytes[done..], done as u64) {
+        match rustix::io::pwrite(fd, &bytes[done..], at + done as u64) {
             Ok(0) => {
                 return Err(Error::new(
                     ErrorKind::Io,

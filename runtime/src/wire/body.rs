@@ -71,6 +71,25 @@ pub(crate) fn append_frame(
     sealed
 }
 
+/// Appends to `buf` a frame made of `header` whose body is all of `body`, a one-shot
+/// segment written while the chunk was encoded; lists `attach` and `body` in the
+/// trailer, in that order (the order in which they must travel).
+pub(crate) fn append_frame_of_segment(
+    buf: &mut Vec<u8>,
+    header: &[u8],
+    body: &Segment,
+    attach: &[&Segment],
+) -> Result<()> {
+    let start = buf.len();
+    buf.extend_from_slice(header);
+    let mut descs: Vec<SegmentDesc> = attach.iter().map(|s| s.desc().clone()).collect();
+    descs.push(body.desc().clone());
+    frame::finish_with(buf, start, &descs, true).map_err(|e| {
+        buf.truncate(start);
+        Error::new(ErrorKind::Serialization, e.to_string())
+    })
+}
+
 /// A one-shot segment holding `body`, if it is above the threshold.
 fn oneshot_for(body: &[u8], shm: ShmConfig) -> Result<Option<Segment>> {
     if body.len() <= shm.threshold {

@@ -250,6 +250,11 @@ fn send_run(
         }
         state.segments.insert(id, Arc::downgrade(entry));
     }
+    // A body written into a segment while it was encoded (a job queued before the pool
+    // reached other ranks) travels inside the message, like any other.
+    if let Some(body) = job.spilled.take() {
+        job.frame.extend_from_slice(body.bytes());
+    }
     let frame = Arc::new(Keep::Bytes(std::mem::take(&mut job.frame)));
     let header = ToRank::Run {
         pool,

@@ -29,7 +29,7 @@ fn an_empty_segment_is_fine() {
 #[test]
 fn a_write_that_fails_is_an_error_that_says_so() {
     let file = std::fs::File::open("/proc/self/exe").expect("open our binary");
-    let e = write_all_at(&file, &[1, 2, 3]).unwrap_err();
+    let e = write_all_at(&file, &[1, 2, 3], 0).unwrap_err();
     assert!(
         e.to_string()
             .contains("writing 3 bytes into a shared-memory segment"),
@@ -73,7 +73,7 @@ fn a_filled_segment_keeps_its_id_and_is_sealed_read_only() {
         assert!(seg.as_mut_ptr().is_none());
         if let Some(fd) = seg.fd() {
             // Sealed: nobody can write it any more, through any descriptor.
-            assert!(write_all_at(&fd, b"x").is_err());
+            assert!(write_all_at(&fd, b"x", 0).is_err());
         }
         let opened = Segment::open(
             seg.desc().clone(),
@@ -86,4 +86,22 @@ fn a_filled_segment_keeps_its_id_and_is_sealed_read_only() {
         Err(Error::new(ErrorKind::Io, "no bytes came"))
     });
     assert_eq!(failed.unwrap_err().message(), "no bytes came");
+}
+
+#[test]
+fn a_growing_segment_holds_its_pieces_in_order_and_is_sealed() {
+    let mut growing = Growing::new().expect("new");
+    let pieces: [&[u8]; 3] = [b"head", &[7u8; 3 * 4096 + 5], b"tail"];
+    for piece in pieces {
+        growing.append(piece).expect("append");
+    }
+    assert_eq!(growing.len(), pieces.iter().map(|p| p.len() as u64).sum());
+    let seg = growing.seal().expect("seal");
+    assert_eq!(seg.bytes(), pieces.concat());
+    assert!(!seg.desc().writable);
+    let fd = seg.fd().expect("a memfd has a descriptor");
+    use rustix::fs::SealFlags;
+    let seals = rustix::fs::fcntl_get_seals(fd).expect("its seals");
+    assert!(seals.contains(SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW));
+    assert!(rustix::io::pwrite(fd, &[1u8], 0).is_err());
 }
