@@ -65,7 +65,12 @@ pub(crate) fn pidfd(pid: u32) -> Option<OwnedFd> {
 
 /// Whether the process behind `pidfd` has exited (`None`: asking failed).
 pub(crate) fn has_exited(pidfd: &impl AsFd) -> Option<bool> {
-    crate::sys::poll::readable_within(pidfd.as_fd(), std::time::Duration::ZERO).ok()
+    exited_within(pidfd, std::time::Duration::ZERO)
+}
+
+/// Whether the process behind `pidfd` exits within `timeout` (`None`: asking failed).
+pub(crate) fn exited_within(pidfd: &impl AsFd, timeout: std::time::Duration) -> Option<bool> {
+    crate::sys::poll::readable_within(pidfd.as_fd(), timeout).ok()
 }
 
 /// Asks the kernel to SIGKILL this process when the thread that started it exits.
