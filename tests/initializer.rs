@@ -2,6 +2,8 @@
 //! it leaves, with real worker processes killed, timed out and recycled.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+mod common;
+
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -300,4 +302,62 @@ fn an_initializer_argument_may_hold_shared_memory() {
     let items: Vec<u64> = (0..10).collect();
     let expected: Vec<u64> = items.iter().map(|x| sum + x).collect();
     assert_eq!(pool.map(table_sum, &items).unwrap(), expected);
+}
+
+/// The first worker to run it passes; any other waits (60 s at most) for `go` in `dir`.
+#[parallel]
+fn init_gated(dir: String) {
+    let dir = Path::new(&dir);
+    if std::fs::create_dir(dir.join("first")).is_ok() {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !dir.join("go").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Leaves `met-PID` in `dir`, waits (60 s at most) until two workers have, and returns
+/// its pid.
+#[parallel]
+fn meet(dir: String) -> u32 {
+    let pid = std::process::id();
+    std::fs::write(Path::new(&dir).join(format!("met-{pid}")), "").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while marked(Path::new(&dir), "met").len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    pid
+}
+
+#[test]
+fn the_pool_answers_once_one_worker_is_ready() {
+    let dir = mark_dir("gated");
+    let arg = dir.display().to_string();
+    let gate = arg.clone();
+    // One worker is held in its initializer until `go`: the pool answers without it
+    // (a start that waited for both would outlast the 60 s deadline).
+    let pool = common::within(Duration::from_secs(30), move || {
+        Pool::builder()
+            .workers(2)
+            .initializer(init_gated, gate)
+            .build()
+            .unwrap()
+    });
+    // Both processes are the pool's already.
+    assert_eq!(pool.stats().workers.len(), 2);
+    // It serves from the ready worker meanwhile, by the queue and by the direct path.
+    let items: Vec<u64> = (0..20).collect();
+    let pids = pool.map(seen, &items).unwrap();
+    let first = pids[0].0;
+    assert!(pids.iter().all(|p| p.0 == first), "{pids:?}");
+    assert_eq!(pool.apply(seen, 1).unwrap().0, first);
+    std::fs::write(dir.join("go"), "").unwrap();
+    // The late worker takes its share of the work once ready.
+    let met = pool.map(meet, &[arg.clone(), arg]).unwrap();
+    assert!(
+        met.contains(&first) && met.iter().any(|&p| p != first),
+        "{met:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

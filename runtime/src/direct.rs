@@ -311,7 +311,7 @@ unsafe impl Sync for ParentEnd {}
 impl ParentEnd {
     /// Creates the control segment for the worker `pid` (to be sent to it).
     pub(crate) fn create(pid: u32) -> Result<ParentEnd> {
-        let control = Segment::create_writable(ShmBackend::Memfd, CONTROL_BYTES, Pages::OnTouch)?;
+        let control = Segment::create_writable(ShmBackend::Memfd, CONTROL_BYTES, Pages::Now)?;
         let base = control.as_mut_ptr().ok_or_else(|| {
             Error::new(
                 crate::error::ErrorKind::Protocol,

@@ -234,12 +234,38 @@ impl PoolCore {
             lock(&pool.drivers).push(handle);
         }
         drop(started_tx);
-        // Every driver reports once; the first failure fails the start (dropping `pool`
-        // closes it and reaps the workers that did start).
-        for started in started_rx {
-            started?;
+        // The pool answers once every worker is launched (a process with its
+        // descriptors and control segment: a lack of them fails the start) and one of
+        // them is ready; the others finish their handshakes meanwhile. It fails if a
+        // launch fails, or if every handshake does. Dropping `pool` closes it and reaps
+        // the workers that did start.
+        let (mut launched, mut ready, mut failed) = (0, false, None);
+        let mut failures = 0;
+        for report in started_rx {
+            match report {
+                driver::Startup::Launched(result) => {
+                    result?;
+                    launched += 1;
+                }
+                driver::Startup::Ready(Ok(())) => ready = true,
+                driver::Startup::Ready(Err(e)) => {
+                    failures += 1;
+                    failed.get_or_insert(e);
+                }
+            }
+            if launched == workers && ready {
+                return Ok(pool);
+            }
+            if failures == workers {
+                break;
+            }
         }
-        Ok(pool)
+        Err(failed.unwrap_or_else(|| {
+            Error::new(
+                ErrorKind::Spawn,
+                "a driver thread ended before its worker started",
+            )
+        }))
     }
 
     /// The number of worker processes, remote ones included.

@@ -324,7 +324,11 @@ impl PoolBuilder {
         self
     }
 
-    /// Starts the workers and waits until each has answered its handshake.
+    /// Starts the workers. It answers once every worker process is launched (a lack of
+    /// processes, descriptors or memory fails here) and one of them has answered its
+    /// handshake and run the [`initializer`](Self::initializer); the others join as they
+    /// get ready, and work meanwhile goes to those that are. It fails when no worker
+    /// passes its handshake (an executable that is not this build, say).
     pub fn build(self) -> Result<Pool> {
         let workers = match self.workers {
             Some(0) => {

@@ -38,7 +38,16 @@ const LIMIT_TICK: Duration = Duration::from_millis(100);
 /// stopped rather than a busy machine.
 const STALL_SLACK: Duration = Duration::from_millis(100);
 
-pub(super) fn run(slot: usize, shared: &PoolShared, started: mpsc::Sender<Result<()>>) {
+/// What a driver reports while its first worker starts: first that the process and
+/// everything the driver needs for it exist ([`Driver::launch_worker`]), then that it
+/// passed its handshake and is ready for work ([`Driver::finish_worker`]). A failed
+/// launch is the driver's last report.
+pub(super) enum Startup {
+    Launched(Result<()>),
+    Ready(Result<()>),
+}
+
+pub(super) fn run(slot: usize, shared: &PoolShared, started: mpsc::Sender<Startup>) {
     let mut driver = Driver {
         slot,
         shared,
@@ -51,17 +60,24 @@ pub(super) fn run(slot: usize, shared: &PoolShared, started: mpsc::Sender<Result
         spawn_failures: 0,
         initializer_failed: false,
     };
-    // A first worker whose initializer failed does not fail the pool's start: the
-    // items it would have run fail instead (`Spawn`), each after a longer pause.
-    let first = match driver.ensure_worker() {
-        Err(_) if driver.initializer_failed => Ok(()),
-        other => other,
-    };
-    let ok = first.is_ok();
-    let _ = started.send(first);
-    drop(started);
-    if ok {
-        driver.serve();
+    match driver.launch_worker() {
+        Err(e) => {
+            let _ = started.send(Startup::Launched(Err(e)));
+        }
+        Ok(launched) => {
+            let _ = started.send(Startup::Launched(Ok(())));
+            // A first worker whose initializer failed is not a failed start: the items
+            // it would have run fail instead (`Spawn`), each after a longer pause.
+            let ready = match driver.finish_worker(launched) {
+                Err(_) if driver.initializer_failed => Ok(()),
+                other => other,
+            };
+            let _ = started.send(Startup::Ready(ready));
+            drop(started);
+            // Without a worker (its start failed, and the pool started without it, or
+            // is closing), the slot starts one for its next job, as after a death.
+            driver.serve();
+        }
     }
     driver.retire();
 }

@@ -21,14 +21,16 @@ pub struct PoolStats {
     /// lost with their worker (a death, a time-out, the memory limit, a worker that
     /// could not start). Items a closed or terminated pool never ran are not counted.
     pub items_failed: u64,
-    /// Worker processes started (and initialized), replacements included.
+    /// Worker processes started, replacements included, and those whose start then
+    /// failed (their handshake or their initializer).
     pub workers_started: u64,
     /// Workers lost while the pool ran: killed, crashed, timed out, over their memory
     /// limit, or broken. Not those stopped by [`Pool::terminate`](crate::Pool::terminate).
     pub workers_died: u64,
     /// Workers replaced after their quota (`max_tasks_per_worker`).
     pub workers_recycled: u64,
-    /// The live workers, by slot.
+    /// The live workers, by slot, those still starting included (right after a pool
+    /// starts, some may be; see [`PoolBuilder::build`](crate::PoolBuilder::build)).
     pub workers: Vec<WorkerStats>,
     /// The wall time of the last completed `map`, divided by its number of items.
     pub last_map_per_item: Option<Duration>,
@@ -78,6 +80,9 @@ pub(crate) enum Left {
     Died,
     /// Closed with the pool, or stopped by `terminate`.
     Closed,
+    /// Its start failed after its process was launched: counted as started, neither
+    /// died nor recycled (the failure goes to the items the slot then cannot run).
+    NeverReady,
 }
 
 impl Tally {
@@ -107,7 +112,7 @@ impl Tally {
         match how {
             Left::Recycled => self.recycled = self.recycled.saturating_add(1),
             Left::Died => self.died = self.died.saturating_add(1),
-            Left::Closed => {}
+            Left::Closed | Left::NeverReady => {}
         }
     }
 

@@ -103,8 +103,9 @@ fn fresh_id() -> Result<u64> {
 /// How a mapping sets up its pages: all at once, in one pass (`MAP_POPULATE`: several
 /// times faster than one fault per page for a segment that will be read or written
 /// whole), or as they are touched (for the creator of a sealed segment, which mostly
-/// sends it on and rarely reads it back; for a worker's control segment, most of which
-/// only an `apply` through its direct path ever touches).
+/// sends it on and rarely reads it back). A worker's control segment is made with its
+/// pages at once, by the parent while the worker is still starting: the worker maps it
+/// whole, and allocating its pages there would lengthen every pool's start.
 #[derive(Clone, Copy)]
 pub(crate) enum Pages {
     Now,

@@ -34,13 +34,20 @@ pub(crate) struct SocketLink {
 impl SocketLink {
     pub(crate) fn new(stream: UnixStream) -> io::Result<SocketLink> {
         let reader = stream.try_clone()?;
-        Ok(SocketLink {
+        Ok(SocketLink::with_reader(stream, reader))
+    }
+
+    /// As [`SocketLink::new`], with the second descriptor of `stream` made beforehand
+    /// (`reader`, from `stream.try_clone()`), so that a start that runs out of
+    /// descriptors fails before the handshake, not after it.
+    pub(crate) fn with_reader(stream: UnixStream, reader: UnixStream) -> SocketLink {
+        SocketLink {
             stream,
             reader: BufReader::with_capacity(READ_AHEAD, FdReader::new(reader)),
             wbuf: Vec::new(),
             written: 0,
             wfds: Vec::new(),
-        })
+        }
     }
 }
 

@@ -4,6 +4,16 @@
 
 use super::*;
 
+/// A worker process started, before its handshake, with what its driver needs to
+/// finish starting it (see [`Driver::launch_worker`]).
+pub(super) struct Launched {
+    process: spawn::WorkerProcess,
+    /// The second descriptor of `process.stream`, for the link's reads.
+    reader: std::os::unix::net::UnixStream,
+    /// Its control segment, made but not sent yet.
+    direct: Arc<ParentEnd>,
+}
+
 impl Driver<'_> {
     /// Starts a worker if the slot has none. After failures, waits a little longer before
     /// each new attempt (up to a second), so a broken environment is not hammered.
@@ -11,6 +21,15 @@ impl Driver<'_> {
         if self.worker.is_some() {
             return Ok(());
         }
+        let launched = self.launch_worker()?;
+        self.finish_worker(launched)
+    }
+
+    /// The first half of a start ([`ensure_worker`](Self::ensure_worker) does both): the
+    /// worker process, with every descriptor and segment its driver will need, so that
+    /// a lack of them fails here, before anything waits for the worker. Pool start
+    /// waits for this half in every slot.
+    pub(super) fn launch_worker(&mut self) -> Result<Launched> {
         if self.shared.is_terminated() {
             return Err(self.shared.stop_error());
         }
@@ -19,30 +38,60 @@ impl Driver<'_> {
             std::thread::sleep(backoff.min(Duration::from_secs(1)));
         }
         let config = &self.shared.config;
-        let started = spawn::spawn_worker(
-            &config.program,
-            config.shm,
-            &spawn::Launch {
-                max_memory: config.max_memory,
-                name: None,
-            },
-        )
-        .and_then(|process| {
+        let launch = spawn::Launch {
+            max_memory: config.max_memory,
+            name: None,
+        };
+        let launched = spawn::start_worker(&config.program, &launch).and_then(|mut process| {
+            let parts = process
+                .stream
+                .try_clone()
+                .map_err(|e| Error::io(ErrorKind::Spawn, "cannot duplicate a socket", e))
+                .and_then(|reader| Ok((reader, ParentEnd::create(process.pid)?)));
+            match parts {
+                Ok((reader, direct)) => {
+                    // It counts among the pool's workers from now on (a stats snapshot
+                    // right after the pool starts shows every process it started).
+                    let direct = Arc::new(direct);
+                    self.shared.tally().started(self.slot, &direct);
+                    Ok(Launched {
+                        process,
+                        reader,
+                        direct,
+                    })
+                }
+                Err(e) => {
+                    // Started, but unusable (no descriptors left, say): never a zombie.
+                    let _ = process.child.kill();
+                    let _ = spawn::reap(&mut process.child, EXIT_GRACE);
+                    Err(e.with_pid(process.pid))
+                }
+            }
+        });
+        if launched.is_err() {
+            self.spawn_failures = self.spawn_failures.saturating_add(1);
+        }
+        launched
+    }
+
+    /// The second half of a start: the handshake, the control segment, the pool's
+    /// initializer; then the worker is the slot's.
+    pub(super) fn finish_worker(&mut self, launched: Launched) -> Result<()> {
+        let Launched {
+            process,
+            reader,
+            direct,
+        } = launched;
+        let started = spawn::handshake_with(process, self.shared.config.shm).and_then(|process| {
             let spawn::WorkerProcess {
                 mut child,
                 stream,
                 pid,
                 ..
             } = process;
-            let setup = wire::SocketLink::new(stream)
-                .map_err(|e| Error::io(ErrorKind::Spawn, "cannot duplicate a socket", e))
-                .and_then(|link| {
-                    let mut link: Box<dyn Link> = Box::new(link);
-                    let direct = send_control(&mut *link, pid)?;
-                    Ok((link, Arc::new(direct)))
-                });
-            match setup {
-                Ok((link, direct)) => Ok(Live {
+            let mut link: Box<dyn Link> = Box::new(wire::SocketLink::with_reader(stream, reader));
+            match send_control(&mut *link, &direct) {
+                Ok(()) => Ok(Live {
                     child,
                     pid,
                     link,
@@ -51,7 +100,6 @@ impl Driver<'_> {
                     direct,
                 }),
                 Err(e) => {
-                    // Started, but unusable (no descriptors left, say): never a zombie.
                     let _ = child.kill();
                     let _ = spawn::reap(&mut child, EXIT_GRACE);
                     Err(e.with_pid(pid))
@@ -62,13 +110,13 @@ impl Driver<'_> {
         let started = started.and_then(|live| self.initialize(live));
         match started {
             Ok(live) => {
-                self.shared.tally().started(self.slot, &live.direct);
                 self.shared.set_pid(self.slot, Some(live.pid));
                 self.shared.set_direct(self.slot, Some(&live.direct));
                 self.worker = Some(live);
                 Ok(())
             }
             Err(e) => {
+                self.shared.tally().left(self.slot, Left::NeverReady);
                 self.spawn_failures = self.spawn_failures.saturating_add(1);
                 Err(e)
             }
@@ -467,16 +515,13 @@ fn hung_up(link: &dyn Link, timeout: Duration) -> bool {
     link.wait(None, Some(timeout)).is_ok_and(|r| r.readable)
 }
 
-/// Creates a worker's control segment (its progress word and its direct path) and sends
-/// it to the worker `pid`.
-fn send_control(link: &mut dyn Link, pid: u32) -> Result<ParentEnd> {
-    let direct = ParentEnd::create(pid)?;
+/// Sends the worker its control segment (its progress word and its direct path).
+fn send_control(link: &mut dyn Link, direct: &ParentEnd) -> Result<()> {
     let mut frame = Vec::new();
     frame::setup_frame(&mut frame, direct.segment().desc())
         .map_err(|e| Error::new(ErrorKind::Protocol, e.to_string()))?;
     link.send(&frame, &[direct.segment()])
-        .map_err(|e| Error::io(ErrorKind::Spawn, "sending the control segment", e))?;
-    Ok(direct)
+        .map_err(|e| Error::io(ErrorKind::Spawn, "sending the control segment", e))
 }
 
 /// Closes the connection to the worker and reaps it; describes how it ended.
