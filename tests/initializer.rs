@@ -335,8 +335,8 @@ fn the_pool_answers_once_one_worker_is_ready() {
     let dir = mark_dir("gated");
     let arg = dir.display().to_string();
     let gate = arg.clone();
-    // One worker is held in its initializer until `go`: the pool answers without it
-    // (a start that waited for both would outlast the 60 s deadline).
+    // One worker is held in its initializer until `go`: the pool answers without it (a
+    // start that waited for both would wait out the gate's 60 s, past this deadline).
     let pool = common::within(Duration::from_secs(30), move || {
         Pool::builder()
             .workers(2)
