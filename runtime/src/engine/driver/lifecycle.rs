@@ -60,12 +60,8 @@ impl Driver<'_> {
                         direct,
                     })
                 }
-                Err(e) => {
-                    // Started, but unusable (no descriptors left, say): never a zombie.
-                    let _ = process.child.kill();
-                    let _ = spawn::reap(&mut process.child, EXIT_GRACE);
-                    Err(e.with_pid(process.pid))
-                }
+                // Started, but unusable (no descriptors left, say): never a zombie.
+                Err(e) => Err(discard(&mut process.child, process.pid, e)),
             }
         });
         if launched.is_err() {
@@ -99,11 +95,7 @@ impl Driver<'_> {
                     segments: HashMap::new(),
                     direct,
                 }),
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = spawn::reap(&mut child, EXIT_GRACE);
-                    Err(e.with_pid(pid))
-                }
+                Err(e) => Err(discard(&mut child, pid, e)),
             }
         });
         self.initializer_failed = false;
@@ -522,6 +514,14 @@ fn send_control(link: &mut dyn Link, direct: &ParentEnd) -> Result<()> {
         .map_err(|e| Error::new(ErrorKind::Protocol, e.to_string()))?;
     link.send(&frame, &[direct.segment()])
         .map_err(|e| Error::io(ErrorKind::Spawn, "sending the control segment", e))
+}
+
+/// Kills and reaps a worker `child` (pid `pid`) whose start failed with `e`; returns `e`,
+/// naming the pid.
+fn discard(child: &mut Child, pid: u32, e: Error) -> Error {
+    let _ = child.kill();
+    let _ = spawn::reap(child, EXIT_GRACE);
+    e.with_pid(pid)
 }
 
 /// Closes the connection to the worker and reaps it; describes how it ended.
