@@ -304,29 +304,29 @@ fn an_initializer_argument_may_hold_shared_memory() {
     assert_eq!(pool.map(table_sum, &items).unwrap(), expected);
 }
 
-/// The first worker to run it passes; any other waits (60 s at most) for `go` in `dir`.
+/// The first worker to run it passes; any other waits (60 s at most, then fails) for
+/// `go` in `dir`.
 #[parallel]
 fn init_gated(dir: String) {
     let dir = Path::new(&dir);
     if std::fs::create_dir(dir.join("first")).is_ok() {
         return;
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !dir.join("go").exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    common::eventually("the test's go", Duration::from_secs(60), || {
+        dir.join("go").exists()
+    });
 }
 
-/// Leaves `met-PID` in `dir`, waits (60 s at most) until two workers have, and returns
-/// its pid.
+/// Leaves `met-PID` in `dir`, waits (60 s at most, then fails) until two workers have,
+/// and returns its pid.
 #[parallel]
 fn meet(dir: String) -> u32 {
     let pid = std::process::id();
-    std::fs::write(Path::new(&dir).join(format!("met-{pid}")), "").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while marked(Path::new(&dir), "met").len() < 2 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let dir = Path::new(&dir);
+    std::fs::write(dir.join(format!("met-{pid}")), "").unwrap();
+    common::eventually("a second worker", Duration::from_secs(60), || {
+        marked(dir, "met").len() >= 2
+    });
     pid
 }
 
